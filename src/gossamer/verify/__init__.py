@@ -1,0 +1,5 @@
+"""State hashes and parity checks."""
+
+from .hashing import state_hash
+
+__all__ = ["state_hash"]

@@ -1,0 +1,151 @@
+"""The algorithm contract: the outer loop of one peer.
+
+An algorithm owns a peer's model and optimizers and decides what to send,
+when, and how to apply what comes back. The runtime (simulator or real peer)
+drives it identically:
+
+    for step in range(steps):
+        loss = algo.local_step(batch)          # pure compute, no communication
+        if algo.wants_sync(step):
+            await algo.sync(step)              # collectives through algo.comm
+
+Contract:
+
+- ``local_step`` never communicates; ``sync`` communicates only through
+  ``self.comm`` (a ``Communicator``), so it runs unchanged over the simulated
+  network and over TCP.
+- ``shared_state()`` lists the tensors that must be bit-identical on every
+  honest peer after each ``sync`` (parameters and outer optimizer state); it is
+  what ``verify.state_hash`` hashes.
+- ``eval_model()`` returns the model that represents the swarm's current
+  shared result (for DiLoCo, the outer parameters, not the drifting local
+  ones).
+- Configs are frozen dataclasses; ``config_from_options`` rejects unknown or
+  invalid options with a ``ConfigError`` naming them.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+
+from ..comm import Communicator
+from ..errors import ConfigError
+
+
+def config_from_options(cls: type, options: dict[str, Any], *, what: str) -> Any:
+    """Build the frozen dataclass ``cls`` from ``options``, rejecting unknown keys."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise ConfigError(f"unknown option(s) {', '.join(unknown)} for {what}; accepted: {', '.join(sorted(names))}")
+    return cls(**options)
+
+
+def positive(name: str, value: float, *, what: str, allow_zero: bool = False) -> None:
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{what}: {name} must be {bound}, got {value}")
+
+
+def make_optimizer(kind: str, params: list[torch.nn.Parameter], lr: float, weight_decay: float, *, what: str) -> torch.optim.Optimizer:
+    """The inner optimizers: ``adamw`` (betas 0.9/0.95 as in DiLoCo) or ``sgd``."""
+    if kind == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    raise ConfigError(f"{what}: unknown inner optimizer {kind!r}; accepted: adamw, sgd")
+
+
+class Algorithm(ABC):
+    """One peer's outer loop; see the module docstring."""
+
+    name: ClassVar[str]
+    #: True when the collective carries each peer's individual contribution, so
+    #: robust aggregation and attacks apply.
+    individual_contributions: ClassVar[bool] = True
+
+    def __init__(self, model: torch.nn.Module, loss_fn: Any, comm: Communicator, config: Any) -> None:
+        self.model = model
+        self.loss_fn = loss_fn
+        self.comm = comm
+        self.config = config
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.rounds = 0
+
+    @abstractmethod
+    def local_step(self, batch: Any) -> float:
+        """One step of local computation on ``batch``; returns the batch loss."""
+
+    @abstractmethod
+    def wants_sync(self, step: int) -> bool:
+        """Whether ``sync`` follows local step ``step`` (0-based)."""
+
+    @abstractmethod
+    async def sync(self, step: int) -> None:
+        """Communicate and apply the result."""
+
+    def shared_state(self) -> list[torch.Tensor]:
+        return [p.detach() for p in self.params]
+
+    def eval_model(self) -> torch.nn.Module:
+        return self.model
+
+    def _backward(self, batch: Any) -> float:
+        for p in self.params:
+            p.grad = None
+        loss = self.loss_fn(self.model, batch)
+        loss.backward()
+        return float(loss.detach())
+
+
+class LocalUpdateAlgorithm(Algorithm):
+    """Shared machinery of algorithms that take H local steps, then average the
+    pseudo-gradient ``delta = theta_start - theta_local`` and apply an outer update."""
+
+    def __init__(self, model: torch.nn.Module, loss_fn: Any, comm: Communicator, config: Any) -> None:
+        super().__init__(model, loss_fn, comm, config)
+        self.start = [p.detach().clone() for p in self.params]
+        self.inner = make_optimizer(config.inner_optimizer, self.params, config.lr, config.weight_decay, what=self.name)
+        self._eval_model: torch.nn.Module | None = None
+
+    def local_step(self, batch: Any) -> float:
+        loss = self._backward(batch)
+        if self.config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        self.inner.step()
+        return loss
+
+    def wants_sync(self, step: int) -> bool:
+        return (step + 1) % self.config.inner_steps == 0
+
+    async def sync(self, step: int) -> None:
+        with torch.no_grad():
+            delta = [s - p.detach() for s, p in zip(self.start, self.params)]
+        self.comm.round = self.rounds
+        avg = await self.comm.all_reduce(delta, name=f"{self.name}.pseudo_gradient")
+        with torch.no_grad():
+            self.outer_update(avg)
+            for p, s in zip(self.params, self.start):
+                p.copy_(s)
+        self.rounds += 1
+
+    @abstractmethod
+    def outer_update(self, avg_delta: list[torch.Tensor]) -> None:
+        """Update ``self.start`` (the shared parameters) from the averaged pseudo-gradient."""
+
+    def shared_state(self) -> list[torch.Tensor]:
+        return list(self.start)
+
+    def eval_model(self) -> torch.nn.Module:
+        if self._eval_model is None:
+            self._eval_model = copy.deepcopy(self.model)
+        with torch.no_grad():
+            for p, s in zip((q for q in self._eval_model.parameters() if q.requires_grad), self.start):
+                p.copy_(s)
+        return self._eval_model

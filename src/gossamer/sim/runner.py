@@ -1,0 +1,182 @@
+"""Run one algorithm of a scenario on the simulated network, all peers in one process.
+
+Contract:
+
+- Every peer runs the same code a real peer runs: a ``Communicator`` over its
+  own ``SimTransport``, an ``Algorithm`` from ``algorithms/``. Peers are asyncio
+  tasks in one event loop; their virtual clocks advance by the measured time
+  of each local step (or ``scenario.compute_time``) and by the modelled
+  network, so ``sim_time_s`` reflects both compute and communication.
+- All peers start from the same initial model (seeded) and read their own
+  shard. Algorithms are compared at the same number of training samples per
+  peer (``steps * batch_size``).
+- Bytes come only from the transports' counters. ``bytes_sent_per_peer`` is
+  the mean over peers of payload + framing sent; ``peak_bytes_per_round`` the
+  largest payload + framing any peer sent in one synchronisation round.
+- After every synchronisation the shared state of every peer is hashed;
+  ``state_hashes_equal`` in the result is True only if every peer's hash
+  agreed after every round.
+- The validation curve is evaluated on the shared model at ``evals`` evenly
+  spaced steps; evaluation costs no simulated time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..algorithms import make_algorithm
+from ..comm import Communicator
+from ..tasks import make_task
+from ..trace.results import CurvePoint, RunResult
+from ..transport.sim import SimNetwork
+from ..verify import state_hash
+from .scenario import Scenario
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+
+
+def task_for(scenario: Scenario) -> Any:
+    options = dict(scenario.task_options)
+    options.setdefault("iid", scenario.iid)
+    if scenario.alpha is not None:
+        options.setdefault("alpha", scenario.alpha)
+    return make_task(scenario.task, **options)
+
+
+def eval_steps(steps: int, evals: int) -> list[int]:
+    """``evals`` evenly spaced 1-based step counts ending at ``steps`` (plus step 0)."""
+    pts = {0, steps}
+    for i in range(1, evals):
+        pts.add(round(i * steps / evals))
+    return sorted(pts)
+
+
+@dataclass
+class _PeerLog:
+    bytes_at: dict[int, int] = field(default_factory=dict)
+    time_at: dict[int, float] = field(default_factory=dict)
+    round_bytes: list[int] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)
+
+
+def run_algorithm(scenario: Scenario, algorithm: str, *, task: Any = None, progress: Progress | None = None) -> RunResult:
+    """Simulate ``algorithm`` on ``scenario``; see the module docstring."""
+    return asyncio.run(_run(scenario, algorithm, task or task_for(scenario), progress))
+
+
+async def _run(scenario: Scenario, algorithm: str, task: Any, progress: Progress | None) -> RunResult:
+    torch.manual_seed(scenario.seed)  # only for library code that ignores our generators
+    wall0 = time.perf_counter()
+    net = SimNetwork(scenario.link_spec, seed=scenario.seed)
+    ids = [f"p{i}" for i in range(scenario.peers)]
+    group = tuple(ids)
+    options = scenario.options_for(algorithm)
+    peers = []
+    for i, pid in enumerate(ids):
+        model = task.make_model(scenario.seed)
+        comm = Communicator(net.add_peer(pid), group, seed=scenario.seed)
+        algo = make_algorithm(algorithm, model, task.loss, comm, **options)
+        shard = task.shard(i, scenario.peers, seed=scenario.seed)
+        peers.append((pid, algo, shard, comm))
+
+    steps = scenario.steps
+    assert steps is not None
+    points = eval_steps(steps, scenario.evals)
+    logs = {pid: _PeerLog() for pid in ids}
+    curve_eval: dict[int, tuple[float, float]] = {}
+
+    def evaluate(algo: Any, step: int) -> None:
+        was_training = algo.eval_model().training
+        m = algo.eval_model()
+        m.eval()
+        curve_eval[step] = task.evaluate(m)
+        m.train(was_training)
+
+    async def peer_loop(idx: int, pid: str, algo: Any, shard: Any, comm: Communicator) -> None:
+        tr = comm.transport
+        plog = logs[pid]
+        sent_before_round = 0
+        if idx == 0:
+            evaluate(algo, 0)
+        plog.bytes_at[0], plog.time_at[0] = 0, 0.0
+        last_sync = -1
+        for step in range(steps):
+            batch = shard.next_batch()
+            t0 = time.perf_counter()
+            algo.local_step(batch)
+            elapsed = time.perf_counter() - t0
+            tr.compute(scenario.compute_time if scenario.compute_time is not None else elapsed)
+            if algo.wants_sync(step) or (step == steps - 1 and last_sync != step and _needs_final_sync(algo)):
+                await algo.sync(step)
+                last_sync = step
+                sent = tr.counters.sent.total
+                plog.round_bytes.append(sent - sent_before_round)
+                sent_before_round = sent
+                plog.hashes.append(state_hash(algo.shared_state()))
+            done = step + 1
+            if done in points:
+                plog.bytes_at[done] = tr.counters.sent.total
+                plog.time_at[done] = tr.now()
+                if idx == 0:
+                    evaluate(algo, done)
+            if idx == 0 and progress is not None:
+                progress(algorithm, done, steps)
+            # Yield so the other peers progress; real scheduling never changes results.
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(peer_loop(i, *p) for i, p in enumerate(peers)))
+
+    hashes_equal = all(logs[pid].hashes == logs[ids[0]].hashes for pid in ids)
+    if not hashes_equal:
+        log.error("state hashes diverged between peers in %s", algorithm)
+    curve = []
+    for s in points:
+        vl, vm = curve_eval[s]
+        curve.append(
+            CurvePoint(
+                step=s,
+                sim_time_s=max(logs[p].time_at[s] for p in ids),
+                bytes_sent_per_peer=sum(logs[p].bytes_at[s] for p in ids) / len(ids),
+                val_loss=vl,
+                val_metric=vm,
+            )
+        )
+    final = curve[-1]
+    codec = peers[0][3].codec
+    return RunResult(
+        algorithm=algorithm,
+        codec=codec.spec if codec is not None else "none",
+        aggregator="mean",
+        final_val_loss=final.val_loss,
+        final_val_metric=final.val_metric,
+        metric_name=task.metric_name,
+        bytes_sent_per_peer=sum(p[3].transport.counters.sent.total for p in peers) / len(peers),
+        peak_bytes_per_round=max((b for p in ids for b in logs[p].round_bytes), default=0),
+        sim_time_s=max(p[3].transport.now() for p in peers),
+        wall_time_s=time.perf_counter() - wall0,
+        steps=steps,
+        rounds=len(logs[ids[0]].hashes),
+        curve=curve,
+        extra={
+            "metric_name": task.metric_name,
+            "samples_per_peer": steps * task.samples_per_batch,
+            "state_hashes_equal": hashes_equal,
+            "final_state_hash": logs[ids[0]].hashes[-1] if logs[ids[0]].hashes else None,
+            "messages_sent_per_peer": sum(p[3].transport.counters.sent.messages for p in peers) / len(peers),
+            "options": options,
+        },
+    )
+
+
+def _needs_final_sync(algo: Any) -> bool:
+    """Local-update algorithms end with a sync so the final model is a shared one."""
+    return hasattr(algo, "outer_update")

@@ -1,0 +1,339 @@
+"""Frame layout shared by every transport, so the simulator counts exactly the
+bytes that TCP puts on the wire, plus the defensive frame parser used by TCP.
+
+A frame is::
+
+    u32 little-endian  body length L (everything after these 4 bytes)
+    u16 little-endian  header length H
+    H bytes            msgpack map {"r": round, "o": op, "p": phase}
+    16 bytes           authentication tag (MAC, see below)
+    payload            raw bytes (L - 2 - H - 16 of them)
+
+``frame_overhead(tag)`` is the number of bytes beyond the payload
+(``4 + 2 + H + 16``); it is exact for every frame this module produces or
+accepts, because the parser only accepts the canonical header encoding
+(``encode_header(tag)``, byte for byte).
+
+The MAC is a 16-byte keyed BLAKE2b (key = the per-direction session key agreed
+in the TCP handshake)::
+
+    MAC = BLAKE2b-128(key, person="gossamer-frame1",
+                      u64le(seq) || u32 L || u16 H || header || payload)
+
+``seq`` is the frame's index on its connection in its direction (0, 1, 2, ...).
+It is not sent: sender and receiver both count frames, so a replayed,
+reordered, dropped-then-resent or reflected frame fails the MAC check and is
+reported as ``ProtocolError("replayed or forged frame ...")``. The simulator
+only counts the 16 bytes.
+
+Contract of the parsers (``FrameParser``, ``decode_frame``, ``read_frame``):
+they return ``(Tag, payload)`` for a well-formed, authentic frame and raise
+``ProtocolError`` naming the fault for anything else (body length over
+``max_frame`` or too small for a header and MAC, header length out of range
+or over the body, header not a msgpack map of exactly the int fields r/o/p in
+the signed 64-bit range, non-canonical header, bad MAC, truncated frame,
+trailing junk). They never raise another exception on any input and they do
+not buffer more than one frame (at most ``max_frame + 4`` bytes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import struct
+
+import msgpack
+
+from ..errors import ProtocolError
+from .base import Buffer, Tag
+
+LENGTH = struct.Struct("<I")
+HEADER_LENGTH = struct.Struct("<H")
+SEQUENCE = struct.Struct("<Q")
+MAC_BYTES = 16
+#: Largest frame body accepted by default (256 MiB).
+DEFAULT_MAX_FRAME = 256 * 1024 * 1024
+#: Tag fields are signed 64-bit integers.
+TAG_MIN = -(2**63)
+TAG_MAX = 2**63 - 1
+#: Bounds on the header length: the canonical header of any valid tag is
+#: between 10 ({"r":0,"o":0,"p":0}) and 34 bytes long.
+MIN_HEADER = 10
+MAX_HEADER = 64
+#: Smallest valid body: header length field, smallest header, MAC.
+MIN_BODY = HEADER_LENGTH.size + MIN_HEADER + MAC_BYTES
+#: Largest body the u32 length prefix can describe.
+MAX_BODY = 2**32 - 1
+_MAC_PERSON = b"gossamer-frame1"
+_FIELDS = ("r", "o", "p")
+#: Payload bytes read per chunk by ``read_frame`` (each read has its own deadline).
+READ_CHUNK = 1 << 20
+
+
+def encode_header(tag: Tag) -> bytes:
+    """msgpack header for ``tag``."""
+    return msgpack.packb({"r": tag.round, "o": tag.op, "p": tag.phase})
+
+
+def frame_overhead(tag: Tag) -> int:
+    """Bytes a frame carrying ``tag`` adds to its payload."""
+    return LENGTH.size + HEADER_LENGTH.size + len(encode_header(tag)) + MAC_BYTES
+
+
+def check_tag(tag: Tag) -> None:
+    """Raise ``ProtocolError`` unless every field of ``tag`` is an int in the
+    signed 64-bit range (bools are refused: msgpack would send them as bools)."""
+    for name, value in zip(_FIELDS, tag):
+        if type(value) is not int:
+            raise ProtocolError(f"tag field {name!r} must be an int, got {type(value).__name__} in {tag!r}")
+        if not TAG_MIN <= value <= TAG_MAX:
+            raise ProtocolError(f"tag field {name!r} = {value} is outside the signed 64-bit range in {tag!r}")
+
+
+def _check_key(mac_key: bytes) -> None:
+    if not isinstance(mac_key, (bytes, bytearray)) or not 1 <= len(mac_key) <= 64:
+        raise ValueError("mac_key must be 1 to 64 bytes (BLAKE2b key)")
+
+
+def _new_mac(mac_key: bytes, seq: int, prefix: bytes) -> "hashlib._Hash":
+    h = hashlib.blake2b(key=mac_key, digest_size=MAC_BYTES, person=_MAC_PERSON)
+    h.update(SEQUENCE.pack(seq & 0xFFFF_FFFF_FFFF_FFFF))
+    h.update(prefix)
+    return h
+
+
+def encode_frame(tag: Tag, payload: Buffer, mac_key: bytes, seq: int = 0, *, max_frame: int | None = None) -> list[Buffer]:
+    """The frame for ``payload`` as buffers to write in order, without copying
+    the payload: ``[length + header length + header + MAC, memoryview(payload)]``.
+
+    ``seq`` is this frame's index in its direction of its connection. Raises
+    ``ProtocolError`` if ``tag`` is out of range or the body would exceed
+    ``max_frame`` (or the u32 length prefix)."""
+    _check_key(mac_key)
+    check_tag(tag)
+    view = memoryview(payload)
+    if view.ndim != 1 or view.itemsize != 1:
+        view = view.cast("B")
+    header = encode_header(tag)
+    body = HEADER_LENGTH.size + len(header) + MAC_BYTES + view.nbytes
+    limit = MAX_BODY if max_frame is None else min(max_frame, MAX_BODY)
+    if body > limit:
+        raise ProtocolError(f"frame body of {body} bytes (payload {view.nbytes}) exceeds the limit of {limit} bytes")
+    prefix = LENGTH.pack(body) + HEADER_LENGTH.pack(len(header)) + header
+    h = _new_mac(mac_key, seq, prefix)
+    h.update(view)
+    return [prefix + h.digest(), view]
+
+
+def decode_header(header: Buffer) -> Tag:
+    """The ``Tag`` in a header; ``ProtocolError`` unless it is the canonical
+    msgpack map of exactly the int fields r, o, p in range."""
+    raw = bytes(header)
+    try:
+        obj = msgpack.unpackb(raw, raw=False, strict_map_key=False, use_list=True,
+                              max_buffer_size=MAX_HEADER, max_str_len=MAX_HEADER,
+                              max_bin_len=MAX_HEADER, max_array_len=MAX_HEADER,
+                              max_map_len=MAX_HEADER, max_ext_len=MAX_HEADER)
+    except msgpack.ExtraData:
+        raise ProtocolError(f"trailing junk after the header map in a {len(raw)}-byte header") from None
+    except Exception as exc:  # msgpack raises many types on malformed input
+        raise ProtocolError(f"header is not valid msgpack ({type(exc).__name__}: {exc})") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"header is not a msgpack map but {type(obj).__name__}")
+    try:
+        keys = sorted(obj, key=repr)
+    except Exception:  # pragma: no cover - repr of msgpack values cannot fail
+        keys = []
+    if len(obj) != 3 or set(obj) != set(_FIELDS):
+        raise ProtocolError(f"header map must have exactly the keys 'r', 'o', 'p', found {keys!r}"[:200])
+    values = []
+    for name in _FIELDS:
+        value = obj[name]
+        if type(value) is not int:
+            raise ProtocolError(f"header field {name!r} must be an int, found {type(value).__name__}")
+        if not TAG_MIN <= value <= TAG_MAX:
+            raise ProtocolError(f"header field {name!r} = {value} is outside the signed 64-bit range")
+        values.append(value)
+    tag = Tag(*values)
+    if encode_header(tag) != raw:
+        raise ProtocolError(f"non-canonical header encoding for {tag}")
+    return tag
+
+
+def _check_body_length(body: int, max_frame: int) -> None:
+    if body > max_frame:
+        raise ProtocolError(f"frame body length {body} exceeds max_frame {max_frame}")
+    if body < MIN_BODY:
+        raise ProtocolError(f"frame body length {body} is below the minimum of {MIN_BODY} bytes")
+
+
+def _check_header_length(hlen: int, body: int) -> None:
+    if not MIN_HEADER <= hlen <= MAX_HEADER:
+        raise ProtocolError(f"header length {hlen} outside [{MIN_HEADER}, {MAX_HEADER}]")
+    if HEADER_LENGTH.size + hlen + MAC_BYTES > body:
+        raise ProtocolError(f"header length {hlen} plus MAC overruns a frame body of {body} bytes")
+
+
+def _check_max_frame(max_frame: int) -> None:
+    if not MIN_BODY <= max_frame <= MAX_BODY:
+        raise ValueError(f"max_frame must be in [{MIN_BODY}, {MAX_BODY}], got {max_frame}")
+
+
+def _forged(seq: int) -> ProtocolError:
+    return ProtocolError(f"replayed or forged frame: MAC mismatch at frame sequence number {seq}")
+
+
+def decode_frame(data: Buffer, *, max_frame: int = DEFAULT_MAX_FRAME, mac_key: bytes, seq: int = 0) -> tuple[Tag, bytes]:
+    """Parse exactly one frame from ``data``; ``ProtocolError`` for anything
+    malformed, truncated, forged, or followed by trailing junk."""
+    parser = FrameParser(max_frame, mac_key, seq=seq)
+    view = memoryview(data).cast("B") if not isinstance(data, (bytes, bytearray)) else data
+    frames = parser.feed(view)
+    if not frames:
+        parser.eof()
+        raise ProtocolError("no frame in data")  # pragma: no cover - eof() raises first
+    if len(frames) > 1 or parser.buffered:
+        extra = parser.buffered + sum(frame_overhead(t) + len(p) for t, p in frames[1:])
+        raise ProtocolError(f"trailing junk: {extra} bytes after the frame")
+    return frames[0]
+
+
+class FrameParser:
+    """Incremental, defensive parser: ``feed`` it bytes as they arrive and it
+    returns the complete authentic frames as ``(Tag, payload)``.
+
+    Each check runs as soon as its bytes are there (the length prefix before
+    any body is buffered, the header before the payload), so an oversize or
+    malformed frame is refused without waiting for or storing its body. The
+    first ``ProtocolError`` poisons the parser: every later call raises it
+    again. ``eof()`` raises if the stream ended inside a frame."""
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, mac_key: bytes = b"", *, seq: int = 0) -> None:
+        _check_key(mac_key)
+        _check_max_frame(max_frame)
+        self.max_frame = max_frame
+        self._key = bytes(mac_key)
+        self.seq = seq
+        self._buf = bytearray()
+        self._error: ProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of an incomplete frame held so far."""
+        return len(self._buf)
+
+    def feed(self, data: Buffer) -> list[tuple[Tag, bytes]]:
+        if self._error is not None:
+            raise self._error
+        self._buf += data
+        out: list[tuple[Tag, bytes]] = []
+        try:
+            while True:
+                frame = self._next()
+                if frame is None:
+                    return out
+                out.append(frame)
+        except ProtocolError as exc:
+            self._error = exc
+            self._buf = bytearray()
+            raise
+
+    def _next(self) -> tuple[Tag, bytes] | None:
+        buf = self._buf
+        if len(buf) < LENGTH.size:
+            return None
+        (body,) = LENGTH.unpack_from(buf, 0)
+        _check_body_length(body, self.max_frame)
+        if len(buf) < LENGTH.size + HEADER_LENGTH.size:
+            return None
+        (hlen,) = HEADER_LENGTH.unpack_from(buf, LENGTH.size)
+        _check_header_length(hlen, body)
+        start = LENGTH.size + HEADER_LENGTH.size
+        if len(buf) < start + hlen:
+            return None
+        tag = decode_header(buf[start:start + hlen])
+        end = LENGTH.size + body
+        if len(buf) < end:
+            return None
+        mac_at = start + hlen
+        view = memoryview(buf)
+        try:
+            h = _new_mac(self._key, self.seq, view[:mac_at])
+            h.update(view[mac_at + MAC_BYTES:end])
+            ok = hmac.compare_digest(h.digest(), view[mac_at:mac_at + MAC_BYTES])
+            payload = bytes(view[mac_at + MAC_BYTES:end])
+        finally:
+            view.release()
+        if not ok:
+            raise _forged(self.seq)
+        del buf[:end]
+        self.seq += 1
+        return tag, payload
+
+    def eof(self) -> None:
+        """The stream ended: ``ProtocolError`` if it ended inside a frame."""
+        if self._error is not None:
+            raise self._error
+        if self._buf:
+            n = len(self._buf)
+            self._buf = bytearray()
+            self._error = ProtocolError(f"truncated frame: stream ended after {n} bytes of an incomplete frame")
+            raise self._error
+
+
+async def _timed_exactly(reader: asyncio.StreamReader, n: int, io_timeout: float | None, what: str) -> bytes:
+    try:
+        async with asyncio.timeout(io_timeout):
+            return await reader.readexactly(n)
+    except TimeoutError:
+        raise ProtocolError(f"peer stalled mid-frame: no {what} within {io_timeout} s") from None
+    except asyncio.IncompleteReadError as exc:
+        raise ProtocolError(f"truncated frame: connection closed after {len(exc.partial)} of {n} bytes of {what}") from None
+
+
+async def read_frame(reader: asyncio.StreamReader, *, max_frame: int = DEFAULT_MAX_FRAME, mac_key: bytes, seq: int,
+                     io_timeout: float | None = None) -> tuple[Tag, bytes] | None:
+    """Read one frame (sequence number ``seq``) from ``reader``.
+
+    Returns ``None`` on a clean end of stream before the frame's first byte.
+    Waiting for that first byte has no deadline (an idle connection is
+    normal); once a frame has begun, every read must make progress within
+    ``io_timeout`` seconds or the frame counts as stalled. Same checks and
+    errors as ``FrameParser``; the MAC is computed while the payload arrives,
+    and the payload is read in chunks of at most ``READ_CHUNK`` bytes.
+    Connection errors (``OSError``) propagate unchanged."""
+    _check_key(mac_key)
+    first = await reader.read(1)
+    if not first:
+        return None
+    rest = await _timed_exactly(reader, LENGTH.size + HEADER_LENGTH.size - 1, io_timeout, "frame length")
+    prefix = first + rest
+    (body,) = LENGTH.unpack_from(prefix, 0)
+    _check_body_length(body, max_frame)
+    (hlen,) = HEADER_LENGTH.unpack_from(prefix, LENGTH.size)
+    _check_header_length(hlen, body)
+    header = await _timed_exactly(reader, hlen + MAC_BYTES, io_timeout, "frame header")
+    tag = decode_header(header[:hlen])
+    mac = header[hlen:]
+    h = _new_mac(mac_key, seq, prefix + header[:hlen])
+    remaining = body - HEADER_LENGTH.size - hlen - MAC_BYTES
+    total = remaining
+    chunks: list[bytes] = []
+    while remaining:
+        try:
+            async with asyncio.timeout(io_timeout):
+                chunk = await reader.read(min(remaining, READ_CHUNK))
+        except TimeoutError:
+            raise ProtocolError(
+                f"peer stalled mid-frame: no payload bytes within {io_timeout} s "
+                f"({total - remaining} of {total} received)") from None
+        if not chunk:
+            raise ProtocolError(f"truncated frame: connection closed after {total - remaining} of {total} payload bytes")
+        h.update(chunk)
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    if not hmac.compare_digest(h.digest(), mac):
+        raise _forged(seq)
+    payload = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return tag, payload

@@ -1,0 +1,109 @@
+"""Collectives over the simulated network: correctness, bit parity, byte counts."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from gossamer.comm import Communicator, chunk_bounds
+from gossamer.errors import ConfigError
+from gossamer.transport.base import Tag
+from gossamer.transport.frame import frame_overhead
+from gossamer.transport.sim import LinkSpec, SimNetwork
+
+
+def make_group(n, link="1gbit,1ms", **kw):
+    net = SimNetwork(LinkSpec.parse(link))
+    ids = [f"p{i}" for i in range(n)]
+    return net, [Communicator(net.add_peer(p), ids, **kw) for p in ids]
+
+
+def gather(*coros):
+    async def main():
+        return await asyncio.gather(*coros)
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 8])
+def test_all_reduce_is_the_mean_and_bit_identical(n):
+    _, comms = make_group(n)
+    gen = torch.Generator().manual_seed(n)
+    inputs = [[torch.randn(7, 3, generator=gen), torch.randn(11, generator=gen)] for _ in range(n)]
+    outs = gather(*(c.all_reduce(x) for c, x in zip(comms, inputs)))
+    for k in range(2):
+        truth = torch.stack([x[k].double() for x in inputs]).mean(0)
+        for out in outs:
+            assert out[k].shape == inputs[0][k].shape
+            assert torch.allclose(out[k].double(), truth, atol=1e-6)
+            assert torch.equal(out[k], outs[0][k])  # bit-identical on every peer
+
+
+def test_all_reduce_of_vector_shorter_than_group():
+    _, comms = make_group(5)
+    outs = gather(*(c.all_reduce(torch.tensor([float(i), 1.0])) for i, c in enumerate(comms)))
+    for out in outs:
+        assert out[0].tolist() == [2.0, 1.0]
+
+
+def test_all_reduce_bytes_are_two_times_n_minus_one_over_n():
+    n, d = 4, 1000
+    _, comms = make_group(n)
+    gather(*(c.all_reduce(torch.ones(d)) for c in comms))
+    bounds = chunk_bounds(d, n)
+    for c in comms:
+        mine = bounds[c.rank][1] - bounds[c.rank][0]
+        others = sum(hi - lo for j, (lo, hi) in enumerate(bounds) if j != c.rank)
+        # phase 0: every chunk but mine to its owner; phase 1: my reduced chunk to n-1 peers
+        assert c.transport.counters.sent.payload == 4 * (others + (n - 1) * mine)
+        assert c.transport.counters.sent.messages == 2 * (n - 1)
+        assert c.transport.counters.sent.framing == (n - 1) * (frame_overhead(Tag(0, 0, 0)) + frame_overhead(Tag(0, 0, 1)))
+    total = sum(c.transport.counters.sent.payload for c in comms)
+    assert total == 4 * 2 * (n - 1) * d
+
+
+def test_all_reduce_sim_time_follows_link_model():
+    n, d = 4, 250_000  # 1 MB per peer
+    _, comms = make_group(n, link="80mbit,20ms")
+    gather(*(c.all_reduce(torch.ones(d)) for c in comms))
+    # each peer sends 3/4 MB then (after all arrive) another 3/4 MB: 2 latencies + 1.5 MB at 10 MB/s
+    t = max(c.transport.now() for c in comms)
+    assert t == pytest.approx(2 * 0.020 + 1.5e6 * 8 / 80e6, rel=0.01)
+
+
+def test_all_gather_and_exchange():
+    _, comms = make_group(3)
+    outs = gather(*(c.all_gather(f"hello {i}".encode()) for i, c in enumerate(comms)))
+    assert all(o == [b"hello 0", b"hello 1", b"hello 2"] for o in outs)
+    a, b, _ = comms
+    got = gather(a.exchange("p1", b"from a"), b.exchange("p0", b"from b"))
+    assert got == [b"from b", b"from a"]
+
+
+def test_results_independent_of_scheduling_order():
+    def run(order):
+        _, comms = make_group(4)
+        xs = [torch.linspace(0, 1, 101) * (i + 1) ** 0.5 for i in range(4)]
+
+        async def main():
+            tasks = {}
+            for i in order:
+                tasks[i] = asyncio.ensure_future(comms[i].all_reduce(xs[i]))
+                await asyncio.sleep(0)
+            return [await tasks[i] for i in range(4)]
+
+        return asyncio.run(main())
+
+    a, b = run([0, 1, 2, 3]), run([3, 1, 0, 2])
+    assert all(torch.equal(x[0], y[0]) for x, y in zip(a, b))
+
+
+def test_group_validation():
+    net = SimNetwork(LinkSpec.parse("1gbit,1ms"))
+    t = net.add_peer("x")
+    with pytest.raises(ConfigError, match="not in its group"):
+        Communicator(t, ["a", "b"])
+    with pytest.raises(ConfigError, match="duplicate"):
+        Communicator(t, ["x", "x"])

@@ -6,7 +6,7 @@ Grammar (whitespace-free, case-sensitive)::
     pre       := "nnm" | "bucketing:" S            S: int >= 1
     rule      := "mean" | "median" | "trimmed_mean" | "krum"
                | "multikrum" [":" m]               m: int >= 1 (default n - f)
-               | "geomed" [":" iters]              iters: int >= 1 (default 8)
+               | "geomed" [":" iters]              iters: int >= 1 (default 16)
                | "cclip" [":" tau [":" iters]]     tau: float > 0 (1.0), iters: int >= 1 (3)
 
 Pre-aggregators apply left to right: ``nnm+bucketing:2+krum`` mixes first,

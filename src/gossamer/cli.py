@@ -152,9 +152,15 @@ def _results_table(results: Any, *, title: str) -> Any:
             str(r.rounds),
             _human_time(r.sim_time_s),
             _human_time(r.wall_time_s),
-            "ok" if r.extra.get("state_hashes_equal") else "DIVERGED",
+            _parity(r),
         )
     return table
+
+
+def _parity(r: Any) -> str:
+    if r.extra.get("state_hashes_equal"):
+        return "ok"
+    return "DIVERGED" if r.extra.get("bit_parity_expected", True) else "n/a"
 
 
 def _human_bytes(n: float) -> str:

@@ -69,6 +69,9 @@ class Algorithm(ABC):
     #: True when the collective carries each peer's individual contribution, so
     #: robust aggregation and attacks apply.
     individual_contributions: ClassVar[bool] = True
+    #: True when every honest peer holds the same shared state after each sync
+    #: (checked by hashing). Gossip-style algorithms set it False.
+    bit_parity: ClassVar[bool] = True
 
     def __init__(self, model: torch.nn.Module, loss_fn: Any, comm: Communicator, config: Any) -> None:
         self.model = model

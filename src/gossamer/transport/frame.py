@@ -132,7 +132,7 @@ def decode_header(header: Buffer) -> Tag:
     raw = bytes(header)
     try:
         obj = msgpack.unpackb(raw, raw=False, strict_map_key=False, use_list=True,
-                              max_buffer_size=MAX_HEADER, max_str_len=MAX_HEADER,
+                              max_str_len=MAX_HEADER,
                               max_bin_len=MAX_HEADER, max_array_len=MAX_HEADER,
                               max_map_len=MAX_HEADER, max_ext_len=MAX_HEADER)
     except msgpack.ExtraData:
@@ -141,12 +141,9 @@ def decode_header(header: Buffer) -> Tag:
         raise ProtocolError(f"header is not valid msgpack ({type(exc).__name__}: {exc})") from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"header is not a msgpack map but {type(obj).__name__}")
-    try:
-        keys = sorted(obj, key=repr)
-    except Exception:  # pragma: no cover - repr of msgpack values cannot fail
-        keys = []
     if len(obj) != 3 or set(obj) != set(_FIELDS):
-        raise ProtocolError(f"header map must have exactly the keys 'r', 'o', 'p', found {keys!r}"[:200])
+        found = repr(list(obj)[:8])[:120]
+        raise ProtocolError(f"header map must have exactly the keys 'r', 'o', 'p', found {found}")
     values = []
     for name in _FIELDS:
         value = obj[name]
@@ -209,7 +206,7 @@ class FrameParser:
     first ``ProtocolError`` poisons the parser: every later call raises it
     again. ``eof()`` raises if the stream ended inside a frame."""
 
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, mac_key: bytes = b"", *, seq: int = 0) -> None:
+    def __init__(self, max_frame: int, mac_key: bytes, *, seq: int = 0) -> None:
         _check_key(mac_key)
         _check_max_frame(max_frame)
         self.max_frame = max_frame

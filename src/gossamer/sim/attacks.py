@@ -55,7 +55,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -190,8 +191,7 @@ def mimic_target(honest: torch.Tensor, target: int | str) -> int:
     """Index of the honest row that ``mimic`` copies (see the module docstring)."""
     h = honest.shape[0]
     if target != "maxvar":
-        assert isinstance(target, int)
-        if not 0 <= target < h:
+        if isinstance(target, bool) or not isinstance(target, int) or not 0 <= target < h:
             raise ConfigError(f"mimic target {target} is outside the {h} honest rows")
         return target
     centred = honest.to(torch.float64) - honest.to(torch.float64).mean(dim=0)

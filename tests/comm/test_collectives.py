@@ -107,3 +107,36 @@ def test_group_validation():
         Communicator(t, ["a", "b"])
     with pytest.raises(ConfigError, match="duplicate"):
         Communicator(t, ["x", "x"])
+
+
+@pytest.mark.parametrize("spec", ["median", "krum", "nnm+cclip", "bucketing:2+geomed", "trimmed_mean"])
+def test_robust_all_reduce_matches_whole_vector_rule_and_is_bit_identical(spec):
+    from gossamer.aggregate import make_aggregator
+
+    n, f = 7, 1
+    _, comms = make_group(n, aggregator=make_aggregator(spec, f))
+    gen = torch.Generator().manual_seed(3)
+    xs = [torch.randn(50, generator=gen) for _ in range(n)]
+    xs[2] = xs[2] + 100.0  # one far outlier
+    outs = gather(*(c.all_reduce(x) for c, x in zip(comms, xs)))
+    assert all(torch.equal(o[0], outs[0][0]) for o in outs)
+    honest = torch.stack([x for i, x in enumerate(xs) if i != 2])
+    assert (outs[0][0] - honest.mean(0)).abs().max() < 3.0  # the outlier did not drag it by 100
+    if not spec.startswith("bucketing"):
+        whole = make_aggregator(spec, f)(torch.stack(xs))
+        assert torch.allclose(outs[0][0], whole, atol=1e-5)
+
+
+def test_non_finite_contribution_is_dropped_and_logged(caplog):
+    from gossamer.aggregate import make_aggregator
+
+    n = 5
+    _, comms = make_group(n, aggregator=make_aggregator("median", 1))
+    xs = [torch.full((20,), float(i)) for i in range(n)]
+    xs[4][7] = float("nan")
+    with caplog.at_level("WARNING"):
+        outs = gather(*(c.all_reduce(x) for c, x in zip(comms, xs)))
+    assert torch.isfinite(outs[0][0]).all()
+    assert torch.equal(outs[0][0], torch.full((20,), 1.5))  # median of 0,1,2,3
+    assert all(c.history[-1].dropped == ("p4",) for c in comms)
+    assert "p4" in caplog.text

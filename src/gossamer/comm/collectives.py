@@ -258,7 +258,7 @@ class Communicator:
             for row in stacked[1:]:
                 acc += row
             return acc / stacked.shape[0], ()
-        gen = self.aggregator.steps(stacked)
+        gen = self.aggregator.steps(stacked, seed=derive_seed(self.seed, self.round, op, "aggregate"))
         phase = 2
         try:
             stat = next(gen)

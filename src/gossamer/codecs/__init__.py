@@ -1,0 +1,147 @@
+"""Codecs: tensor <-> bytes, and error-feedback wrappers. See docs/codecs.md.
+
+``make_codec(spec)`` builds a codec from a spec string::
+
+    spec     := base [ "+" wrapper ]
+    base     := "fp32" | "none" | "fp16" | "bf16"
+              | ("int8" | "int4") [":" BLOCK] [":sr"]
+              | "topk:" FRACTION
+              | "randk:" FRACTION [":unbiased"]
+              | "sign" [":" BLOCK]
+              | "powersgd:" RANK [":warm"]
+    wrapper  := "ef" | "ef21" | "econtrol" [":" ETA]
+
+BLOCK and RANK are positive integers, FRACTION is in (0, 1], ETA >= 0.
+The returned codec's ``.spec`` is canonical (defaults filled in, ``none``
+spelled ``fp32``, numbers normalised) and ``make_codec(c.spec)`` rebuilds an
+equivalent codec. Bad specs raise ConfigError listing the accepted forms.
+
+This package imports nothing of gossamer except ``gossamer.errors``.
+"""
+
+from __future__ import annotations
+
+import math
+
+from gossamer.errors import CodecError, ConfigError
+
+from .base import Codec
+from .feedback import DEFAULT_ETA, EF21, EControl, ErrorFeedback, FeedbackCodec
+from .floats import FloatCodec
+from .lowrank import PowerSGDCodec
+from .quant import BlockQuantCodec
+from .sign import SignCodec
+from .sparse import RandKCodec, TopKCodec
+
+__all__ = [
+    "CODEC_NAMES",
+    "WRAPPER_NAMES",
+    "Codec",
+    "CodecError",
+    "make_codec",
+    "FloatCodec",
+    "BlockQuantCodec",
+    "TopKCodec",
+    "RandKCodec",
+    "SignCodec",
+    "PowerSGDCodec",
+    "FeedbackCodec",
+    "ErrorFeedback",
+    "EF21",
+    "EControl",
+]
+
+CODEC_NAMES: tuple[str, ...] = ("fp32", "none", "fp16", "bf16", "int8", "int4", "topk", "randk", "sign", "powersgd")
+WRAPPER_NAMES: tuple[str, ...] = ("ef", "ef21", "econtrol")
+
+_FORMS = (
+    "fp32 | none | fp16 | bf16 | int8[:BLOCK][:sr] | int4[:BLOCK][:sr] | topk:FRACTION | "
+    "randk:FRACTION[:unbiased] | sign[:BLOCK] | powersgd:RANK[:warm], optionally followed by "
+    "+ef | +ef21 | +econtrol[:ETA]  (BLOCK, RANK: integers >= 1; FRACTION in (0, 1]; ETA >= 0)"
+)
+
+
+def _fail(spec: str, why: str) -> ConfigError:
+    return ConfigError(f"bad codec spec {spec!r}: {why}; accepted: {_FORMS}")
+
+
+def _int(spec: str, what: str, s: str) -> int:
+    if not (s.isascii() and s.isdigit()) or int(s) < 1:
+        raise _fail(spec, f"{what} must be an integer >= 1, found {s!r}")
+    return int(s)
+
+
+def _float(spec: str, what: str, s: str, lo: float, hi: float, lo_open: bool) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise _fail(spec, f"{what} must be a number, found {s!r}") from None
+    if not math.isfinite(v) or v > hi or v < lo or (lo_open and v == lo):
+        bound = f"({lo}, {hi}]" if lo_open else f"[{lo}, {hi}]"
+        raise _fail(spec, f"{what} must be in {bound}, found {s!r}")
+    return v
+
+
+def _base(spec: str, text: str) -> Codec:
+    name, *args = text.split(":")
+    name = name.strip().lower()
+    args = [a.strip() for a in args]
+    if name not in CODEC_NAMES:
+        raise _fail(spec, f"unknown codec {name!r} (names: {', '.join(CODEC_NAMES)})")
+    if name in ("fp32", "none", "fp16", "bf16"):
+        if args:
+            raise _fail(spec, f"{name} takes no arguments, found {args}")
+        return FloatCodec("fp32" if name == "none" else name)
+    if name in ("int8", "int4"):
+        sr = False
+        block = None
+        if args and args[-1] == "sr":
+            sr = True
+            args = args[:-1]
+        if len(args) > 1:
+            raise _fail(spec, f"{name} takes [:BLOCK][:sr], found {args}")
+        if args:
+            block = _int(spec, "BLOCK", args[0])
+        return BlockQuantCodec(8 if name == "int8" else 4, block, sr)
+    if name == "topk":
+        if len(args) != 1:
+            raise _fail(spec, "topk takes exactly :FRACTION")
+        return TopKCodec(_float(spec, "FRACTION", args[0], 0.0, 1.0, True))
+    if name == "randk":
+        if len(args) not in (1, 2) or (len(args) == 2 and args[1] != "unbiased"):
+            raise _fail(spec, "randk takes :FRACTION[:unbiased]")
+        return RandKCodec(_float(spec, "FRACTION", args[0], 0.0, 1.0, True), unbiased=len(args) == 2)
+    if name == "sign":
+        if len(args) > 1:
+            raise _fail(spec, "sign takes [:BLOCK]")
+        return SignCodec(_int(spec, "BLOCK", args[0])) if args else SignCodec()
+    # powersgd
+    if len(args) not in (1, 2) or (len(args) == 2 and args[1] != "warm"):
+        raise _fail(spec, "powersgd takes :RANK[:warm]")
+    return PowerSGDCodec(_int(spec, "RANK", args[0]), warm=len(args) == 2)
+
+
+def make_codec(spec: str) -> Codec:
+    """Build a codec from ``spec`` (grammar in the module docstring).
+
+    Raises ConfigError for unknown names or bad arguments, listing the forms.
+    Each call returns a fresh codec (fresh feedback/warm-start state).
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise _fail(str(spec), "expected a non-empty string")
+    parts = spec.strip().split("+")
+    if len(parts) > 2:
+        raise _fail(spec, "at most one feedback wrapper")
+    inner = _base(spec, parts[0])
+    if len(parts) == 1:
+        return inner
+    wname, *wargs = [a.strip() for a in parts[1].split(":")]
+    wname = wname.lower()
+    if wname == "ef" and not wargs:
+        return ErrorFeedback(inner)
+    if wname == "ef21" and not wargs:
+        return EF21(inner)
+    if wname == "econtrol" and len(wargs) <= 1:
+        eta = _float(spec, "ETA", wargs[0], 0.0, 1e6, False) if wargs else DEFAULT_ETA
+        return EControl(inner, eta)
+    raise _fail(spec, f"unknown wrapper {parts[1]!r} (wrappers: {', '.join(WRAPPER_NAMES)})")

@@ -140,3 +140,46 @@ def test_non_finite_contribution_is_dropped_and_logged(caplog):
     assert torch.equal(outs[0][0], torch.full((20,), 1.5))  # median of 0,1,2,3
     assert all(c.history[-1].dropped == ("p4",) for c in comms)
     assert "p4" in caplog.text
+
+
+@pytest.mark.parametrize("spec,tol", [("fp16", 1e-3), ("int8", 0.05), ("int4:64", 0.5), ("topk:0.5+ef", 2.0), ("randk:0.5", 4.0), ("sign+ef", 2.0), ("powersgd:2", 2.0)])
+def test_all_reduce_with_codec_is_bit_identical_and_bytes_match_encoding(spec, tol):
+    from gossamer.codecs import make_codec
+
+    n = 4
+    net = SimNetwork(LinkSpec.parse("1gbit,1ms"))
+    ids = [f"p{i}" for i in range(n)]
+    comms = [Communicator(net.add_peer(p), ids, codec=make_codec(spec)) for p in ids]
+    gen = torch.Generator().manual_seed(0)
+    xs = [[torch.randn(16, 12, generator=gen), torch.randn(30, generator=gen)] for _ in range(n)]
+    outs = gather(*(c.all_reduce(x) for c, x in zip(comms, xs)))
+    for k in range(2):
+        assert all(torch.equal(o[k], outs[0][k]) for o in outs)
+        truth = torch.stack([x[k] for x in xs]).mean(0)
+        assert (outs[0][k] - truth).abs().max() < tol
+    raw = sum(c.transport.counters.sent.payload for c in comms)
+    assert raw > 0
+    if spec in ("int8", "int4:64", "sign+ef"):
+        assert raw < 0.5 * 4 * 2 * (n - 1) * (16 * 12 + 30)  # really compressed on the wire
+
+
+def test_malformed_contribution_costs_only_that_contribution(caplog):
+    from gossamer.codecs import make_codec
+
+    n = 3
+    net = SimNetwork(LinkSpec.parse("1gbit,1ms"))
+    ids = [f"p{i}" for i in range(n)]
+    comms = [Communicator(net.add_peer(p), ids, codec=make_codec("int8")) for p in ids]
+
+    real_send = comms[2].transport.send
+
+    async def corrupt_send(dst, tag, payload):  # p2 sends garbage in the reduce-scatter phase
+        await real_send(dst, tag, b"\x00garbage" if tag.phase == 0 else payload)
+
+    comms[2].transport.send = corrupt_send
+    xs = [torch.full((40,), float(i)) for i in range(n)]
+    with caplog.at_level("WARNING"):
+        outs = gather(*(c.all_reduce(x) for c, x in zip(comms, xs)))
+    assert all(torch.equal(o[0], outs[0][0]) for o in outs)
+    assert torch.isfinite(outs[0][0]).all()
+    assert "rejected the contribution of peer p2" in caplog.text

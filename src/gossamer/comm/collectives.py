@@ -25,13 +25,13 @@ Contract:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
-from ..errors import AggregationError, ConfigError
+from ..errors import AggregationError, CodecError, ConfigError
 from ..seeding import derive_seed
 from ..transport.base import Tag, Transport
 
@@ -68,6 +68,29 @@ def chunk_bounds(total: int, parts: int) -> list[tuple[int, int]]:
         bounds.append((start, stop))
         start = stop
     return bounds
+
+
+def tensor_plan(shapes: Sequence[tuple[int, ...]], parts: int) -> list[list[tuple[int, int, tuple[int, ...]]]]:
+    """Assign whole tensors to ``parts`` owners, balancing elements greedily
+    (largest first, ties to the lowest owner). Each owner gets a list of
+    ``(start, stop, shape)`` segments of the flat vector, in flat order."""
+    offsets, at = [], 0
+    for shape in shapes:
+        n = 1
+        for d in shape:
+            n *= d
+        offsets.append((at, at + n, tuple(shape)))
+        at += n
+    load = [0] * parts
+    owner_of = {}
+    for idx in sorted(range(len(shapes)), key=lambda i: (-(offsets[i][1] - offsets[i][0]), i)):
+        j = min(range(parts), key=lambda k: (load[k], k))
+        owner_of[idx] = j
+        load[j] += offsets[idx][1] - offsets[idx][0]
+    plan: list[list[tuple[int, int, tuple[int, ...]]]] = [[] for _ in range(parts)]
+    for idx, seg in enumerate(offsets):
+        plan[owner_of[idx]].append(seg)
+    return plan
 
 
 def flatten(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -125,6 +148,10 @@ class Communicator:
         self._op = 0
         self.history: list[CollectiveStats] = []
         self.listeners: list[Callable[[CollectiveStats], None]] = []
+        #: Optional ``async hook(name, op, flat) -> flat`` that sees (and may
+        #: replace) this member's contribution before it is sent. The simulator
+        #: uses it to play Byzantine peers; honest runtimes leave it None.
+        self.contribution_hook: Callable[[str, int, torch.Tensor], Awaitable[torch.Tensor]] | None = None
         if aggregator is not None and hasattr(aggregator, "check"):
             aggregator.check(len(self.group))
 
@@ -185,79 +212,106 @@ class Communicator:
         like = [tensors] if single else list(tensors)
         flat = flatten(like)
         op = self._next_op()
-        n = self.size
-        bounds = chunk_bounds(flat.numel(), n)
+        if self.contribution_hook is not None:
+            flat = await self.contribution_hook(name, op, flat)
         codec = self.codec
+        if codec is not None and getattr(codec, "whole_tensors", False):
+            plan = tensor_plan([tuple(t.shape) for t in like], self.size)
+        else:
+            plan = [[(lo, hi, (hi - lo,))] for lo, hi in chunk_bounds(flat.numel(), self.size)]
         lossy = codec is not None and not codec.lossless
 
-        def enc(x: torch.Tensor, key: Any, chunk: int) -> bytes:
-            if codec is None or x.numel() == 0:
-                return _raw_encode(x)
-            return codec.encode(x, key=key, seed=derive_seed(self.seed, self.round, op, chunk))
+        def seed_for(owner: int, seg: int, phase: str) -> int:
+            return derive_seed(self.seed, self.round, op, owner, seg, phase)
 
-        def dec(data: bytes, numel: int, key: Any, chunk: int, src: str) -> torch.Tensor:
-            if codec is None or numel == 0:
+        def encode(c: Any, owner: int, vec: torch.Tensor, key: Any, phase: str) -> bytes:
+            """Encode owner's chunk ``vec`` (flat) segment by segment."""
+            if c is None:
+                return _raw_encode(vec)
+            parts, at = [], 0
+            for k, (lo, hi, shape) in enumerate(plan[owner]):
+                piece = vec[at : at + hi - lo].view(shape)
+                at += hi - lo
+                parts.append(c.encode(piece, key=None if key is None else (*key, k), seed=seed_for(owner, k, phase)) if hi > lo else b"")
+            return b"".join(parts)
+
+        def decode(c: Any, owner: int, data: bytes, key: Any, phase: str, src: str) -> torch.Tensor:
+            numel = sum(hi - lo for lo, hi, _ in plan[owner])
+            if c is None:
                 return _raw_decode(data, numel, src)
-            return codec.decode(data, (numel,), key=key, seed=derive_seed(self.seed, self.round, op, chunk)).reshape(-1)
+            sizes = [c.encoded_size(shape) if hi > lo else 0 for lo, hi, shape in plan[owner]]
+            if len(data) != sum(sizes):
+                raise CodecError(f"peer {src!r} sent {len(data)} bytes for chunk {owner} of {name}, expected {sum(sizes)} ({c.spec})")
+            out, at = [], 0
+            view = memoryview(data)
+            for k, ((lo, hi, shape), size) in enumerate(zip(plan[owner], sizes)):
+                if hi > lo:
+                    piece = c.decode(view[at : at + size], shape, key=None if key is None else (*key, k), seed=seed_for(owner, k, phase))
+                    out.append(piece.reshape(-1))
+                at += size
+            return torch.cat(out) if out else torch.zeros(0)
 
-        # Phase 0: reduce-scatter. Send chunk j of my vector to its owner j.
+        def gather_chunk(owner: int) -> torch.Tensor:
+            segs = [flat[lo:hi] for lo, hi, _ in plan[owner]]
+            return torch.cat(segs) if segs else torch.zeros(0)
+
+        # Phase 0: reduce-scatter. Send my part of chunk j to its owner j.
         payloads: dict[str, bytes] = {}
         own: torch.Tensor | None = None
         for j, peer in enumerate(self.group):
-            lo, hi = bounds[j]
-            piece = flat[lo:hi]
+            vec = gather_chunk(j)
+            key = (name, "rs", self.peer_id, j)
             if peer == self.peer_id:
-                if lossy:
-                    key = (name, "rs", self.peer_id, j)
-                    own = dec(enc(piece, key, j), hi - lo, key, j, self.peer_id)
-                else:
-                    own = piece.clone()
+                own = decode(codec, j, encode(codec, j, vec, key, "rs"), key, "rs", peer) if lossy else vec.clone()
             else:
-                payloads[peer] = enc(piece, (name, "rs", self.peer_id, j), j)
+                payloads[peer] = encode(codec, j, vec, key, "rs")
         sent = await self._send_all(op, 0, payloads)
 
-        lo, hi = bounds[self.rank]
-        rows = []
+        rows: list[torch.Tensor] = []
+        rejected: list[str] = []
         for src in self.group:
             if src == self.peer_id:
                 assert own is not None
                 rows.append(own)
             else:
                 data = await self._recv(src, op, 0)
-                rows.append(dec(data, hi - lo, (name, "rs", src, self.rank), self.rank, src))
-        stacked = torch.stack(rows) if rows else torch.zeros(n, 0)
+                try:
+                    rows.append(decode(codec, self.rank, data, (name, "rs", src, self.rank), "rs", src))
+                except (CodecError, AggregationError) as exc:
+                    # A bad contribution costs that contribution, never the run.
+                    log.warning("rejected the contribution of peer %s to %s: %s", src, name, exc)
+                    rows.append(torch.full_like(rows[0] if rows else own, float("nan")))  # type: ignore[arg-type]
+                    rejected.append(src)
+        stacked = torch.stack(rows)
 
         # Reduce my chunk (fixed rank order), talking to the other owners for global statistics.
         reduced, dropped = await self._reduce_chunk(stacked, op)
+        dropped = tuple(sorted(set(dropped) | set(rejected), key=self.group.index))
 
-        # Phase 1: all-gather of the reduced chunks.
-        bcodec = getattr(codec, "stateless", codec) if codec is not None else None
-        bseed = derive_seed(self.seed, self.round, op, self.rank, "bcast")
-        if bcodec is None or reduced.numel() == 0:
-            mine = _raw_encode(reduced)
-        else:
-            mine = bcodec.encode(reduced, key=None, seed=bseed)
+        # Phase 1: all-gather of the reduced chunks, encoded once by their owner
+        # with the codec's stateless core; everyone decodes the same bytes.
+        bcodec = getattr(codec, "inner", codec) if lossy else None
+        mine = encode(bcodec, self.rank, reduced, None, "ag")
         sent += await self._send_all(op, 1, {p: mine for p in self.group if p != self.peer_id})
         out = torch.empty_like(flat)
         for j, src in enumerate(self.group):
-            clo, chi = bounds[j]
             data = mine if src == self.peer_id else await self._recv(src, op, 1)
-            if bcodec is None or chi == clo:
-                piece = _raw_decode(data, chi - clo, src)
-            else:
-                piece = bcodec.decode(data, (chi - clo,), key=None, seed=derive_seed(self.seed, self.round, op, j, "bcast")).reshape(-1)
-            out[clo:chi] = piece
+            piece = decode(bcodec, j, data, None, "ag", src)
+            at = 0
+            for lo, hi, _ in plan[j]:
+                out[lo:hi] = piece[at : at + hi - lo]
+                at += hi - lo
         self._record(CollectiveStats(name, op, sent, dropped))
-        result = unflatten(out, like)
-        return result
+        return unflatten(out, like)
 
     async def _reduce_chunk(self, stacked: torch.Tensor, op: int) -> tuple[torch.Tensor, tuple[str, ...]]:
         """Reduce this member's chunk; returns (value, dropped peer ids)."""
         if self.aggregator is None:
-            acc = stacked[0].clone()
-            for row in stacked[1:]:
-                acc += row
-            return acc / stacked.shape[0], ()
+            ok = [i for i in range(stacked.shape[0]) if not torch.isnan(stacked[i]).all() or stacked.shape[1] == 0]
+            acc = stacked[ok[0]].clone()
+            for i in ok[1:]:
+                acc += stacked[i]
+            return acc / len(ok), ()
         gen = self.aggregator.steps(stacked, seed=derive_seed(self.seed, self.round, op, "aggregate"))
         phase = 2
         try:

@@ -173,7 +173,7 @@ class BlockQuantCodec(Codec):
             else:
                 p = q[start // 2 : (stop + 1) // 2]
                 pair = torch.stack((p & 15, p >> 4), dim=1).view(-1)
-                ov.copy_(pair[: stop - start])
+                ov.copy_(pair[start & 1 : (start & 1) + stop - start])
                 ov.sub_(8.0)
             ov.view(rows, width).mul_(scales[b0 : b0 + rows, None])
         return res

@@ -151,9 +151,9 @@ class RandKCodec(Codec):
     def encode(self, x: torch.Tensor, *, key: Hashable = None, seed: int = 0) -> bytes:
         flat = as_float32_flat(x, self.spec)
         n = flat.numel()
-        vals = flat[self.indices(n, seed)]
-        if not bool(torch.isfinite(vals).all()):
+        if n and not bool(torch.isfinite(flat).all()):  # unsent values too: state built on x must stay finite
             raise CodecError(f"{self.spec}: expected finite input, found NaN or inf")
+        vals = flat[self.indices(n, seed)]
         return pack_header(self.codec_id, self._tag, n) + tensor_bytes(vals).tobytes()
 
     def _decode(self, data: bytes | memoryview, shape: tuple[int, ...], *, key: Hashable, seed: int,

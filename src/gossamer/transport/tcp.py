@@ -1,0 +1,676 @@
+"""The TCP transport: authenticated, bounded, deadline-guarded frames over
+asyncio streams. Same semantics as the simulated transport (``sim.py``).
+
+Contract:
+
+- ``await TcpTransport.start(identity, swarm_id, host, port, ...)`` listens;
+  ``await t.connect(peer_id_or_none, host, port)`` dials now and returns the
+  authenticated peer id; ``t.add_peer(peer_id, host, port)`` only records an
+  address, and the first ``send`` to that peer dials it. Either side may dial;
+  a pair of peers may end up with two connections (one dialled by each side),
+  which is harmless: frames are read from every connection, sends use the
+  first live one.
+- Handshake (every connection, before any frame; both sides run the same
+  code, ``role`` is "D" for the dialer and "L" for the listener). Each
+  handshake message is a u32 little-endian length (at most
+  ``HANDSHAKE_LIMIT`` bytes) and a msgpack map with exactly the listed keys::
+
+      HELLO  {"v": 1, "swarm": swarm_id, "pk": Ed25519 public key (32),
+              "eph": fresh X25519 public key (32), "nonce": 32 random bytes}
+      AUTH   {"sig": Ed25519 signature (64) of
+              "gossamer-auth-v1" || role || transcript}
+      FIN    {"fin": BLAKE2b-128(key=own send key, person "gossamer-fin-v1",
+                                 role || transcript)}
+
+  where ``transcript = BLAKE2b-256(person "gossamer-hs-v1",
+  u32len(swarm_id) || swarm_id || u32len(HELLO_D) || HELLO_D || u32len(HELLO_L) || HELLO_L)``
+  over the exact bytes of both HELLO messages, so each signature covers the
+  swarm id, both nonces, both identity keys, both ephemeral keys and the
+  signer's role (a signature cannot be replayed on another connection, in
+  another swarm, or reflected back to its signer). After HELLO each side
+  rejects a different protocol version or swarm id, its own identity, a peer
+  outside the allow-list (when one is given) and, when dialling a known id,
+  any other id. After AUTH it rejects a bad signature. Session keys:
+  ``BLAKE2b-512(key = X25519(own ephemeral, peer ephemeral), person
+  "gossamer-kdf-v1", transcript)`` split into the dialer-to-listener key
+  (first 32 bytes) and the listener-to-dialer key (last 32). The ephemeral
+  exchange gives forward secrecy: an outsider who records or replays old
+  traffic cannot compute a session key, and a recorded frame fails the MAC
+  on any other connection. FIN confirms both sides hold the same keys and
+  accepted each other; a connection is used only after both FINs check out.
+  Rejections are logged (WARNING) with the remote address.
+- Frames (``frame.py``) carry a MAC under the sender's direction key and the
+  frame sequence number, so a replayed, reordered or reflected frame is a
+  ``ProtocolError``.
+- One background reader task per connection reads frames continuously into
+  mailboxes keyed by ``(src, tag)``, so sends never wait for the receiver to
+  call ``recv`` (a collective may send everything before it receives). A
+  second frame with a ``(src, tag)`` still in the mailbox or already
+  consumed, a peer buffering more than ``max_buffered`` unconsumed payload
+  bytes, and every malformed, oversize, forged or stalled frame is a
+  ``ProtocolError``: it is logged (WARNING, naming the peer, its address
+  and the fault) and costs that peer its connection, never the transport.
+- When a peer's last connection drops (closed, reset, protocol error, or the
+  transport closing), every pending and later ``recv`` from it raises
+  ``PeerError`` naming the peer and the reason, except for messages that had
+  already arrived, which are still delivered. A new connection from or to
+  the peer (it rejoined) makes it reachable again. ``send`` raises
+  ``PeerError`` when the peer cannot be reached (no connection and no known
+  address, dial failure, write failure or stall); unlike the simulator,
+  whose sends to a dead peer vanish silently.
+- Byte counters are exactly the simulator's: ``send`` counts
+  ``len(payload)`` and ``frame_overhead(tag)`` when it has written the
+  frame; ``recv`` counts them when it returns the payload. In addition, every
+  completed handshake adds the bytes it sent and received (length prefixes
+  included) to the framing counts of that peer and direction without counting
+  a message; ``handshake_counters`` holds those bytes alone (one "message"
+  per handshake) so that ``counters.*.framing - handshake_counters.*.framing``
+  is the sum of ``frame_overhead`` of the counted messages. Nothing beyond
+  the handshakes and frames is ever written.
+- Limits and deadlines: frames over ``max_frame`` body bytes are refused on
+  both sides; handshake messages over ``HANDSHAKE_LIMIT``; a whole handshake
+  must finish within ``io_timeout``; once a frame has begun, every read must
+  make progress within ``io_timeout`` and every write drain likewise, or the
+  connection is dropped. Idle connections are not timed out.
+- ``compute()`` is a no-op, ``now()`` is ``time.monotonic()``, ``recv``'s
+  ``timeout`` is in wall-clock seconds. ``close()`` stops listening, cancels
+  readers and pending handshakes, flushes and closes every connection and
+  fails pending ``recv`` calls with ``PeerError``. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import os
+import struct
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from ..errors import ConfigError, PeerError, ProtocolError
+from .base import Buffer, ByteCounters, LinkCounter, Tag, Transport
+from .frame import DEFAULT_MAX_FRAME, MAC_BYTES, MAX_BODY, MIN_BODY, check_tag, encode_frame, frame_overhead, read_frame
+from .identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Identity, peer_id_from_public_key, verify_signature
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+#: Largest handshake message body accepted (bytes after the length prefix).
+HANDSHAKE_LIMIT = 1024
+#: Longest swarm id (UTF-8 bytes).
+MAX_SWARM_ID = 256
+NONCE_BYTES = 32
+DEFAULT_IO_TIMEOUT = 30.0
+#: StreamReader buffer limit: how much the kernel-to-user reader may run ahead.
+STREAM_LIMIT = 4 << 20
+#: Payload slice written per ``write`` call; the write buffer high-water mark.
+WRITE_CHUNK = 1 << 20
+WRITE_HIGH = 4 << 20
+#: Payloads at least this large get their MAC computed in a worker thread
+#: (hashlib releases the GIL), so the event loop keeps serving other peers.
+THREAD_MAC_BYTES = 1 << 20
+_HS_LEN = struct.Struct("<I")
+
+
+# --------------------------------------------------------------------------- handshake
+
+
+@dataclass(frozen=True)
+class Session:
+    """Outcome of a successful handshake."""
+
+    peer_id: str
+    peer_public_key: bytes
+    send_key: bytes
+    recv_key: bytes
+    bytes_sent: int
+    bytes_received: int
+
+
+def _pack_hs(obj: dict[str, Any]) -> bytes:
+    body = msgpack.packb(obj, use_bin_type=True)
+    return _HS_LEN.pack(len(body)) + body
+
+
+async def _read_hs(reader: asyncio.StreamReader, what: str, keys: dict[str, type], where: str) -> tuple[dict[str, Any], bytes]:
+    """Read one handshake message; check its size, that it is a msgpack map
+    with exactly ``keys`` and that each value has the given type."""
+    try:
+        head = await reader.readexactly(_HS_LEN.size)
+        (n,) = _HS_LEN.unpack(head)
+        if n > HANDSHAKE_LIMIT:
+            raise ProtocolError(f"handshake {what} from {where} claims {n} bytes, limit is {HANDSHAKE_LIMIT}")
+        body = await reader.readexactly(n)
+    except asyncio.IncompleteReadError as exc:
+        raise PeerError(f"{where} closed the connection during the handshake (waiting for {what}, "
+                        f"got {len(exc.partial)} of {exc.expected} bytes); it may have rejected us") from None
+    try:
+        obj = msgpack.unpackb(body, raw=False, strict_map_key=True, max_str_len=HANDSHAKE_LIMIT,
+                              max_bin_len=HANDSHAKE_LIMIT, max_array_len=16, max_map_len=16, max_ext_len=0)
+    except Exception as exc:  # msgpack raises many types on malformed input
+        raise ProtocolError(f"handshake {what} from {where} is not valid msgpack ({type(exc).__name__})") from None
+    if not isinstance(obj, dict) or set(obj) != set(keys):
+        found = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+        raise ProtocolError(f"handshake {what} from {where}: expected a map with keys {sorted(keys)}, found {found}"[:300])
+    for k, typ in keys.items():
+        if type(obj[k]) is not typ:
+            raise ProtocolError(f"handshake {what} from {where}: field {k!r} must be {typ.__name__}, "
+                                f"found {type(obj[k]).__name__}")
+    return obj, head + body
+
+
+def _transcript(swarm_id: str, hello_d: bytes, hello_l: bytes) -> bytes:
+    h = hashlib.blake2b(digest_size=32, person=b"gossamer-hs-v1")
+    for part in (swarm_id.encode(), hello_d, hello_l):
+        h.update(_HS_LEN.pack(len(part)))
+        h.update(part)
+    return h.digest()
+
+
+def _auth_message(role: bytes, transcript: bytes) -> bytes:
+    return b"gossamer-auth-v1" + role + transcript
+
+
+def _fin(key: bytes, role: bytes, transcript: bytes) -> bytes:
+    return hashlib.blake2b(role + transcript, key=key, digest_size=MAC_BYTES, person=b"gossamer-fin-v1").digest()
+
+
+async def handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, identity: Identity, swarm_id: str,
+                    *, initiator: bool, io_timeout: float | None = DEFAULT_IO_TIMEOUT,
+                    allowed: frozenset[str] | None = None, expected_peer: str | None = None,
+                    where: str = "peer") -> Session:
+    """Run the mutual handshake described in the module docstring on a fresh
+    connection; ``initiator`` is True on the dialing side.
+
+    Returns the ``Session``; raises ``ProtocolError`` for a malformed message,
+    a mismatch (version, swarm id, identity), a bad signature or key
+    confirmation, or a handshake not done within ``io_timeout`` seconds, and
+    ``PeerError`` if the other side closes the connection."""
+    sent = 0
+    received = 0
+    my_role, peer_role = (b"D", b"L") if initiator else (b"L", b"D")
+    eph = X25519PrivateKey.generate()
+    eph_pub = eph.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    hello = _pack_hs({"v": PROTOCOL_VERSION, "swarm": swarm_id, "pk": identity.public_key, "eph": eph_pub,
+                      "nonce": os.urandom(NONCE_BYTES)})
+
+    async def write(data: bytes) -> None:
+        nonlocal sent
+        writer.write(data)
+        sent += len(data)
+        await writer.drain()
+
+    try:
+        async with asyncio.timeout(io_timeout):
+            await write(hello)
+            peer_hello, peer_hello_raw = await _read_hs(
+                reader, "HELLO", {"v": int, "swarm": str, "pk": bytes, "eph": bytes, "nonce": bytes}, where)
+            received += len(peer_hello_raw)
+            if peer_hello["v"] != PROTOCOL_VERSION:
+                raise ProtocolError(f"{where} speaks protocol version {peer_hello['v']}, expected {PROTOCOL_VERSION}")
+            if peer_hello["swarm"] != swarm_id:
+                raise ProtocolError(f"swarm id mismatch: expected {swarm_id!r}, {where} says {peer_hello['swarm']!r}"[:300])
+            for name, size in (("pk", PUBLIC_KEY_BYTES), ("eph", 32), ("nonce", NONCE_BYTES)):
+                if len(peer_hello[name]) != size:
+                    raise ProtocolError(f"handshake HELLO from {where}: {name!r} must be {size} bytes, "
+                                        f"found {len(peer_hello[name])}")
+            peer_pk: bytes = peer_hello["pk"]
+            peer_id = peer_id_from_public_key(peer_pk)
+            if peer_pk == identity.public_key:
+                raise ProtocolError(f"{where} presents our own identity {peer_id!r}")
+            if allowed is not None and peer_id not in allowed:
+                raise ProtocolError(f"peer {peer_id!r} at {where} is not in the allowed set")
+            if expected_peer is not None and peer_id != expected_peer:
+                raise ProtocolError(f"dialled {expected_peer!r} at {where} but it is {peer_id!r}")
+            hello_raw = hello
+            d_raw, l_raw = (hello_raw, peer_hello_raw) if initiator else (peer_hello_raw, hello_raw)
+            transcript = _transcript(swarm_id, d_raw, l_raw)
+
+            await write(_pack_hs({"sig": identity.sign(_auth_message(my_role, transcript))}))
+            peer_auth, raw = await _read_hs(reader, "AUTH", {"sig": bytes}, where)
+            received += len(raw)
+            if len(peer_auth["sig"]) != SIGNATURE_BYTES or not verify_signature(
+                    peer_pk, peer_auth["sig"], _auth_message(peer_role, transcript)):
+                raise ProtocolError(f"bad handshake signature from {peer_id!r} at {where}")
+
+            try:
+                shared = eph.exchange(X25519PublicKey.from_public_bytes(peer_hello["eph"]))
+            except ValueError as exc:
+                raise ProtocolError(f"bad ephemeral key from {peer_id!r} at {where}: {exc}") from None
+            okm = hashlib.blake2b(transcript, key=shared, digest_size=64, person=b"gossamer-kdf-v1").digest()
+            d2l, l2d = okm[:32], okm[32:]
+            send_key, recv_key = (d2l, l2d) if initiator else (l2d, d2l)
+
+            await write(_pack_hs({"fin": _fin(send_key, my_role, transcript)}))
+            peer_fin, raw = await _read_hs(reader, "FIN", {"fin": bytes}, where)
+            received += len(raw)
+            if not hmac.compare_digest(peer_fin["fin"], _fin(recv_key, peer_role, transcript)):
+                raise ProtocolError(f"key confirmation failed for {peer_id!r} at {where}")
+    except TimeoutError:
+        raise ProtocolError(f"handshake with {where} did not complete within {io_timeout} s") from None
+    except (ConnectionError, OSError) as exc:
+        raise PeerError(f"{where} closed the connection during the handshake ({exc or type(exc).__name__}); "
+                        "it may have rejected us") from None
+    return Session(peer_id, peer_pk, send_key, recv_key, sent, received)
+
+
+# --------------------------------------------------------------------------- transport
+
+
+@dataclass(eq=False)
+class _Connection:
+    peer_id: str
+    where: str
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    send_key: bytes
+    recv_key: bytes
+    send_seq: int = 0
+    recv_seq: int = 0
+    closed: bool = False
+    send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    reader_task: asyncio.Task[None] | None = None
+
+
+def _where(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer)
+
+
+class TcpTransport(Transport):
+    """One peer's endpoint on a real TCP network; see the module docstring.
+    Create it with ``await TcpTransport.start(...)``."""
+
+    def __init__(self, identity: Identity, swarm_id: str, *, allowed: Iterable[str] | None = None,
+                 max_frame: int = DEFAULT_MAX_FRAME, io_timeout: float = DEFAULT_IO_TIMEOUT,
+                 max_buffered: int | None = None) -> None:
+        if not isinstance(swarm_id, str) or not 0 < len(swarm_id.encode()) <= MAX_SWARM_ID:
+            raise ConfigError(f"swarm id must be a non-empty string of at most {MAX_SWARM_ID} UTF-8 bytes, got {swarm_id!r}")
+        if not MIN_BODY <= max_frame <= MAX_BODY:
+            raise ConfigError(f"max_frame must be in [{MIN_BODY}, {MAX_BODY}] bytes, got {max_frame}")
+        if not io_timeout > 0:
+            raise ConfigError(f"io_timeout must be > 0 s, got {io_timeout}")
+        self.identity = identity
+        self.swarm_id = swarm_id
+        self.allowed: frozenset[str] | None = None if allowed is None else frozenset(allowed)
+        self.max_frame = max_frame
+        self.io_timeout = io_timeout
+        self.max_buffered = 4 * max_frame if max_buffered is None else max_buffered
+        self.counters = ByteCounters()
+        self.handshake_counters = ByteCounters()
+        self._server: asyncio.Server | None = None
+        self._address: tuple[str, int] = ("", 0)
+        self._conns: dict[str, list[_Connection]] = {}
+        self._book: dict[str, tuple[str, int]] = {}
+        self._dialing: dict[str, asyncio.Task[_Connection]] = {}
+        self._mailbox: dict[tuple[str, Tag], bytes] = {}
+        self._buffered: dict[str, int] = {}
+        self._consumed: dict[str, set[Tag]] = {}
+        self._waiters: dict[tuple[str, Tag], asyncio.Future[bytes]] = {}
+        self._gone: dict[str, str] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+
+    # ----------------------------------------------------------------- setup
+
+    @classmethod
+    async def start(cls, identity: Identity, swarm_id: str, host: str = "127.0.0.1", port: int = 0, *,
+                    allowed: Iterable[str] | None = None, max_frame: int = DEFAULT_MAX_FRAME,
+                    io_timeout: float = DEFAULT_IO_TIMEOUT, max_buffered: int | None = None) -> "TcpTransport":
+        """Listen on ``host:port`` (port 0 picks a free one, see ``address``)."""
+        t = cls(identity, swarm_id, allowed=allowed, max_frame=max_frame, io_timeout=io_timeout,
+                max_buffered=max_buffered)
+        t._server = await asyncio.start_server(t._on_inbound, host, port, limit=STREAM_LIMIT)
+        sock = t._server.sockets[0].getsockname()
+        t._address = (str(sock[0]), int(sock[1]))
+        logger.info("peer %s listening on %s:%d (swarm %r)", t.peer_id, *t._address, swarm_id)
+        return t
+
+    @property
+    def peer_id(self) -> str:
+        return self.identity.peer_id
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """``(host, port)`` this transport listens on."""
+        return self._address
+
+    def add_peer(self, peer_id: str, host: str, port: int) -> None:
+        """Record where ``peer_id`` listens; the first ``send`` to it dials."""
+        self._book[peer_id] = (host, int(port))
+
+    def connected_peers(self) -> set[str]:
+        """Ids of the peers with at least one live connection."""
+        return {p for p, conns in self._conns.items() if conns}
+
+    async def connect(self, peer_id: str | None, host: str, port: int) -> str:
+        """Dial ``host:port`` now, run the handshake and return the peer's id.
+        With ``peer_id`` given, any other identity there is rejected."""
+        conn = await self._dial(peer_id, host, port)
+        self._book.setdefault(conn.peer_id, (host, int(port)))
+        return conn.peer_id
+
+    async def _dial(self, peer_id: str | None, host: str, port: int) -> _Connection:
+        if self._closed:
+            raise PeerError(f"transport {self.peer_id!r} is closed")
+        where = f"{host}:{port}"
+        name = peer_id or "peer"
+        try:
+            async with asyncio.timeout(self.io_timeout):
+                reader, writer = await asyncio.open_connection(host, port, limit=STREAM_LIMIT)
+        except (OSError, TimeoutError) as exc:
+            raise PeerError(f"cannot reach {name} at {where}: {exc or type(exc).__name__}") from None
+        try:
+            session = await handshake(reader, writer, self.identity, self.swarm_id, initiator=True,
+                                      io_timeout=self.io_timeout, allowed=self.allowed, expected_peer=peer_id,
+                                      where=where)
+        except BaseException as exc:
+            writer.transport.abort()
+            if isinstance(exc, (ProtocolError, PeerError)):
+                logger.warning("handshake with %s at %s failed: %s", name, where, exc)
+            raise
+        return self._register(session, reader, writer, where)
+
+    async def _on_inbound(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        where = _where(writer)
+        task = asyncio.current_task()
+        if self._closed:
+            writer.transport.abort()
+            return
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            session = await handshake(reader, writer, self.identity, self.swarm_id, initiator=False,
+                                      io_timeout=self.io_timeout, allowed=self.allowed, where=where)
+        except (ProtocolError, PeerError) as exc:
+            logger.warning("rejected inbound connection from %s: %s", where, exc)
+            writer.transport.abort()
+            return
+        except asyncio.CancelledError:
+            writer.transport.abort()
+            raise
+        except Exception:  # never let one connection take the server down
+            logger.exception("unexpected error in handshake with %s", where)
+            writer.transport.abort()
+            return
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+        self._register(session, reader, writer, where)
+
+    def _register(self, session: Session, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                  where: str) -> _Connection:
+        if self._closed:
+            writer.transport.abort()
+            raise PeerError(f"transport {self.peer_id!r} is closed")
+        writer.transport.set_write_buffer_limits(high=WRITE_HIGH)
+        pid = session.peer_id
+        conn = _Connection(pid, where, reader, writer, session.send_key, session.recv_key)
+        self._conns.setdefault(pid, []).append(conn)
+        self._gone.pop(pid, None)
+        for counters in (self.counters, self.handshake_counters):
+            counters.sent_to.setdefault(pid, LinkCounter())
+            counters.received_from.setdefault(pid, LinkCounter())
+        self._add_framing(self.counters, pid, session.bytes_sent, session.bytes_received)
+        self.handshake_counters.count_sent(pid, 0, session.bytes_sent)
+        self.handshake_counters.count_received(pid, 0, session.bytes_received)
+        conn.reader_task = asyncio.get_running_loop().create_task(self._read_loop(conn), name=f"tcp-read-{pid}")
+        logger.info("peer %s connected to %s at %s", self.peer_id, pid, where)
+        return conn
+
+    @staticmethod
+    def _add_framing(counters: ByteCounters, pid: str, sent: int, received: int) -> None:
+        counters.sent.framing += sent
+        counters.sent_to[pid].framing += sent
+        counters.received.framing += received
+        counters.received_from[pid].framing += received
+
+    # ----------------------------------------------------------------- receiving
+
+    async def _read_loop(self, conn: _Connection) -> None:
+        reason = "it closed the connection"
+        abort = False
+        try:
+            while True:
+                frame = await read_frame(conn.reader, max_frame=self.max_frame, mac_key=conn.recv_key,
+                                         seq=conn.recv_seq, io_timeout=self.io_timeout)
+                if frame is None:
+                    break
+                conn.recv_seq += 1
+                self._deliver(conn.peer_id, frame[0], frame[1])
+        except asyncio.CancelledError:
+            reason = f"transport {self.peer_id!r} closed" if self._closed else "reader cancelled"
+            raise
+        except ProtocolError as exc:
+            logger.warning("ProtocolError from peer %s at %s: %s; disconnecting", conn.peer_id, conn.where, exc)
+            reason = f"protocol error: {exc}"
+            abort = True
+        except (ConnectionError, OSError) as exc:
+            reason = f"connection lost: {exc or type(exc).__name__}"
+            abort = True
+        except Exception as exc:  # a bug here must cost the connection, not the run
+            logger.exception("unexpected error reading from %s at %s", conn.peer_id, conn.where)
+            reason = f"internal error: {exc!r}"
+            abort = True
+        finally:
+            self._drop(conn, reason, abort=abort)
+
+    def _deliver(self, src: str, tag: Tag, payload: bytes) -> None:
+        key = (src, tag)
+        consumed = self._consumed.setdefault(src, set())
+        if tag in consumed:
+            raise ProtocolError(f"duplicate frame {tag}: already received from {src!r}")
+        if key in self._mailbox:
+            raise ProtocolError(f"duplicate frame {tag}: one from {src!r} is still unread")
+        fut = self._waiters.get(key)
+        if fut is not None and not fut.done():
+            consumed.add(tag)
+            fut.set_result(payload)
+            return
+        held = self._buffered.get(src, 0) + len(payload)
+        if held > self.max_buffered:
+            raise ProtocolError(f"peer holds {held} unread payload bytes here, over the limit of {self.max_buffered}")
+        self._buffered[src] = held
+        self._mailbox[key] = payload
+
+    async def recv(self, src: str, tag: Tag, *, timeout: float | None = None) -> bytes:
+        key = (src, tag)
+        payload = self._mailbox.pop(key, None)
+        if payload is not None:
+            self._buffered[src] -= len(payload)
+            self._consumed.setdefault(src, set()).add(tag)
+            return self._count_recv(src, tag, payload)
+        if tag in self._consumed.get(src, ()):
+            raise RuntimeError(f"{self.peer_id!r}: message {tag} from {src!r} was already received")
+        if key in self._waiters:
+            raise RuntimeError(f"{self.peer_id!r}: another recv already waits for {tag} from {src!r}")
+        if self._closed:
+            raise PeerError(f"peer {src!r} is unreachable: transport {self.peer_id!r} is closed (waited for {tag})")
+        if src in self._gone and not self._conns.get(src):
+            raise PeerError(f"peer {src!r} is gone ({self._gone[src]}); waited for {tag} at {self.peer_id!r}")
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._waiters[key] = fut
+        try:
+            await asyncio.wait((fut,), timeout=timeout)
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                # the payload arrived as we were cancelled: keep it for a later recv
+                self._consumed[src].discard(tag)
+                self._mailbox[key] = fut.result()
+                self._buffered[src] = self._buffered.get(src, 0) + len(fut.result())
+            fut.cancel()
+            raise
+        finally:
+            if self._waiters.get(key) is fut:
+                del self._waiters[key]
+        if not fut.done():
+            fut.cancel()
+            raise TimeoutError(f"{self.peer_id!r}: no message {tag} from {src!r} within {timeout} s")
+        return self._count_recv(src, tag, fut.result())
+
+    def _count_recv(self, src: str, tag: Tag, payload: bytes) -> bytes:
+        self.counters.count_received(src, len(payload), frame_overhead(tag))
+        return payload
+
+    def _fail_waiters(self, peer: str, reason: str) -> None:
+        for (src, tag), fut in list(self._waiters.items()):
+            if src == peer and not fut.done():
+                fut.set_exception(PeerError(f"peer {peer!r} is gone ({reason}); waited for {tag} at {self.peer_id!r}"))
+
+    def _drop(self, conn: _Connection, reason: str, *, abort: bool = False) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        conns = self._conns.get(conn.peer_id, [])
+        if conn in conns:
+            conns.remove(conn)
+        if abort:
+            conn.writer.transport.abort()
+        else:
+            conn.writer.close()
+        task = conn.reader_task
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            task.cancel()
+        logger.info("peer %s: connection to %s at %s closed (%s)", self.peer_id, conn.peer_id, conn.where, reason)
+        if not conns:
+            self._conns.pop(conn.peer_id, None)
+            self._gone[conn.peer_id] = reason
+            self._fail_waiters(conn.peer_id, reason)
+
+    # ----------------------------------------------------------------- sending
+
+    def _live(self, dst: str) -> _Connection | None:
+        for conn in self._conns.get(dst, ()):
+            if not conn.closed:
+                return conn
+        return None
+
+    async def _connection_to(self, dst: str) -> _Connection:
+        conn = self._live(dst)
+        if conn is not None:
+            return conn
+        task = self._dialing.get(dst)
+        if task is None:
+            addr = self._book.get(dst)
+            if addr is None:
+                reason = self._gone.get(dst)
+                raise PeerError(f"no connection to peer {dst!r} and no address for it"
+                                + (f" (it is gone: {reason})" if reason else "; call add_peer or connect first"))
+            task = asyncio.get_running_loop().create_task(self._dial(dst, *addr), name=f"tcp-dial-{dst}")
+            self._dialing[dst] = task
+            self._tasks.add(task)
+
+            def done(t: asyncio.Task[_Connection], dst: str = dst) -> None:
+                self._tasks.discard(t)
+                if self._dialing.get(dst) is t:
+                    del self._dialing[dst]
+                if not t.cancelled():
+                    t.exception()  # retrieved here so an unawaited failure is not reported twice
+
+            task.add_done_callback(done)
+        try:
+            await asyncio.shield(task)
+        except ProtocolError as exc:
+            raise PeerError(f"cannot connect to peer {dst!r}: {exc}") from exc
+        conn = self._live(dst)
+        if conn is None:
+            raise PeerError(f"connection to peer {dst!r} closed right after the handshake ({self._gone.get(dst)})")
+        return conn
+
+    async def send(self, dst: str, tag: Tag, payload: Buffer) -> None:
+        if self._closed:
+            raise PeerError(f"cannot send {tag} to {dst!r}: transport {self.peer_id!r} is closed")
+        check_tag(tag)
+        view = memoryview(payload)
+        if view.ndim != 1 or view.itemsize != 1:
+            view = view.cast("B")
+        size = view.nbytes
+        framing = frame_overhead(tag)
+        if framing - 4 + size > self.max_frame:
+            raise ProtocolError(f"payload of {size} bytes for {tag} to {dst!r} exceeds max_frame {self.max_frame}")
+        conn = await self._connection_to(dst)
+        async with conn.send_lock:
+            if conn.closed:
+                raise PeerError(f"connection to peer {dst!r} closed before {tag} could be sent "
+                                f"({self._gone.get(dst, 'closed')})")
+            seq = conn.send_seq
+            conn.send_seq += 1
+            try:
+                if size >= THREAD_MAC_BYTES:
+                    parts = await asyncio.to_thread(encode_frame, tag, view, conn.send_key, seq)
+                else:
+                    parts = encode_frame(tag, view, conn.send_key, seq)
+                await self._write(conn, parts)
+            except (ConnectionError, OSError, TimeoutError) as exc:
+                what = "write stalled" if isinstance(exc, TimeoutError) else f"write failed: {exc or type(exc).__name__}"
+                self._drop(conn, what, abort=True)
+                raise PeerError(f"cannot send {tag} to peer {dst!r} at {conn.where}: {what}") from None
+            except BaseException:
+                # cancelled mid-frame: the stream is now unusable for both sides
+                self._drop(conn, f"send of {tag} was interrupted", abort=True)
+                raise
+        self.counters.count_sent(dst, size, framing)
+
+    async def _write(self, conn: _Connection, parts: list[Buffer]) -> None:
+        writer = conn.writer
+        head, body = parts[0], memoryview(parts[1])
+        writer.write(head)
+        n = body.nbytes
+        for off in range(0, n, WRITE_CHUNK):
+            writer.write(body[off:off + WRITE_CHUNK])
+            if writer.transport.get_write_buffer_size() >= WRITE_HIGH:
+                async with asyncio.timeout(self.io_timeout):
+                    await writer.drain()
+        async with asyncio.timeout(self.io_timeout):
+            await writer.drain()
+        if conn.closed or writer.transport.is_closing():
+            raise ConnectionResetError("connection closed while writing")
+
+    # ----------------------------------------------------------------- misc
+
+    def compute(self, seconds: float) -> None:
+        return None
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._server is not None:
+            self._server.close()
+        pending = [t for t in self._tasks if not t.done()]
+        conns = [c for cs in self._conns.values() for c in cs]
+        for conn in conns:
+            if conn.reader_task is not None and not conn.reader_task.done():
+                pending.append(conn.reader_task)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for conn in conns:
+            self._drop(conn, f"transport {self.peer_id!r} closed")
+        for conn in conns:
+            try:
+                async with asyncio.timeout(self.io_timeout):
+                    await conn.writer.wait_closed()
+            except (TimeoutError, ConnectionError, OSError):
+                conn.writer.transport.abort()
+        for (src, tag), fut in list(self._waiters.items()):
+            if not fut.done():
+                fut.set_exception(PeerError(f"peer {src!r} is unreachable: transport {self.peer_id!r} closed "
+                                            f"(waited for {tag})"))
+        if self._server is not None:
+            await self._server.wait_closed()
+        logger.info("peer %s closed", self.peer_id)
+

@@ -65,6 +65,10 @@ def _add_swarm_args(p: argparse.ArgumentParser, *, task_default: str | None) -> 
     p.add_argument("--seed", type=_nonneg_int, default=None, help="seed of the whole run (default 0)")
     p.add_argument("--evals", type=_positive_int, default=None, help="validation points on the curve (default 10)")
     p.add_argument("--compute-time", type=_positive_float, default=None, help="charge this many seconds per local step instead of the measured time")
+    p.add_argument("--codec", default=None, help="payload codec spec, e.g. int8, topk:0.001+ef, powersgd:4+ef21 (default none)")
+    p.add_argument("--aggregator", default=None, help="aggregation rule spec, e.g. median, nnm+cclip, bucketing:2+krum (default mean)")
+    p.add_argument("--byzantine", type=_nonneg_int, default=None, help="number of Byzantine peers (the last F peers)")
+    p.add_argument("--attack", default=None, help="what Byzantine peers do: signflip, ipm, alie, gaussian, labelflip, mimic, freerider")
     p.add_argument("--json", dest="json_out", metavar="PATH", help="write results JSON here")
     p.add_argument("--plot", metavar="PATH", help="write a PNG: loss vs bytes and vs simulated time")
 
@@ -101,6 +105,10 @@ def _scenario_from_args(args: argparse.Namespace, *, algorithms: str | None) -> 
         "seed": args.seed,
         "evals": args.evals,
         "compute_time": args.compute_time,
+        "codec": args.codec,
+        "aggregator": args.aggregator,
+        "byzantine": args.byzantine,
+        "attack": args.attack,
     }
     scenario_path = getattr(args, "scenario", None)
     if scenario_path:
@@ -220,7 +228,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2), format="%(levelname)s %(name)s: %(message)s")
+    # Tables are wide: do not squeeze them into 80 columns when output is not a terminal.
     console = Console(stderr=False)
+    if not console.is_terminal:
+        console = Console(stderr=False, width=160)
     try:
         if args.command == "simulate":
             return cmd_simulate(args, console)

@@ -31,12 +31,15 @@ from typing import Any
 
 import torch
 
+from ..aggregate import make_aggregator
 from ..algorithms import make_algorithm
+from ..codecs import make_codec
 from ..comm import Communicator
 from ..tasks import make_task
 from ..trace.results import CurvePoint, RunResult
 from ..transport.sim import SimNetwork
 from ..verify import state_hash
+from .adversary import Adversary
 from .scenario import Scenario
 
 log = logging.getLogger(__name__)
@@ -80,13 +83,23 @@ async def _run(scenario: Scenario, algorithm: str, task: Any, progress: Progress
     ids = [f"p{i}" for i in range(scenario.peers)]
     group = tuple(ids)
     options = scenario.options_for(algorithm)
+    byzantine = ids[len(ids) - scenario.byzantine :] if scenario.byzantine else []
+    attack = scenario.make_attack()
+    adversary = Adversary(attack, [p for p in ids if p not in byzantine], byzantine, seed=scenario.seed) if attack else None
+    robust = scenario.aggregator != "mean" or scenario.byzantine > 0
     peers = []
     for i, pid in enumerate(ids):
         model = task.make_model(scenario.seed)
-        comm = Communicator(net.add_peer(pid), group, seed=scenario.seed)
+        codec = None if scenario.codec in ("none", "fp32") else make_codec(scenario.codec)
+        aggregator = make_aggregator(scenario.aggregator, scenario.byzantine, seed=scenario.seed) if robust else None
+        comm = Communicator(net.add_peer(pid), group, codec=codec, aggregator=aggregator, seed=scenario.seed)
+        if adversary is not None:
+            comm.contribution_hook = adversary.hook_for(pid)
         algo = make_algorithm(algorithm, model, task.loss, comm, **options)
-        shard = task.shard(i, scenario.peers, seed=scenario.seed)
+        poisoned = pid in byzantine and attack.data_poisoning
+        shard = task.shard(i, scenario.peers, seed=scenario.seed, label_flip=poisoned)
         peers.append((pid, algo, shard, comm))
+    honest_ids = [p for p in ids if p not in byzantine]
 
     steps = scenario.steps
     assert steps is not None
@@ -135,7 +148,7 @@ async def _run(scenario: Scenario, algorithm: str, task: Any, progress: Progress
 
     await asyncio.gather(*(peer_loop(i, *p) for i, p in enumerate(peers)))
 
-    hashes_equal = all(logs[pid].hashes == logs[ids[0]].hashes for pid in ids)
+    hashes_equal = all(logs[pid].hashes == logs[ids[0]].hashes for pid in honest_ids)
     if not hashes_equal and peers[0][1].bit_parity:
         log.error("state hashes diverged between peers in %s", algorithm)
     curve = []
@@ -151,11 +164,10 @@ async def _run(scenario: Scenario, algorithm: str, task: Any, progress: Progress
             )
         )
     final = curve[-1]
-    codec = peers[0][3].codec
     return RunResult(
         algorithm=algorithm,
-        codec=codec.spec if codec is not None else "none",
-        aggregator="mean",
+        codec=scenario.codec,
+        aggregator=scenario.aggregator,
         final_val_loss=final.val_loss,
         final_val_metric=final.val_metric,
         metric_name=task.metric_name,
@@ -174,6 +186,8 @@ async def _run(scenario: Scenario, algorithm: str, task: Any, progress: Progress
             "final_state_hash": logs[ids[0]].hashes[-1] if logs[ids[0]].hashes else None,
             "messages_sent_per_peer": sum(p[3].transport.counters.sent.messages for p in peers) / len(peers),
             "options": options,
+            "attack": scenario.attack or "none",
+            "byzantine": scenario.byzantine,
         },
     )
 

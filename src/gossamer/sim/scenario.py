@@ -56,6 +56,10 @@ class Scenario:
     seed: int = 0
     evals: int = 10
     compute_time: float | None = None
+    codec: str = "none"
+    aggregator: str = "mean"
+    byzantine: int = 0
+    attack: str | None = None
     task_options: dict[str, Any] = field(default_factory=dict)
     algorithm_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -91,11 +95,41 @@ class Scenario:
             object.__setattr__(self, "iid", False)
         if self.compute_time is not None and not self.compute_time > 0:
             raise ConfigError(f"compute_time must be > 0 seconds per step, got {self.compute_time}")
+        self._check_robustness()
         unknown = sorted(set(self.algorithm_options) - set(ALGORITHM_NAMES))
         if unknown:
             raise ConfigError(f"algorithm_options for unknown algorithm(s) {', '.join(unknown)}; accepted: {', '.join(ALGORITHM_NAMES)}")
         for a in algos:
             algorithm_config(a, **self.options_for(a))
+
+    def _check_robustness(self) -> None:
+        from ..aggregate import make_aggregator
+        from ..codecs import make_codec
+        make_codec(self.codec)
+        if not isinstance(self.byzantine, int) or isinstance(self.byzantine, bool) or self.byzantine < 0:
+            raise ConfigError(f"byzantine must be a non-negative integer, got {self.byzantine!r}")
+        if self.byzantine >= self.peers:
+            raise ConfigError(f"byzantine must be < peers ({self.peers}): at least one honest peer is needed, got {self.byzantine}")
+        make_aggregator(self.aggregator, self.byzantine).check(self.peers)
+        if self.attack is not None:
+            attack = self.make_attack()
+            if self.byzantine == 0:
+                raise ConfigError(f"attack {self.attack!r} needs Byzantine peers: add --byzantine F")
+            if attack.data_poisoning and self.task != "digits":
+                raise ConfigError(f"attack {self.attack!r} poisons labels, which only the digits task has (task is {self.task!r})")
+        elif self.byzantine:
+            raise ConfigError(f"{self.byzantine} Byzantine peer(s) but no attack: add --attack NAME")
+        from ..algorithms import ALGORITHMS
+
+        for a in self.algorithms:
+            if self.byzantine and not ALGORITHMS[a][0].individual_contributions:
+                raise ConfigError(f"algorithm {a!r} does not carry individual contributions, so --byzantine does not apply to it")
+
+    def make_attack(self) -> Any:
+        """The scenario's attack object (``None`` without one)."""
+        from .attacks import make_attack
+
+        return None if self.attack is None else make_attack(self.attack)
 
     @property
     def link_spec(self) -> LinkSpec:

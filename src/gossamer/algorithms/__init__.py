@@ -13,11 +13,19 @@ from .base import Algorithm, config_from_options
 from .ddp import DDP, DDPConfig
 from .diloco import DiLoCo, DiLoCoConfig
 from .fedavg import FedAvg, FedAvgConfig
+from .gossip import Gossip, GossipConfig
+from .noloco import NoLoCo, NoLoCoConfig
+from .spsa import SPSA, SPSAConfig
+from .streaming_diloco import StreamingDiLoCo, StreamingDiLoCoConfig
 
 ALGORITHMS: dict[str, tuple[type[Algorithm], type]] = {
     "ddp": (DDP, DDPConfig),
     "fedavg": (FedAvg, FedAvgConfig),
     "diloco": (DiLoCo, DiLoCoConfig),
+    "streaming_diloco": (StreamingDiLoCo, StreamingDiLoCoConfig),
+    "noloco": (NoLoCo, NoLoCoConfig),
+    "spsa": (SPSA, SPSAConfig),
+    "gossip": (Gossip, GossipConfig),
 }
 ALGORITHM_NAMES = tuple(ALGORITHMS)
 

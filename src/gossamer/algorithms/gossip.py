@@ -1,0 +1,378 @@
+"""Gossip learning: decentralized SGD over a topology (D-PSGD, Lian et al. 2017,
+"Can Decentralized Algorithms Outperform Centralized Algorithms?"), with
+optional MoDeST-style sampling (de Vos et al. 2023), variance-corrected
+averaging ("Vanishing Variance", 2024) and a single global merge at the end
+("A Single Merging Suffices", 2025).
+
+Round. Every peer takes ``H`` local optimizer steps, then averages with its
+neighbours ``N(i)`` in the topology's gossip matrix ``W``:
+
+    x_i <- W_ii x_i + sum_{j in N(i)} W_ij x_j                      (self first, then ranks ascending)
+    Metropolis-Hastings:  W_ij = 1 / (1 + max(d_i, d_j)),  W_ii = 1 - sum_j W_ij
+    uniform:              W_ij = 1 / (d_i + 1) for j in N(i) + {i}
+
+With ``H = 1`` and plain SGD this is D-PSGD (which mixes and steps in the
+same iteration); ``H > 1`` is local-update decentralized SGD.
+
+Topologies (undirected, a pure function of ``n``, ``degree`` and the seed):
+``ring`` (i ~ i+-1), ``torus`` (r x c grid with wrap-around, r the largest
+divisor of n <= sqrt(n)), ``exponential`` (i ~ i +- 2^k mod n, 2^k < n) and
+``random_regular`` (a uniformly drawn simple ``degree``-regular graph, by the
+pairing model with rejection, seeded by ``generator(comm.seed, ...)``).
+
+Op-id alignment. Collectives must be issued in the same order on every peer.
+The edges are greedily coloured into matchings (colour = slot, at most
+``2 max_degree - 1`` slots); every round each peer walks the slots in order
+and either exchanges with its partner of that slot or spends the slot's
+operation id without sending (``skip_op``). Both ends of an edge therefore
+use the same op id, and no peer waits on a peer that is not talking to it.
+Exchanges within a round are sequential (one partner at a time).
+
+Sampling (``sample_size = s``, MoDeST). Round ``r`` has a seeded random
+sample ``S_r`` of ``s`` peers (``generator(comm.seed, "gossip-sample", r)``);
+only they train; at the round's end they average all-to-all
+(``x <- (1/s) sum_{j in S_r} x_j``, summed in rank order, so the sample agrees
+bit for bit), then hand the model to the newcomers ``S_{r+1} \\ S_r``
+(newcomer ``m`` gets it from sample member ``m mod s``). Peers outside the
+sample do no work and keep the model they last held.
+
+Variance correction (``variance_correction=True``; Vanishing Variance). Per
+tensor, after mixing, restore the element variance that averaging of
+uncorrelated models removes:
+
+    sigma2 = sum_j W_ij Var(w_j) ;  mu = mean(w_bar)
+    w_bar <- mu + (w_bar - mu) sqrt(sigma2 / Var(w_bar))            (tensors with > 1 element, Var > 0)
+
+Final merge (``final_merge_at = T``; A Single Merging Suffices). After local
+step ``T - 1`` (1-based step ``T``, normally the run's last), one all-reduce of
+the parameters replaces every model by the global mean: from then on all
+peers are bit-identical. ``bit_parity`` is False (replicas differ until then).
+
+State. ``shared_state()`` and ``eval_model()`` are the peer's own model (the
+runner evaluates peer 0's; with sampling it is the model peer 0 last held).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..comm import flatten, unflatten
+from ..errors import AggregationError, ConfigError
+from ..seeding import derive_seed, generator
+from .base import Algorithm, make_optimizer, positive
+
+TOPOLOGIES = ("ring", "torus", "exponential", "random_regular")
+
+
+# ---------------------------------------------------------------------- helpers shared with noloco
+def skip_op(comm: Any) -> None:
+    """Spend one operation id without communicating, keeping op ids aligned with
+    peers that do communicate in this slot. Uses ``comm.skip()`` when the
+    communicator offers it (requested hook), else bumps its op counter."""
+    skip = getattr(comm, "skip", None)
+    if callable(skip):
+        skip()
+    else:
+        comm._op += 1
+
+
+def encode_vector(x: torch.Tensor, codec: Any, *, seed: int, round_: int, sender: str) -> bytes:
+    """A flat float32 vector as raw little-endian float32 bytes, or the codec's bytes."""
+    if codec is None:
+        return x.detach().to(torch.float32).contiguous().numpy().tobytes()
+    return codec.encode(x, key=None, seed=derive_seed(seed, "p2p", round_, sender))
+
+
+def decode_vector(data: bytes, numel: int, codec: Any, *, seed: int, round_: int, sender: str, what: str) -> torch.Tensor:
+    """Inverse of ``encode_vector``; checks the length against ``numel``."""
+    if codec is None:
+        if len(data) != 4 * numel:
+            raise AggregationError(f"{what}: peer {sender!r} sent {len(data)} bytes, expected {4 * numel} ({numel} float32 values)")
+        return torch.frombuffer(bytearray(data), dtype=torch.float32) if numel else torch.zeros(0)
+    return codec.decode(data, (numel,), key=None, seed=derive_seed(seed, "p2p", round_, sender)).reshape(-1)
+
+
+# ---------------------------------------------------------------------- topologies
+def topology_edges(name: str, n: int, *, degree: int = 4, seed: int = 0) -> list[tuple[int, int]]:
+    """Sorted undirected edges ``(a, b)``, ``a < b``, of topology ``name`` on ``n`` ranks."""
+    edges: set[tuple[int, int]] = set()
+
+    def add(a: int, b: int) -> None:
+        if a != b:
+            edges.add((min(a, b), max(a, b)))
+
+    if name == "ring":
+        for i in range(n):
+            add(i, (i + 1) % n)
+    elif name == "torus":
+        r = max(d for d in range(1, int(math.isqrt(n)) + 1) if n % d == 0)
+        c = n // r
+        for i in range(n):
+            row, col = divmod(i, c)
+            add(i, row * c + (col + 1) % c)
+            add(i, ((row + 1) % r) * c + col)
+    elif name == "exponential":
+        k = 1
+        while k < n:
+            for i in range(n):
+                add(i, (i + k) % n)
+            k *= 2
+    elif name == "random_regular":
+        if not 1 <= degree < n or (n * degree) % 2:
+            raise ConfigError(f"gossip: random_regular needs 1 <= degree < peers and peers*degree even; got degree={degree}, peers={n}")
+        for attempt in range(10_000):
+            stubs = [i for i in range(n) for _ in range(degree)]
+            perm = torch.randperm(len(stubs), generator=generator(seed, "gossip-random-regular", n, degree, attempt)).tolist()
+            pairs = [(stubs[perm[k]], stubs[perm[k + 1]]) for k in range(0, len(perm), 2)]
+            cand = {(min(a, b), max(a, b)) for a, b in pairs}
+            if all(a != b for a, b in pairs) and len(cand) == len(pairs):
+                edges = cand
+                break
+        else:  # pragma: no cover - astronomically unlikely for sane sizes
+            raise ConfigError(f"gossip: no simple {degree}-regular graph on {n} peers found")
+    else:
+        raise ConfigError(f"gossip: unknown topology {name!r}; accepted: {', '.join(TOPOLOGIES)}")
+    return sorted(edges)
+
+
+def edge_colouring(edges: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+    """Greedy proper edge colouring: a list of matchings (slots) covering ``edges``."""
+    slots: list[list[tuple[int, int]]] = []
+    busy: list[set[int]] = []
+    for a, b in edges:
+        for k, used in enumerate(busy):
+            if a not in used and b not in used:
+                slots[k].append((a, b))
+                used.update((a, b))
+                break
+        else:
+            slots.append([(a, b)])
+            busy.append({a, b})
+    return slots
+
+
+def gossip_weights(edges: list[tuple[int, int]], n: int, rule: str) -> list[dict[int, float]]:
+    """Row ``i`` of the mixing matrix as ``{j: W_ij}`` (self included)."""
+    nbrs: list[set[int]] = [set() for _ in range(n)]
+    for a, b in edges:
+        nbrs[a].add(b)
+        nbrs[b].add(a)
+    rows = []
+    for i in range(n):
+        if rule == "uniform":
+            w = {j: 1.0 / (len(nbrs[i]) + 1) for j in nbrs[i]}
+        else:
+            w = {j: 1.0 / (1 + max(len(nbrs[i]), len(nbrs[j]))) for j in nbrs[i]}
+        w[i] = 1.0 - sum(w.values())
+        rows.append(w)
+    return rows
+
+
+def variance_correct(mixed: list[torch.Tensor], contributions: list[tuple[float, list[torch.Tensor]]]) -> None:
+    """In place: rescale each tensor of ``mixed`` around its mean to the weighted mean
+    element variance of the contributions (see module docstring)."""
+    for k, t in enumerate(mixed):
+        if t.numel() < 2:
+            continue
+        target = sum(w * float(c[k].var(unbiased=False)) for w, c in contributions)
+        var = float(t.var(unbiased=False))
+        if var > 0 and target > 0:
+            mu = t.mean()
+            t.sub_(mu).mul_(math.sqrt(target / var)).add_(mu)
+
+
+# ---------------------------------------------------------------------- algorithm
+@dataclass(frozen=True)
+class GossipConfig:
+    inner_steps: int = 10
+    topology: str = "ring"
+    degree: int = 4
+    weights: str = "metropolis"
+    sample_size: int = 0
+    variance_correction: bool = False
+    final_merge_at: int = 0
+    inner_optimizer: str = "adamw"
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    codec: str = "none"
+
+    def __post_init__(self) -> None:
+        w = "gossip"
+        positive("inner_steps", self.inner_steps, what=w)
+        positive("lr", self.lr, what=w)
+        positive("degree", self.degree, what=w)
+        positive("sample_size", self.sample_size, what=w, allow_zero=True)
+        positive("final_merge_at", self.final_merge_at, what=w, allow_zero=True)
+        positive("weight_decay", self.weight_decay, what=w, allow_zero=True)
+        positive("grad_clip", self.grad_clip, what=w, allow_zero=True)
+        if self.topology not in TOPOLOGIES:
+            raise ConfigError(f"gossip: unknown topology {self.topology!r}; accepted: {', '.join(TOPOLOGIES)}")
+        if self.weights not in ("metropolis", "uniform"):
+            raise ConfigError(f"gossip: weights must be 'metropolis' or 'uniform', got {self.weights!r}")
+
+
+class Gossip(Algorithm):
+    name = "gossip"
+    bit_parity = False
+    individual_contributions = False
+
+    def __init__(self, model: torch.nn.Module, loss_fn: Any, comm: Any, config: GossipConfig) -> None:
+        super().__init__(model, loss_fn, comm, config)
+        from .streaming_diloco import resolve_codec
+
+        n = comm.size
+        if config.sample_size > n:
+            raise ConfigError(f"gossip: sample_size ({config.sample_size}) exceeds the number of peers ({n})")
+        self.inner = make_optimizer(config.inner_optimizer, self.params, config.lr, config.weight_decay, what=self.name)
+        self.codec = resolve_codec(config.codec, comm)
+        self.edges = topology_edges(config.topology, n, degree=config.degree, seed=comm.seed)
+        self.slots = edge_colouring(self.edges)
+        self.mixing = gossip_weights(self.edges, n, config.weights)
+        self.merged = False
+        self.last_loss = float("nan")
+
+    @property
+    def sampling(self) -> bool:
+        return 0 < self.config.sample_size < self.comm.size
+
+    def sample(self, round_: int) -> list[int]:
+        """Ranks that train in round ``round_`` (all ranks without sampling)."""
+        if not self.sampling:
+            return list(range(self.comm.size))
+        perm = torch.randperm(self.comm.size, generator=generator(self.comm.seed, "gossip-sample", round_)).tolist()
+        return sorted(perm[: self.config.sample_size])
+
+    def active(self) -> bool:
+        return self.comm.rank in self.sample(self.rounds)
+
+    # ------------------------------------------------------------------ contract
+    def local_step(self, batch: Any) -> float:
+        if self.sampling and not self.active():
+            return float("nan")  # outside this round's sample: no work
+        loss = self._backward(batch)
+        if self.config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        self.inner.step()
+        self.last_loss = loss
+        return loss
+
+    def _round_due(self, step: int) -> bool:
+        return (step + 1) % self.config.inner_steps == 0
+
+    def wants_sync(self, step: int) -> bool:
+        return self._round_due(step) or step + 1 == self.config.final_merge_at
+
+    async def sync(self, step: int) -> None:
+        if self._round_due(step):
+            self.comm.round = self.rounds
+            if self.sampling:
+                await self._sampled_round()
+            else:
+                await self._gossip_round()
+            self.rounds += 1
+        if step + 1 == self.config.final_merge_at:
+            avg = await self.comm.all_reduce([p.detach() for p in self.params], name="gossip.final_merge")
+            with torch.no_grad():
+                for p, a in zip(self.params, avg):
+                    p.copy_(a)
+            self.merged = True
+
+    async def _exchange_slots(self, slots: list[dict[int, int]], payload: dict[int, bytes], numel: int) -> dict[int, torch.Tensor]:
+        """Walk ``slots`` (rank -> partner rank for this slot); exchange ``payload[partner]``
+        where matched, skip elsewhere; return the decoded vectors received, by rank."""
+        got: dict[int, torch.Tensor] = {}
+        me = self.comm.rank
+        for slot in slots:
+            partner = slot.get(me)
+            if partner is None:
+                skip_op(self.comm)
+                continue
+            pid = self.comm.group[partner]
+            data = await self.comm.exchange(pid, payload[partner], name=f"{self.name}.exchange")
+            if data:
+                got[partner] = decode_vector(data, numel, self.codec, seed=self.comm.seed, round_=self.rounds, sender=pid, what=self.name)
+        return got
+
+    def _mine(self) -> tuple[torch.Tensor, bytes]:
+        flat = flatten([p.detach() for p in self.params])
+        data = encode_vector(flat, self.codec, seed=self.comm.seed, round_=self.rounds, sender=self.comm.peer_id)
+        if self.codec is not None and not self.codec.lossless:  # mix what the others see of us
+            flat = decode_vector(data, flat.numel(), self.codec, seed=self.comm.seed, round_=self.rounds, sender=self.comm.peer_id, what=self.name)
+        return flat, data
+
+    def _mix(self, weights: dict[int, float], vectors: dict[int, torch.Tensor]) -> None:
+        like = [p.detach() for p in self.params]
+        order = sorted(weights)
+        acc = vectors[order[0]] * weights[order[0]]
+        for j in order[1:]:
+            acc.add_(vectors[j], alpha=weights[j])
+        mixed = unflatten(acc, like)
+        if self.config.variance_correction:
+            variance_correct(mixed, [(weights[j], unflatten(vectors[j], like)) for j in order])
+        with torch.no_grad():
+            for p, m in zip(self.params, mixed):
+                p.copy_(m)
+
+    async def _gossip_round(self) -> None:
+        me = self.comm.rank
+        slots = [{a: b for a, b in s} | {b: a for a, b in s} for s in self.slots]
+        flat, data = self._mine()
+        got = await self._exchange_slots(slots, {j: data for j in range(self.comm.size)}, flat.numel())
+        got[me] = flat
+        self._mix(self.mixing[me], got)
+
+    async def _sampled_round(self) -> None:
+        me, s = self.comm.rank, self.config.sample_size
+        members = self.sample(self.rounds)
+        nxt = self.sample(self.rounds + 1)
+        complete = [(a, b) for i, a in enumerate(members) for b in members[i + 1 :]]
+        slots = [{a: b for a, b in m} | {b: a for a, b in m} for m in edge_colouring(complete)]
+        numel = sum(p.numel() for p in self.params)
+        if me in members:
+            flat, data = self._mine()
+            got = await self._exchange_slots(slots, {j: data for j in members}, numel)
+            got[me] = flat
+            self._mix({j: 1.0 / s for j in members}, got)
+        else:
+            for _ in slots:
+                skip_op(self.comm)
+        # hand the sample's model to the newcomers of the next round
+        newcomers = [j for j in nxt if j not in members]
+        handoff: list[dict[int, int]] = []
+        for k in range(0, len(newcomers), s):
+            pairs = {newcomers[m]: members[m - k] for m in range(k, min(k + s, len(newcomers)))}
+            handoff.append(pairs | {v: u for u, v in pairs.items()})
+        payload: dict[int, bytes] = {}
+        if me in members:
+            _, data = self._mine()
+            payload = {j: data for j in newcomers}
+        else:
+            payload = {j: b"" for j in members}
+        got = await self._exchange_slots(handoff, payload, numel)
+        if me in newcomers and got:
+            (vec,) = got.values()
+            with torch.no_grad():
+                for p, v in zip(self.params, unflatten(vec, [p.detach() for p in self.params])):
+                    p.copy_(v)
+
+    def shared_state(self) -> list[torch.Tensor]:
+        return [p.detach() for p in self.params]
+
+
+__all__ = [
+    "Gossip",
+    "GossipConfig",
+    "TOPOLOGIES",
+    "decode_vector",
+    "edge_colouring",
+    "encode_vector",
+    "gossip_weights",
+    "skip_op",
+    "topology_edges",
+    "variance_correct",
+]

@@ -178,14 +178,20 @@ def test_counters_equal_payload_plus_frame_overhead_per_message():
     run(main())
 
 
-def test_recv_timeout_and_unknown_destination():
+def test_recv_timeout_and_unknown_destination(caplog):
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+
     async def main() -> None:
         a, b = await start()
         try:
             with pytest.raises(TimeoutError):
                 await a.recv(b.peer_id, Tag(0, 0, 0), timeout=0.05)
+            stranger = "0123456789abcdef"
+            await a.send(stranger, Tag(0, 0, 0), b"x")  # like the simulator: no raise
+            assert "no address" in warnings_text(caplog)
             with pytest.raises(PeerError, match="no address"):
-                await a.send("0123456789abcdef", Tag(0, 0, 0), b"x")
+                await a.recv(stranger, Tag(0, 0, 0))
+            assert stranger not in a.counters.sent_to
             # a late message is still delivered after a timed-out recv
             await b.send(a.peer_id, Tag(0, 0, 0), b"late")
             assert await a.recv(b.peer_id, Tag(0, 0, 0), timeout=5) == b"late"
@@ -505,12 +511,47 @@ def test_transport_closing_mid_send_fails_other_sides_recv():
                     conn.writer.transport.abort()
             with pytest.raises(PeerError, match=a.peer_id):
                 await asyncio.wait_for(pending, 5)
-            with pytest.raises(PeerError):
-                await asyncio.wait_for(sending, 5)
+            await asyncio.wait_for(sending, 5)  # returns, like a send to a dead peer in the simulator
+            assert a.counters.sent_to[b.peer_id].messages == 1  # the interrupted frame is not counted
             with pytest.raises(PeerError, match="is gone"):
                 await b.recv(a.peer_id, Tag(0, 0, 2))
+            with pytest.raises(PeerError, match="is gone"):
+                await a.recv(b.peer_id, Tag(0, 0, 2))
         finally:
             await close_all([a, b])
+
+    run(main())
+
+
+def test_send_to_dead_peer_does_not_block_the_others_and_peer_may_rejoin(caplog):
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+
+    async def main() -> None:
+        a, b, c = await start(3)
+        b_identity = b.identity
+        try:
+            await a.send(b.peer_id, Tag(0, 0, 0), b"to b")
+            assert await b.recv(a.peer_id, Tag(0, 0, 0), timeout=5) == b"to b"
+            await b.close()
+            await eventually(lambda: b.peer_id not in a.connected_peers())
+            for dst in (b.peer_id, c.peer_id):  # a collective's send loop
+                await a.send(dst, Tag(0, 1, 0), b"round 1")
+            assert await c.recv(a.peer_id, Tag(0, 1, 0), timeout=5) == b"round 1"
+            assert f"dropped {Tag(0, 1, 0)} for unreachable peer {b.peer_id}" in warnings_text(caplog)
+            with pytest.raises(PeerError, match=b.peer_id):
+                await a.recv(b.peer_id, Tag(0, 1, 0))
+            # b comes back with the same identity on a new port
+            b2 = await TcpTransport.start(b_identity, SWARM)
+            try:
+                await b2.connect(a.peer_id, *a.address)
+                await b2.send(a.peer_id, Tag(0, 2, 0), b"back")
+                assert await a.recv(b2.peer_id, Tag(0, 2, 0), timeout=5) == b"back"
+                await a.send(b2.peer_id, Tag(0, 2, 1), b"welcome")
+                assert await b2.recv(a.peer_id, Tag(0, 2, 1), timeout=5) == b"welcome"
+            finally:
+                await b2.close()
+        finally:
+            await close_all([a, b, c])
 
     run(main())
 

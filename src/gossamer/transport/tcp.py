@@ -37,7 +37,10 @@ Contract:
   exchange gives forward secrecy: an outsider who records or replays old
   traffic cannot compute a session key, and a recorded frame fails the MAC
   on any other connection. FIN confirms both sides hold the same keys and
-  accepted each other; a connection is used only after both FINs check out.
+  accepted each other: the dialer sends its FIN first, the listener checks
+  it, registers the connection and only then answers with its own FIN, so
+  when ``connect`` returns both sides are ready. A connection is used only
+  after the FINs check out.
   Rejections are logged (WARNING) with the remote address.
 - Frames (``frame.py``) carry a MAC under the sender's direction key and the
   frame sequence number, so a replayed, reordered or reflected frame is a
@@ -54,13 +57,20 @@ Contract:
   transport closing), every pending and later ``recv`` from it raises
   ``PeerError`` naming the peer and the reason, except for messages that had
   already arrived, which are still delivered. A new connection from or to
-  the peer (it rejoined) makes it reachable again. ``send`` raises
-  ``PeerError`` when the peer cannot be reached (no connection and no known
-  address, dial failure, write failure or stall); unlike the simulator,
-  whose sends to a dead peer vanish silently.
+  the peer (it rejoined) makes it reachable again.
+- ``send`` to a peer that cannot be reached (no connection and no known
+  address, dial or handshake failure, write failure or a write stalled for
+  ``io_timeout``) behaves like the simulator's send to a dead peer: it
+  returns without raising, so a collective still reaches the other peers;
+  it logs a WARNING, counts nothing (no frame reached the wire) and marks
+  the peer gone, so recvs from it raise ``PeerError`` with the reason.
+  ``send`` raises only for local faults: ``PeerError`` once this transport
+  is closed, ``ProtocolError`` for a tag out of range or a payload over
+  ``max_frame``. ``connect`` raises (``PeerError``/``ProtocolError``).
 - Byte counters are exactly the simulator's: ``send`` counts
-  ``len(payload)`` and ``frame_overhead(tag)`` when it has written the
-  frame; ``recv`` counts them when it returns the payload. In addition, every
+  ``len(payload)`` and ``frame_overhead(tag)`` once it has written the
+  frame (unlike the simulator, nothing for an unreachable peer); ``recv``
+  counts them when it returns the payload. In addition, every
   completed handshake adds the bytes it sent and received (length prefixes
   included) to the framing counts of that peer and direction without counting
   a message; ``handshake_counters`` holds those bytes alone (one "message"
@@ -71,7 +81,11 @@ Contract:
   both sides; handshake messages over ``HANDSHAKE_LIMIT``; a whole handshake
   must finish within ``io_timeout``; once a frame has begun, every read must
   make progress within ``io_timeout`` and every write drain likewise, or the
-  connection is dropped. Idle connections are not timed out.
+  connection is dropped. Idle connections are not timed out. At most
+  ``MAX_PENDING_HANDSHAKES`` inbound handshakes run at once (more are
+  refused at once), and a peer keeps at most ``MAX_CONNS_PER_PEER``
+  connections (a newer one replaces its oldest, which may be a stale
+  half-open socket of a peer that restarted).
 - ``compute()`` is a no-op, ``now()`` is ``time.monotonic()``, ``recv``'s
   ``timeout`` is in wall-clock seconds. ``close()`` stops listening, cancels
   readers and pending handshakes, flushes and closes every connection and
@@ -87,7 +101,7 @@ import logging
 import os
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,6 +131,10 @@ WRITE_HIGH = 4 << 20
 #: Payloads at least this large get their MAC computed in a worker thread
 #: (hashlib releases the GIL), so the event loop keeps serving other peers.
 THREAD_MAC_BYTES = 1 << 20
+#: Inbound connections still in their handshake, at most.
+MAX_PENDING_HANDSHAKES = 64
+#: Live connections per peer, at most (one dialled by each side is normal).
+MAX_CONNS_PER_PEER = 4
 _HS_LEN = struct.Struct("<I")
 
 
@@ -186,14 +204,17 @@ def _fin(key: bytes, role: bytes, transcript: bytes) -> bytes:
 async def handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, identity: Identity, swarm_id: str,
                     *, initiator: bool, io_timeout: float | None = DEFAULT_IO_TIMEOUT,
                     allowed: frozenset[str] | None = None, expected_peer: str | None = None,
-                    where: str = "peer") -> Session:
+                    where: str = "peer", accept: Callable[[Session], None] | None = None) -> Session:
     """Run the mutual handshake described in the module docstring on a fresh
     connection; ``initiator`` is True on the dialing side.
 
     Returns the ``Session``; raises ``ProtocolError`` for a malformed message,
     a mismatch (version, swarm id, identity), a bad signature or key
     confirmation, or a handshake not done within ``io_timeout`` seconds, and
-    ``PeerError`` if the other side closes the connection."""
+    ``PeerError`` if the other side closes the connection. On the listening
+    side ``accept(session)`` runs once the dialer's FIN checked out and before
+    the listener's FIN goes out, so when the dialer's handshake returns the
+    listener has already accepted (registered) the connection."""
     sent = 0
     received = 0
     my_role, peer_role = (b"D", b"L") if initiator else (b"L", b"D")
@@ -249,17 +270,24 @@ async def handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
             d2l, l2d = okm[:32], okm[32:]
             send_key, recv_key = (d2l, l2d) if initiator else (l2d, d2l)
 
-            await write(_pack_hs({"fin": _fin(send_key, my_role, transcript)}))
+            my_fin = _pack_hs({"fin": _fin(send_key, my_role, transcript)})
+            if initiator:
+                await write(my_fin)
             peer_fin, raw = await _read_hs(reader, "FIN", {"fin": bytes}, where)
             received += len(raw)
             if not hmac.compare_digest(peer_fin["fin"], _fin(recv_key, peer_role, transcript)):
                 raise ProtocolError(f"key confirmation failed for {peer_id!r} at {where}")
+            session = Session(peer_id, peer_pk, send_key, recv_key, sent + (0 if initiator else len(my_fin)), received)
+            if not initiator:
+                if accept is not None:
+                    accept(session)
+                await write(my_fin)
     except TimeoutError:
         raise ProtocolError(f"handshake with {where} did not complete within {io_timeout} s") from None
     except (ConnectionError, OSError) as exc:
         raise PeerError(f"{where} closed the connection during the handshake ({exc or type(exc).__name__}); "
                         "it may have rejected us") from None
-    return Session(peer_id, peer_pk, send_key, recv_key, sent, received)
+    return session
 
 
 # --------------------------------------------------------------------------- transport
@@ -319,6 +347,7 @@ class TcpTransport(Transport):
         self._waiters: dict[tuple[str, Tag], asyncio.Future[bytes]] = {}
         self._gone: dict[str, str] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._pending_handshakes = 0
         self._closed = False
 
     # ----------------------------------------------------------------- setup
@@ -387,11 +416,21 @@ class TcpTransport(Transport):
         if self._closed:
             writer.transport.abort()
             return
+        if self._pending_handshakes >= MAX_PENDING_HANDSHAKES:
+            logger.warning("rejected inbound connection from %s: %d handshakes already pending",
+                           where, self._pending_handshakes)
+            writer.transport.abort()
+            return
+        self._pending_handshakes += 1
         if task is not None:
             self._tasks.add(task)
+
+        def accept(session: Session) -> None:
+            self._register(session, reader, writer, where)
+
         try:
-            session = await handshake(reader, writer, self.identity, self.swarm_id, initiator=False,
-                                      io_timeout=self.io_timeout, allowed=self.allowed, where=where)
+            await handshake(reader, writer, self.identity, self.swarm_id, initiator=False,
+                            io_timeout=self.io_timeout, allowed=self.allowed, where=where, accept=accept)
         except (ProtocolError, PeerError) as exc:
             logger.warning("rejected inbound connection from %s: %s", where, exc)
             writer.transport.abort()
@@ -404,9 +443,9 @@ class TcpTransport(Transport):
             writer.transport.abort()
             return
         finally:
+            self._pending_handshakes -= 1
             if task is not None:
                 self._tasks.discard(task)
-        self._register(session, reader, writer, where)
 
     def _register(self, session: Session, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                   where: str) -> _Connection:
@@ -416,7 +455,10 @@ class TcpTransport(Transport):
         writer.transport.set_write_buffer_limits(high=WRITE_HIGH)
         pid = session.peer_id
         conn = _Connection(pid, where, reader, writer, session.send_key, session.recv_key)
-        self._conns.setdefault(pid, []).append(conn)
+        conns = self._conns.setdefault(pid, [])
+        conns.append(conn)
+        while len(conns) > MAX_CONNS_PER_PEER:
+            self._drop(conns[0], "replaced by a newer connection", abort=True)
         self._gone.pop(pid, None)
         for counters in (self.counters, self.handshake_counters):
             counters.sent_to.setdefault(pid, LinkCounter())
@@ -598,11 +640,15 @@ class TcpTransport(Transport):
         framing = frame_overhead(tag)
         if framing - 4 + size > self.max_frame:
             raise ProtocolError(f"payload of {size} bytes for {tag} to {dst!r} exceeds max_frame {self.max_frame}")
-        conn = await self._connection_to(dst)
+        try:
+            conn = await self._connection_to(dst)
+        except PeerError as exc:
+            self._undeliverable(dst, tag, str(exc))
+            return
         async with conn.send_lock:
             if conn.closed:
-                raise PeerError(f"connection to peer {dst!r} closed before {tag} could be sent "
-                                f"({self._gone.get(dst, 'closed')})")
+                self._undeliverable(dst, tag, f"connection closed ({self._gone.get(dst, 'closed')})")
+                return
             seq = conn.send_seq
             conn.send_seq += 1
             try:
@@ -614,12 +660,22 @@ class TcpTransport(Transport):
             except (ConnectionError, OSError, TimeoutError) as exc:
                 what = "write stalled" if isinstance(exc, TimeoutError) else f"write failed: {exc or type(exc).__name__}"
                 self._drop(conn, what, abort=True)
-                raise PeerError(f"cannot send {tag} to peer {dst!r} at {conn.where}: {what}") from None
+                self._undeliverable(dst, tag, f"{what} at {conn.where}")
+                return
             except BaseException:
                 # cancelled mid-frame: the stream is now unusable for both sides
                 self._drop(conn, f"send of {tag} was interrupted", abort=True)
                 raise
         self.counters.count_sent(dst, size, framing)
+
+    def _undeliverable(self, dst: str, tag: Tag, reason: str) -> None:
+        """Like a packet to a dead host (as in the simulator): the send returns,
+        nothing is counted, and the peer is marked gone unless another
+        connection to it is still alive, so that recvs from it fail fast."""
+        logger.warning("peer %s: dropped %s for unreachable peer %s: %s", self.peer_id, tag, dst, reason)
+        if not self._conns.get(dst):
+            self._gone[dst] = reason
+            self._fail_waiters(dst, reason)
 
     async def _write(self, conn: _Connection, parts: list[Buffer]) -> None:
         writer = conn.writer

@@ -15,8 +15,10 @@ Contract:
 - With a lossy codec, contributions are encoded per chunk (the owner's own
   contribution goes through encode/decode too, so every contribution is
   treated alike), and the reduced chunk is encoded once by its owner with the
-  codec's stateless form; everyone, the owner included, decodes those same
-  bytes, so results stay bit-identical.
+  same codec (its error-feedback memory, if any, lives at the owner);
+  everyone, the owner included, decodes those same bytes under the same key,
+  so results stay bit-identical. Both phases of one chunk share a seed, so
+  rand-k sends the reduced chunk on the indices its contributions used.
 - ``all_gather(data)`` returns every member's bytes in rank order.
 - ``exchange(partner, data)`` swaps bytes with one partner (for gossip).
 - Every byte goes through the transport, so its counters see everything.
@@ -222,7 +224,9 @@ class Communicator:
         lossy = codec is not None and not codec.lossless
 
         def seed_for(owner: int, seg: int, phase: str) -> int:
-            return derive_seed(self.seed, self.round, op, owner, seg, phase)
+            # The same seed in both phases: rand-k then picks the same indices
+            # for the contributions and for the reduced chunk.
+            return derive_seed(self.seed, self.round, op, owner, seg)
 
         def encode(c: Any, owner: int, vec: torch.Tensor, key: Any, phase: str) -> bytes:
             """Encode owner's chunk ``vec`` (flat) segment by segment."""
@@ -289,14 +293,16 @@ class Communicator:
         dropped = tuple(sorted(set(dropped) | set(rejected), key=self.group.index))
 
         # Phase 1: all-gather of the reduced chunks, encoded once by their owner
-        # with the codec's stateless core; everyone decodes the same bytes.
-        bcodec = getattr(codec, "inner", codec) if lossy else None
-        mine = encode(bcodec, self.rank, reduced, None, "ag")
+        # (error feedback, if any, lives at the owner); everyone, the owner
+        # included, decodes the same bytes under the same key, so the results
+        # and any receiver-side codec state stay bit-identical.
+        bcodec = codec if lossy else None
+        mine = encode(bcodec, self.rank, reduced, (name, "ag", self.rank), "ag")
         sent += await self._send_all(op, 1, {p: mine for p in self.group if p != self.peer_id})
         out = torch.empty_like(flat)
         for j, src in enumerate(self.group):
             data = mine if src == self.peer_id else await self._recv(src, op, 1)
-            piece = decode(bcodec, j, data, None, "ag", src)
+            piece = decode(bcodec, j, data, (name, "ag", j), "ag", src)
             at = 0
             for lo, hi, _ in plan[j]:
                 out[lo:hi] = piece[at : at + hi - lo]

@@ -1,0 +1,452 @@
+"""All-reduce over our TCP transport against ``torch.distributed`` gloo, in one run.
+
+``run_transport_bench`` starts ``processes`` real worker processes
+(``python -m gossamer.bench.transport --worker CONFIG``) on 127.0.0.1. Each
+worker holds both a gloo process group (``init_method=tcp://127.0.0.1:PORT``)
+and a ``TcpTransport`` connected to every other worker, with a
+``Communicator`` on top. For every size, each worker builds its own seeded
+random fp32 vector of ``size_bytes / 4`` elements and runs ``repeats + 1``
+repetitions; the first is a warm-up and is dropped. Each repetition times one
+gloo ``all_reduce`` (SUM, in place on a clone made before the clock starts)
+and one ``Communicator.all_reduce`` (mean), each right after a gloo barrier,
+alternating which goes first. Gloo's sum is divided by the world size outside
+the clock; ours divides inside it (that is what our API returns).
+
+Definitions:
+
+- time of one repetition = the slowest worker's wall-clock time for the call
+  (max over ranks of ``perf_counter`` after - before);
+- algorithm bandwidth ``GBps = size_bytes / time / 1e9`` (the all-reduced
+  vector's size, not the bytes on the wire; every member sends
+  ``2 (n-1)/n * size_bytes`` in both implementations);
+- ``ours_GBps`` and ``gloo_GBps`` are medians over the repetitions and
+  ``ratio = ours_GBps / gloo_GBps`` (above 1: we are faster).
+
+Correctness: after the warm-up and after the last repetition each worker
+compares our mean with gloo's sum / n (``|a - b| <= 1e-5 + 1e-5 |b|``) and
+reports ``max_abs_diff``; a row's ``match`` is True only if every worker's
+results matched. The bench does not raise on a mismatch (a caller or test
+decides); it raises ``GossamerError`` if a worker fails, and kills every
+worker on error and after ``timeout`` seconds, so it never hangs.
+
+``patches`` (names from ``PATCHES``) monkeypatch the candidate only, inside
+the workers, to measure a proposed change to the transport before it is
+made; they are never applied to the library itself.
+
+No printing: pass ``progress(msg)``. ``main()`` prints a table and is what
+``python -m gossamer.bench.transport`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any
+
+from gossamer.errors import ConfigError, GossamerError
+
+__all__ = ["PATCHES", "run_transport_bench", "main"]
+
+#: Candidate-only monkeypatches the workers can apply (see ``_apply_patches``).
+PATCHES: tuple[str, ...] = ("mac-poly1305", "writable-recv", "zero-copy-send", "big-stream-chunks")
+
+_RTOL = 1e-5
+_ATOL = 1e-5
+
+
+# --------------------------------------------------------------------------- parent
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _kill_all(procs: Sequence[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # pragma: no cover - kill does not fail on Linux
+            pass
+
+
+def _tail(path: str, n: int = 2000) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f.read()[-n:].decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def run_transport_bench(
+    sizes_mib: Sequence[float] = (1, 16, 64),
+    processes: int = 4,
+    repeats: int = 5,
+    progress: Callable[[str], None] | None = None,
+    *,
+    timeout: float = 900.0,
+    patches: Sequence[str] = (),
+) -> dict[str, Any]:
+    """All-reduce ``sizes_mib`` MiB of fp32 across ``processes`` local worker
+    processes, ours vs gloo, interleaved; see the module docstring.
+
+    Returns ``{"rows": [{"size_bytes", "ours_GBps", "gloo_GBps", "ratio",
+    "ours_s", "gloo_s", "max_abs_diff", "match"}], "cores", "processes",
+    "repeats", "patches", "definition"}``. Raises ``ConfigError`` for bad
+    arguments and ``GossamerError`` if a worker fails or ``timeout`` seconds
+    pass (every worker is killed first)."""
+    if processes < 2:
+        raise ConfigError(f"processes must be >= 2, got {processes}")
+    if repeats < 1:
+        raise ConfigError(f"repeats must be >= 1, got {repeats}")
+    sizes = [int(round(float(s) * (1 << 20))) // 4 * 4 for s in sizes_mib]
+    if not sizes or min(sizes) < 4 * processes:
+        raise ConfigError(f"every size must hold at least {processes} fp32 values, got sizes_mib={list(sizes_mib)}")
+    unknown = [p for p in patches if p not in PATCHES]
+    if unknown:
+        raise ConfigError(f"unknown patches {unknown}; known: {list(PATCHES)}")
+    tmp = tempfile.mkdtemp(prefix="gossamer-bench-transport-")
+    procs: list[subprocess.Popen[bytes]] = []
+    logs: list[tuple[Any, Any]] = []
+    try:
+        port = _free_port()
+        env = dict(os.environ)
+        # one compute thread per worker: the workers share the machine's cores
+        env.setdefault("OMP_NUM_THREADS", "1")
+        for rank in range(processes):
+            cfg = {"rank": rank, "world": processes, "init": f"tcp://127.0.0.1:{port}", "sizes": sizes,
+                   "repeats": repeats, "out": os.path.join(tmp, f"rank{rank}.json"), "timeout": timeout,
+                   "patches": list(patches)}
+            out = open(os.path.join(tmp, f"rank{rank}.out"), "wb")
+            err = open(os.path.join(tmp, f"rank{rank}.err"), "wb")
+            logs.append((out, err))
+            procs.append(subprocess.Popen([sys.executable, "-m", "gossamer.bench.transport", "--worker", json.dumps(cfg)],
+                                          stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env))
+        if progress is not None:
+            progress(f"started {processes} workers (gloo at 127.0.0.1:{port}), sizes {sizes} bytes, {repeats} repeats")
+        deadline = time.monotonic() + timeout
+        while True:
+            codes = [p.poll() for p in procs]
+            bad = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
+            if bad:
+                r, c = bad[0]
+                _kill_all(procs)
+                raise GossamerError(f"transport bench worker {r} exited with status {c}: {_tail(os.path.join(tmp, f'rank{r}.err'))}")
+            if all(c == 0 for c in codes):
+                break
+            if time.monotonic() > deadline:
+                _kill_all(procs)
+                raise GossamerError(f"transport bench did not finish within {timeout} s (workers killed); "
+                                    f"rank 0 said: {_tail(os.path.join(tmp, 'rank0.err'))}")
+            time.sleep(0.05)
+        results = []
+        for rank in range(processes):
+            with open(os.path.join(tmp, f"rank{rank}.json")) as f:
+                results.append(json.load(f))
+    finally:
+        _kill_all(procs)
+        for out, err in logs:
+            out.close()
+            err.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    rows = []
+    for i, size in enumerate(sizes):
+        per_rank = [res["sizes"][i] for res in results]
+        ours_t = [max(r["ours_s"][k] for r in per_rank) for k in range(repeats)]
+        gloo_t = [max(r["gloo_s"][k] for r in per_rank) for k in range(repeats)]
+        ours_s, gloo_s = statistics.median(ours_t), statistics.median(gloo_t)
+        row = {
+            "size_bytes": size,
+            "ours_GBps": size / ours_s / 1e9,
+            "gloo_GBps": size / gloo_s / 1e9,
+            "ratio": gloo_s / ours_s,
+            "ours_s": ours_s,
+            "gloo_s": gloo_s,
+            "max_abs_diff": max(r["max_abs_diff"] for r in per_rank),
+            "match": all(r["match"] for r in per_rank),
+        }
+        rows.append(row)
+        if progress is not None:
+            progress(f"{size / (1 << 20):g} MiB: ours {row['ours_GBps']:.3f} GB/s, gloo {row['gloo_GBps']:.3f} GB/s, "
+                     f"ratio {row['ratio']:.2f}, match {row['match']}")
+    return {
+        "rows": rows,
+        "cores": os.cpu_count(),
+        "processes": processes,
+        "repeats": repeats,
+        "patches": list(patches),
+        "definition": "GBps = size_bytes / time / 1e9 (algorithm bandwidth); time = slowest rank's call, "
+                      "median over repeats (warm-up dropped); ratio = ours_GBps / gloo_GBps",
+    }
+
+
+# --------------------------------------------------------------------------- candidate patches
+
+
+def _apply_patches(names: Sequence[str]) -> None:
+    """Monkeypatch proposed transport changes into this worker process only."""
+    from gossamer.comm import collectives
+    from gossamer.transport import frame, tcp
+
+    if "mac-poly1305" in names:
+        # One-time Poly1305 key per frame: BLAKE2b-256(session key, seq), then
+        # Poly1305 over the same bytes as today's MAC (OpenSSL, ~10x BLAKE2b).
+        import hashlib
+
+        from cryptography.hazmat.primitives.poly1305 import Poly1305
+
+        def _new_mac(mac_key: bytes, seq: int, prefix: bytes) -> Any:
+            k = hashlib.blake2b(frame.SEQUENCE.pack(seq & 0xFFFF_FFFF_FFFF_FFFF), key=mac_key, digest_size=32,
+                                person=b"gossamer-p1305").digest()
+            h = Poly1305(k)
+            h.update(bytes(prefix))
+
+            class _Mac:
+                def update(self, data: Any) -> None:
+                    h.update(data)
+
+                def digest(self) -> bytes:
+                    return h.finalize()
+
+            return _Mac()
+
+        frame._new_mac = _new_mac  # type: ignore[assignment]
+
+    if "writable-recv" in names:
+        # read_frame assembles the payload in one preallocated bytearray (same
+        # number of copies as b"".join), and _raw_decode wraps a writable
+        # buffer without copying it again.
+        orig_read = frame.read_frame
+        import hmac as _hmac
+
+        async def read_frame(reader: asyncio.StreamReader, *, max_frame: int = frame.DEFAULT_MAX_FRAME,
+                             mac_key: bytes, seq: int, io_timeout: float | None = None) -> Any:
+            first = await reader.read(1)
+            if not first:
+                return None
+            rest = await frame._timed_exactly(reader, frame.LENGTH.size + frame.HEADER_LENGTH.size - 1, io_timeout, "frame length")
+            prefix = first + rest
+            (body,) = frame.LENGTH.unpack_from(prefix, 0)
+            frame._check_body_length(body, max_frame)
+            (hlen,) = frame.HEADER_LENGTH.unpack_from(prefix, frame.LENGTH.size)
+            frame._check_header_length(hlen, body)
+            header = await frame._timed_exactly(reader, hlen + frame.MAC_BYTES, io_timeout, "frame header")
+            tag = frame.decode_header(header[:hlen])
+            mac = header[hlen:]
+            h = frame._new_mac(mac_key, seq, prefix + header[:hlen])
+            total = body - frame.HEADER_LENGTH.size - hlen - frame.MAC_BYTES
+            payload = bytearray(total)
+            view = memoryview(payload)
+            got = 0
+            while got < total:
+                async with asyncio.timeout(io_timeout):
+                    chunk = await reader.read(min(total - got, frame.READ_CHUNK))
+                if not chunk:
+                    raise frame.ProtocolError(f"truncated frame after {got} of {total} payload bytes")
+                h.update(chunk)
+                view[got:got + len(chunk)] = chunk
+                got += len(chunk)
+            view.release()
+            if not _hmac.compare_digest(h.digest(), mac):
+                raise frame._forged(seq)
+            return tag, payload
+
+        del orig_read
+        tcp.read_frame = read_frame  # type: ignore[assignment]
+        import torch
+
+        def _raw_decode(data: Any, numel: int, src: str) -> torch.Tensor:
+            if len(data) != 4 * numel:
+                raise collectives.AggregationError(f"peer {src!r} sent {len(data)} bytes for {numel} float32 values")
+            if numel == 0:
+                return torch.zeros(0, dtype=torch.float32)
+            return torch.frombuffer(data if isinstance(data, bytearray) else bytearray(data), dtype=torch.float32)
+
+        collectives._raw_decode = _raw_decode  # type: ignore[assignment]
+
+    if "zero-copy-send" in names:
+        # Send a view of the (contiguous fp32) chunk instead of .numpy().tobytes().
+        import torch
+
+        def _raw_encode(x: torch.Tensor) -> Any:
+            x = x.detach()
+            if x.dtype != torch.float32 or not x.is_contiguous():
+                x = x.to(torch.float32).contiguous()
+            return memoryview(x.numpy()).cast("B")
+
+        collectives._raw_encode = _raw_encode  # type: ignore[assignment]
+
+    if "big-stream-chunks" in names:
+        # Larger StreamReader limit / read chunk and a larger write high-water mark.
+        tcp.STREAM_LIMIT = 16 << 20
+        frame.READ_CHUNK = 8 << 20
+        tcp.WRITE_CHUNK = 8 << 20
+        tcp.WRITE_HIGH = 16 << 20
+
+
+# --------------------------------------------------------------------------- worker
+
+
+def _exchange_addresses(dist: Any, torch: Any, me: dict[str, Any], world: int) -> list[dict[str, Any]]:
+    """All-gather small JSON records over gloo (no pickling)."""
+    raw = json.dumps(me).encode()
+    if len(raw) > 255:
+        raise ConfigError(f"address record too long: {raw!r}")
+    buf = torch.zeros(256, dtype=torch.uint8)
+    buf[0] = len(raw)
+    buf[1:1 + len(raw)] = torch.tensor(list(raw), dtype=torch.uint8)
+    outs = [torch.zeros(256, dtype=torch.uint8) for _ in range(world)]
+    dist.all_gather(outs, buf)
+    return [json.loads(bytes(o[1:1 + int(o[0])].tolist()).decode()) for o in outs]
+
+
+async def _worker_main(cfg: dict[str, Any]) -> dict[str, Any]:
+    import torch
+    import torch.distributed as dist
+
+    from gossamer.comm.collectives import Communicator
+    from gossamer.transport.identity import Identity
+    from gossamer.transport.tcp import TcpTransport
+
+    rank, world = int(cfg["rank"]), int(cfg["world"])
+    timeout = float(cfg["timeout"])
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=cfg["init"], rank=rank, world_size=world,
+                            timeout=timedelta(seconds=timeout))
+    transport = await TcpTransport.start(Identity.generate(), "bench-transport", "127.0.0.1", 0,
+                                         io_timeout=min(timeout, 120.0))
+    try:
+        book = _exchange_addresses(dist, torch, {"id": transport.peer_id, "port": transport.address[1]}, world)
+        ids = [b["id"] for b in book]
+        for j in range(rank + 1, world):
+            await transport.connect(ids[j], "127.0.0.1", book[j]["port"])
+        until = time.monotonic() + timeout
+        while len(transport.connected_peers()) < world - 1:  # inbound connections still in their handshake
+            if time.monotonic() > until:
+                raise GossamerError(f"rank {rank}: connected to {len(transport.connected_peers())} of {world - 1} peers")
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(dist.barrier)
+        comm = Communicator(transport, ids, timeout=timeout)
+        out_sizes = []
+        for size in cfg["sizes"]:
+            n = size // 4
+            gen = torch.Generator().manual_seed(1000 * rank + n)
+            x = torch.randn(n, generator=gen)
+            ours_s: list[float] = []
+            gloo_s: list[float] = []
+            max_diff = 0.0
+            match = True
+            reps = int(cfg["repeats"]) + 1
+            for r in range(reps):
+                y = x.clone()
+                ours = None
+                for which in (("gloo", "ours") if r % 2 == 0 else ("ours", "gloo")):
+                    # The barrier waits in a thread so this event loop keeps
+                    # flushing what our sends left in asyncio's write buffers
+                    # (send returns once they are below the low-water mark):
+                    # a loop blocked in gloo would stall the peers reading them.
+                    await asyncio.to_thread(dist.barrier)
+                    if which == "gloo":
+                        t0 = time.perf_counter()
+                        dist.all_reduce(y)
+                        dt = time.perf_counter() - t0
+                        if r:
+                            gloo_s.append(dt)
+                    else:
+                        t0 = time.perf_counter()
+                        ours = (await comm.all_reduce(x))[0]
+                        dt = time.perf_counter() - t0
+                        if r:
+                            ours_s.append(dt)
+                if r == 0 or r == reps - 1:
+                    assert ours is not None
+                    ref = y / world
+                    diff = (ours - ref).abs()
+                    max_diff = max(max_diff, float(diff.max()))
+                    match = match and bool((diff <= _ATOL + _RTOL * ref.abs()).all())
+                del y, ours
+            out_sizes.append({"size_bytes": size, "ours_s": ours_s, "gloo_s": gloo_s,
+                              "max_abs_diff": max_diff, "match": match})
+        await asyncio.to_thread(dist.barrier)
+        return {"rank": rank, "sizes": out_sizes}
+    finally:
+        await transport.close()
+        dist.destroy_process_group()
+
+
+def _worker(cfg: dict[str, Any]) -> None:
+    _apply_patches(cfg.get("patches", ()))
+    prof_dir = os.environ.get("GOSSAMER_BENCH_PROFILE")  # developer aid: cProfile each worker
+    if prof_dir:
+        import cProfile
+
+        prof = cProfile.Profile()
+        result = prof.runcall(asyncio.run, _worker_main(cfg))
+        prof.dump_stats(os.path.join(prof_dir, f"rank{cfg['rank']}.prof"))
+    else:
+        result = asyncio.run(_worker_main(cfg))
+    tmp = cfg["out"] + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f)
+    os.replace(tmp, cfg["out"])
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The result as a plain-text table."""
+    lines = [f"all-reduce fp32, {result['processes']} processes on 127.0.0.1, {result['cores']} cores, "
+             f"median of {result['repeats']} (warm-up dropped)"
+             + (f", patches {result['patches']}" if result["patches"] else ""),
+             f"{'size':>10} {'ours GB/s':>10} {'gloo GB/s':>10} {'ratio':>7} {'ours ms':>9} {'gloo ms':>9}  match"]
+    for r in result["rows"]:
+        lines.append(f"{r['size_bytes'] / (1 << 20):>6g} MiB {r['ours_GBps']:>10.3f} {r['gloo_GBps']:>10.3f} "
+                     f"{r['ratio']:>6.2f}x {r['ours_s'] * 1e3:>9.1f} {r['gloo_s'] * 1e3:>9.1f}  {r['match']}")
+    lines.append(result["definition"])
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gossamer.bench.transport",
+                                     description="all-reduce: TcpTransport + Communicator vs torch.distributed gloo")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--sizes-mib", type=float, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--processes", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--patch", action="append", default=[], choices=PATCHES,
+                        help="measure a proposed transport change (candidate only)")
+    parser.add_argument("--json", help="also write the result to this JSON file")
+    args = parser.parse_args(argv)
+    if args.worker:
+        _worker(json.loads(args.worker))
+        return 0
+    result = run_transport_bench(args.sizes_mib, args.processes, args.repeats,
+                                 progress=lambda m: print(m, file=sys.stderr, flush=True),
+                                 timeout=args.timeout, patches=args.patch)
+    print(format_table(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -22,10 +22,34 @@ Contract:
 - ``all_gather(data)`` returns every member's bytes in rank order.
 - ``exchange(partner, data)`` swaps bytes with one partner (for gossip).
 - Every byte goes through the transport, so its counters see everything.
+
+Fault tolerance (used by the swarm runtime; the simulator leaves it off):
+
+- ``epoch``: a namespace for one attempt of one round. With ``epoch == 0``
+  (the default, and always in the simulator) tags are ``Tag(round, op,
+  phase)``. With ``epoch > 0`` the tag's round field is ``(epoch << 32) |
+  (round & 0xFFFFFFFF)``: every attempt gets fresh tags, so a stale frame of
+  an aborted attempt can never be matched by a later one.
+  ``regroup(group, epoch=e)`` switches group and namespace and restarts the
+  op ids at 0 (every member of an attempt starts from the same op id).
+  ``skip()`` consumes one op id without communicating.
+- ``link``: an optional ``LinkEstimator``. When set, every collective runs
+  under a deadline derived from the measured link:
+
+      D = deadline_scale * max(floor, k * (phases * rtt + bytes / bandwidth))
+
+  where ``bytes`` is what this member sends plus receives in the operation,
+  ``phases`` the number of message rounds, and ``rtt`` / ``bandwidth`` are
+  exponentially weighted averages of recent measurements (``observe_rtt``,
+  and the bytes and duration of every completed collective). A collective
+  that misses its deadline, or loses a member (``PeerError`` from the
+  transport), raises ``CollectiveAborted`` and returns nothing: the caller
+  never sees a partial result.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -33,7 +57,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ..errors import AggregationError, CodecError, ConfigError
+from ..errors import AggregationError, CodecError, ConfigError, PeerError
 from ..seeding import derive_seed
 from ..transport.base import Tag, Transport
 
@@ -112,6 +136,49 @@ def unflatten(flat: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Te
     return out
 
 
+class CollectiveAborted(PeerError):
+    """A collective did not complete (member lost, or deadline missed); its
+    partial result was discarded."""
+
+
+@dataclass
+class LinkEstimator:
+    """Measured round-trip time and bandwidth of recent traffic, and the
+    deadline they imply (see the module docstring for the formula).
+
+    ``rtt`` is in seconds, ``bandwidth`` in bytes per second; both start at
+    the (pessimistic) priors until measured. Pure bookkeeping: the caller
+    supplies every measurement."""
+
+    k: float = 4.0
+    floor: float = 2.0
+    rtt: float = 0.1
+    bandwidth: float = 1e6
+    alpha: float = 0.3
+    samples: int = 0
+    rtt_samples: int = 0
+
+    def observe_rtt(self, seconds: float) -> None:
+        """Fold in one measured round trip."""
+        if seconds >= 0:
+            self.rtt = seconds if self.rtt_samples == 0 else (1 - self.alpha) * self.rtt + self.alpha * seconds
+            self.rtt_samples += 1
+
+    def observe_transfer(self, nbytes: int, seconds: float, phases: int = 1) -> None:
+        """Fold in one completed operation that moved ``nbytes`` in ``seconds``
+        over ``phases`` message rounds."""
+        if nbytes <= 0 or seconds <= 0:
+            return
+        wire = max(seconds - phases * self.rtt, 0.25 * seconds)
+        sample = nbytes / wire
+        self.bandwidth = sample if self.samples == 0 else (1 - self.alpha) * self.bandwidth + self.alpha * sample
+        self.samples += 1
+
+    def deadline(self, nbytes: int, phases: int = 1) -> float:
+        """Seconds allowed for an operation moving ``nbytes`` in ``phases`` rounds."""
+        return max(self.floor, self.k * (phases * self.rtt + nbytes / self.bandwidth))
+
+
 @dataclass
 class CollectiveStats:
     """What one collective did, for the trace."""
@@ -147,6 +214,12 @@ class Communicator:
         self.seed = seed
         self.timeout = timeout
         self.round = 0
+        #: Attempt namespace (see the module docstring); 0 = plain tags.
+        self.epoch = 0
+        #: Measured link; when set, collectives run under derived deadlines.
+        self.link: LinkEstimator | None = None
+        #: Multiplies every derived deadline (the swarm doubles it on retries).
+        self.deadline_scale = 1.0
         self._op = 0
         self.history: list[CollectiveStats] = []
         self.listeners: list[Callable[[CollectiveStats], None]] = []
@@ -165,6 +238,55 @@ class Communicator:
     def peer_id(self) -> str:
         return self.transport.peer_id
 
+    def regroup(self, group: Sequence[str], *, epoch: int) -> None:
+        """Switch to ``group`` and the attempt namespace ``epoch`` (> 0); op ids restart at 0."""
+        if self.peer_id not in group:
+            raise ConfigError(f"peer {self.peer_id!r} is not in its group {list(group)}")
+        if len(set(group)) != len(group):
+            raise ConfigError(f"group has duplicate peers: {list(group)}")
+        if not 0 < epoch < 2**31:
+            raise ConfigError(f"epoch must be in [1, 2**31), got {epoch}")
+        self.group = tuple(group)
+        self.rank = self.group.index(self.peer_id)
+        self.epoch = epoch
+        self._op = 0
+        if self.aggregator is not None and hasattr(self.aggregator, "check"):
+            self.aggregator.check(len(self.group))
+
+    def skip(self) -> int:
+        """Consume one op id without communicating (a member that sits an
+        operation out keeps its op ids aligned with the others); returns it."""
+        return self._next_op()
+
+    def tag(self, op: int, phase: int) -> Tag:
+        """The tag of message ``phase`` of operation ``op`` in the current round and epoch."""
+        if self.epoch == 0:
+            return Tag(self.round, op, phase)
+        return Tag((self.epoch << 32) | (self.round & 0xFFFFFFFF), op, phase)
+
+    async def _guarded(self, name: str, nbytes: int, phases: int, coro: Awaitable[Any]) -> Any:
+        """Run one collective under the link-derived deadline (if ``link`` is set)."""
+        link = self.link
+        if link is None:
+            return await coro
+        limit = self.deadline_scale * link.deadline(nbytes, phases)
+        t0 = self.transport.now()
+        try:
+            async with asyncio.timeout(limit):
+                result = await coro
+        except TimeoutError:
+            raise CollectiveAborted(
+                f"{name} (round {self.round}, epoch {self.epoch}) at {self.peer_id!r} missed its deadline of "
+                f"{limit:.2f} s = {self.deadline_scale:g} * max({link.floor:g}, {link.k:g} * ({phases} * "
+                f"{link.rtt:.4f} s + {nbytes} B / {link.bandwidth:.0f} B/s))") from None
+        except CollectiveAborted:
+            raise
+        except PeerError as exc:
+            raise CollectiveAborted(f"{name} (round {self.round}, epoch {self.epoch}) at {self.peer_id!r} "
+                                    f"lost a member: {exc}") from exc
+        link.observe_transfer(nbytes, self.transport.now() - t0, phases)
+        return result
+
     def _next_op(self) -> int:
         op = self._op
         self._op += 1
@@ -178,16 +300,20 @@ class Communicator:
     async def _send_all(self, op: int, phase: int, payloads: dict[str, bytes]) -> int:
         sent = 0
         for dst, data in payloads.items():
-            await self.transport.send(dst, Tag(self.round, op, phase), data)
+            await self.transport.send(dst, self.tag(op, phase), data)
             sent += len(data)
         return sent
 
     async def _recv(self, src: str, op: int, phase: int) -> bytes:
-        return await self.transport.recv(src, Tag(self.round, op, phase), timeout=self.timeout)
+        return await self.transport.recv(src, self.tag(op, phase), timeout=self.timeout)
 
     # ------------------------------------------------------------------ all-gather
     async def all_gather(self, data: bytes, *, name: str = "all_gather") -> list[bytes]:
         """Every member's ``data``, in rank order."""
+        nbytes = 2 * (self.size - 1) * len(data)
+        return await self._guarded(name, nbytes, 1, self._all_gather(data, name))
+
+    async def _all_gather(self, data: bytes, name: str) -> list[bytes]:
         op = self._next_op()
         others = [p for p in self.group if p != self.peer_id]
         sent = await self._send_all(op, 0, {p: data for p in others})
@@ -201,8 +327,11 @@ class Communicator:
         """Send ``data`` to ``partner`` and return what it sent us (pairwise)."""
         if partner not in self.group or partner == self.peer_id:
             raise ConfigError(f"cannot exchange with {partner!r}: not another member of {list(self.group)}")
+        return await self._guarded(name, 2 * len(data), 1, self._exchange(partner, data, name))
+
+    async def _exchange(self, partner: str, data: bytes, name: str) -> bytes:
         op = self._next_op()
-        await self.transport.send(partner, Tag(self.round, op, 0), data)
+        await self.transport.send(partner, self.tag(op, 0), data)
         got = await self._recv(partner, op, 0)
         self._record(CollectiveStats(name, op, len(data)))
         return got
@@ -210,6 +339,15 @@ class Communicator:
     # ------------------------------------------------------------------ all-reduce
     async def all_reduce(self, tensors: Sequence[torch.Tensor] | torch.Tensor, *, name: str = "all_reduce") -> list[torch.Tensor]:
         """Mean (or robust aggregate) of every member's ``tensors``; bit-identical on all members."""
+        if self.link is None:
+            return await self._all_reduce(tensors, name)
+        numel = tensors.numel() if isinstance(tensors, torch.Tensor) else sum(t.numel() for t in tensors)
+        # raw fp32 upper bound of what this member sends plus receives: 2 * 2 (n-1)/n * 4 * numel
+        nbytes = 16 * (self.size - 1) * numel // max(self.size, 1)
+        phases = 2 if self.aggregator is None else 4
+        return await self._guarded(name, nbytes, phases, self._all_reduce(tensors, name))
+
+    async def _all_reduce(self, tensors: Sequence[torch.Tensor] | torch.Tensor, name: str) -> list[torch.Tensor]:
         single = isinstance(tensors, torch.Tensor)
         like = [tensors] if single else list(tensors)
         flat = flatten(like)

@@ -1,0 +1,220 @@
+"""``gossamer coordinator`` and ``gossamer peer``.
+
+Contract: ``add_swarm_commands(subparsers)`` adds the two sub-commands to an
+argparse sub-parser set; ``run_swarm_command(args) -> int`` runs the one
+chosen (``args.command`` is ``"coordinator"`` or ``"peer"``) and returns the
+exit status: 0 on success (a coordinator stopped by SIGTERM/SIGINT, a peer
+that finished its rounds or left on SIGTERM), 1 on a runtime failure (lost
+coordinator, ...), 2 on bad input (one line naming it). ``main()`` makes the
+module runnable on its own: ``python -m gossamer.swarm.cli peer ...``.
+
+The coordinator prints ``coordinator <id> listening on HOST:PORT`` on stdout
+as soon as it listens (tests and scripts read the port from it); a peer
+prints one line per admitted, committed and aborted round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import ConfigError, GossamerError
+
+EXIT_USAGE = 2
+
+
+def _hostport(text: str) -> str:
+    from .protocol import parse_hostport
+
+    try:
+        parse_hostport(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def add_swarm_commands(subparsers: Any) -> None:
+    """Add ``coordinator`` and ``peer`` to ``subparsers`` (from ``add_subparsers``)."""
+    c = subparsers.add_parser("coordinator", help="run a swarm's coordinator (membership, rounds, hashes)")
+    c.add_argument("--listen", type=_hostport, default="127.0.0.1:7000", help="HOST:PORT to listen on (default 127.0.0.1:7000; port 0 picks one)")
+    c.add_argument("--key", default=None, help="identity key file (created on first use; default ~/.gossamer/keys/coordinator.pem)")
+    c.add_argument("--swarm", default="gossamer", help="swarm id; peers must use the same (default gossamer)")
+    c.add_argument("--allow", default=None, metavar="FILE", help="admit only the peer ids listed in FILE (one per line)")
+    c.add_argument("--min-peers", type=_positive_int, default=1, help="members needed before round 0 starts (default 1)")
+    c.add_argument("--heartbeat-timeout", type=_positive_float, default=10.0, help="seconds without a heartbeat before a member is dropped (default 10)")
+    c.add_argument("--events", default=None, metavar="PATH", help="append events (join, commit, abort, resync...) as JSON lines")
+    c.add_argument("-v", "--verbose", action="count", default=0, dest="swarm_verbose", help="more log output")
+
+    p = subparsers.add_parser("peer", help="join a swarm and train")
+    p.add_argument("--coordinator", type=_hostport, required=True, help="HOST:PORT of the coordinator")
+    p.add_argument("--coordinator-id", default=None, help="pin the coordinator's peer id (printed when it starts)")
+    p.add_argument("--task", default="digits", help="workload: digits, quadratic or charlm (default digits)")
+    p.add_argument("--algorithm", default="diloco", help="diloco or fedavg (default diloco)")
+    p.add_argument("--rounds", type=_positive_int, default=None, help="leave after the swarm's round R (rounds 0..R-1 committed)")
+    p.add_argument("--inner-steps", type=_positive_int, default=None, help="H: local steps per round")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the initial model (same on every peer; default 0)")
+    p.add_argument("--shard", default=None, metavar="I/N", help="train on shard I of N (default: from the peer id, N=16)")
+    p.add_argument("--key", default=None, help="identity key file (created on first use; default ~/.gossamer/keys/peer-N.pem)")
+    p.add_argument("--listen", type=_hostport, default="127.0.0.1:0", help="HOST:PORT for peer traffic (default 127.0.0.1:0)")
+    p.add_argument("--advertise", type=_hostport, default=None, help="HOST:PORT other peers should dial (default: --listen)")
+    p.add_argument("--swarm", default="gossamer", help="swarm id (default gossamer)")
+    p.add_argument("--json", dest="swarm_json", default=None, metavar="PATH", help="write {peer_id, rounds_completed, state_hashes} here")
+    p.add_argument("-v", "--verbose", action="count", default=0, dest="swarm_verbose", help="more log output")
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    verbose = getattr(args, "swarm_verbose", 0) + getattr(args, "verbose", 0)
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def run_swarm_command(args: argparse.Namespace) -> int:
+    """Run ``args.command`` (``coordinator`` or ``peer``); returns the exit status."""
+    _setup_logging(args)
+    try:
+        if args.command == "coordinator":
+            return asyncio.run(_coordinator(args))
+        if args.command == "peer":
+            return asyncio.run(_peer(args))
+        raise ConfigError(f"unknown swarm command {args.command!r}")
+    except ConfigError as exc:
+        sys.stderr.write(f"gossamer: error: {exc}\n")
+        return EXIT_USAGE
+    except GossamerError as exc:
+        sys.stderr.write(f"gossamer: {type(exc).__name__}: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _on_signals(loop: asyncio.AbstractEventLoop, fn: Any) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, fn)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
+            pass
+
+
+async def _coordinator(args: argparse.Namespace) -> int:
+    from .coordinator import Coordinator
+    from .keys import load_identity
+    from .protocol import parse_hostport
+
+    host, port = parse_hostport(args.listen)
+    allowed = None
+    if args.allow:
+        try:
+            with open(args.allow) as f:
+                allowed = frozenset(line.strip() for line in f if line.strip() and not line.startswith("#"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read the allow-list {args.allow}: {exc}") from None
+    identity = load_identity(args.key, coordinator=True)
+    coord = await Coordinator.start(identity, args.swarm, host, port, min_peers=args.min_peers,
+                                    heartbeat_timeout=args.heartbeat_timeout, allowed=allowed, events_path=args.events)
+    print(f"coordinator {identity.peer_id} listening on {coord.address[0]}:{coord.address[1]}", flush=True)
+    loop = asyncio.get_running_loop()
+    _on_signals(loop, lambda: loop.create_task(coord.close()))
+    await coord.wait_closed()
+    print(f"coordinator stopped at round {coord.round}: {coord.stats}", flush=True)
+    return 0
+
+
+def _shard_of(text: str | None, peer_id: str) -> tuple[int, int]:
+    if text is None:
+        return int(peer_id, 16) % 16, 16
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard must be I/N, got {text!r}") from None
+    if not 0 <= i < n:
+        raise ConfigError(f"--shard I/N needs 0 <= I < N, got {text!r}")
+    return i, n
+
+
+async def _peer(args: argparse.Namespace) -> int:
+    from ..tasks import make_task
+    from .keys import load_identity
+    from .peer import Peer
+
+    task = make_task(args.task)
+    identity = load_identity(args.key)
+    model = task.make_model(args.seed)
+    index, count = _shard_of(args.shard, identity.peer_id)
+    shard = task.shard(index, count, seed=args.seed)
+    options: dict[str, Any] = {}
+    if args.inner_steps is not None:
+        options["inner_steps"] = args.inner_steps
+
+    def progress(event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "commit":
+            print(f"peer {identity.peer_id}: round {event['round']} committed, group of {event['group']}, "
+                  f"hash {event['hash'][:16]}", flush=True)
+        elif kind == "admitted":
+            print(f"peer {identity.peer_id}: admitted to round {event['round']}", flush=True)
+        else:
+            print(f"peer {identity.peer_id}: {kind} round {event.get('round')} {event.get('reason') or event.get('source') or ''}",
+                  flush=True)
+
+    peer = Peer(model, task.loss, coordinator=args.coordinator, algorithm=args.algorithm, identity=identity,
+                listen=args.listen, advertise=args.advertise, swarm_id=args.swarm, coordinator_id=args.coordinator_id,
+                fingerprint=f"task={args.task} seed={args.seed}", progress=progress, **options)
+    _on_signals(asyncio.get_running_loop(), peer.request_stop)
+
+    def batches() -> Any:
+        while True:
+            yield shard.next_batch()
+
+    try:
+        report = await peer.run(batches(), rounds=args.rounds)
+    finally:
+        if args.swarm_json and peer.report is not None:
+            peer.report.write(args.swarm_json)
+    print(f"peer {report.peer_id}: left after {report.rounds_completed} rounds", flush=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gossamer", description="gossamer swarm commands")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_swarm_commands(sub)
+    return run_swarm_command(parser.parse_args(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

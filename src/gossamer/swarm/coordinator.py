@@ -1,0 +1,523 @@
+"""The coordinator: membership, heartbeats, rounds, groups and agreed state
+hashes. No tensor data passes through it (see ``protocol`` for the wire).
+
+Contract (one swarm, one coordinator process):
+
+- Membership. A peer ``join``s (a *candidate*), obtains the shared state
+  (``init`` from the seed before round 0, else ``fetch`` from a named member
+  with a transfer id) and ``admit``s itself with the hash of that state. The
+  coordinator admits it only at a round boundary (never while an attempt
+  runs) and only if the hash equals the agreed hash of the state's round.
+  Members leave by ``leave``, by closing their connection (a crash: the
+  kernel closes it at once), or by missing heartbeats for
+  ``heartbeat_timeout`` seconds (a stall); a peer that reconnects with the
+  same key replaces its old registration.
+- Rounds. Round ``r`` starts once every member is ``ready`` for ``r`` (round
+  0 waits for ``min_peers`` members too). Each start is one *attempt* with a
+  fresh global ``epoch`` and the group ``sorted(members)``. The attempt
+  commits when every group member still present has reported ``done`` with
+  ok; it aborts at once when any member reports a failure or any group
+  member is lost. On abort every member is told so (``outcome``/``done``)
+  and the round is retried with whoever is left; on commit the round number
+  advances. Members therefore apply a round's result only on commit.
+- Parity. With ``done`` each member reports the BLAKE2b state hash of its
+  shared state after the outer step. The majority hash
+  (``verify.parity.majority``, ties to seniority) becomes the agreed hash of
+  the round; each dissenter is told to resync from an agreeing member (a
+  ``serve`` job for that member, a transfer id for both), and the event is
+  logged (WARNING) and written to the events file.
+- Events (``join``, ``admit``, ``leave``, ``lost``, ``start``, ``abort``,
+  ``commit``, ``resync``, ``reject``) are logged and, with ``events_path``,
+  appended as JSON lines ``{"t", "event", ...}``.
+- Defensive: every request is validated field by field; a bad one gets an
+  error response naming the fault; a bad frame costs that connection. At
+  most ``MAX_OUTSTANDING`` requests per connection run at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field as dc_field
+from pathlib import Path
+from typing import Any
+
+from ..errors import PeerError, ProtocolError
+from ..transport.base import Tag
+from ..transport.identity import Identity
+from ..transport.tcp import handshake
+from ..verify.parity import majority
+from .protocol import OPS, REQUEST_PHASE, RESPONSE_PHASE, FramedStream, SwarmError, address, decode_message, encode_message, field
+
+log = logging.getLogger(__name__)
+
+MAX_OUTSTANDING = 16
+SERVE_POLL = 5.0
+DEFAULT_HEARTBEAT_TIMEOUT = 10.0
+#: Agreed hashes kept (older rounds are forgotten).
+KEEP_ROUNDS = 4096
+
+
+@dataclass(eq=False)
+class _Conn:
+    peer_id: str
+    stream: FramedStream
+    where: str
+    last_seen: float
+    outstanding: int = 0
+    tasks: set[asyncio.Task[Any]] = dc_field(default_factory=set)
+    closed: bool = False
+
+
+@dataclass
+class _Member:
+    peer_id: str
+    addr: tuple[str, int]
+    since: int
+    ready: bool = False
+
+
+class Coordinator:
+    """See the module docstring. ``await Coordinator.start(...)``, then
+    ``await c.wait_closed()`` (or ``close()``)."""
+
+    def __init__(self, identity: Identity, swarm_id: str = "gossamer", *, min_peers: int = 1,
+                 heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT, allowed: frozenset[str] | None = None,
+                 events_path: str | Path | None = None, io_timeout: float = 30.0) -> None:
+        self.identity = identity
+        self.swarm_id = swarm_id
+        self.min_peers = max(1, min_peers)
+        self.heartbeat_timeout = heartbeat_timeout
+        self.allowed = allowed
+        self.io_timeout = io_timeout
+        self._events = open(events_path, "a", buffering=1) if events_path else None  # noqa: SIM115
+        self._server: asyncio.Server | None = None
+        self.address: tuple[str, int] = ("", 0)
+        self._conns: dict[str, _Conn] = {}
+        self.members: dict[str, _Member] = {}
+        self.candidates: dict[str, tuple[str, int]] = {}
+        self.fingerprint: str | None = None
+        self.round = 0
+        self.phase = "collect"
+        self.started = False
+        # Epochs and transfer ids start from the clock so a restarted coordinator does not reuse them.
+        self.epoch = (int(time.time()) & 0x0FFFFFFF) + 1
+        self._transfer = time.time_ns() // 1000
+        self.attempt = 0
+        self.group: tuple[str, ...] = ()
+        self.reports: dict[str, str] = {}
+        self.agreed: dict[int, str] = {}
+        self.genesis: str | None = None
+        self._since = 0
+        self._barrier: asyncio.Future[dict[str, Any]] | None = None
+        self._decisions: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._jobs: dict[str, list[dict[str, Any]]] = {}
+        self._job_events: dict[str, asyncio.Event] = {}
+        self._changed: asyncio.Condition | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._closed = asyncio.Event()
+        self.stats = {"commits": 0, "aborts": 0, "resyncs": 0, "lost": 0}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    async def start(cls, identity: Identity, swarm_id: str = "gossamer", host: str = "127.0.0.1", port: int = 0,
+                    **kw: Any) -> "Coordinator":
+        c = cls(identity, swarm_id, **kw)
+        c._changed = asyncio.Condition()
+        c._barrier = asyncio.get_running_loop().create_future()
+        c._server = await asyncio.start_server(c._on_connect, host, port)
+        sock = c._server.sockets[0].getsockname()
+        c.address = (str(sock[0]), int(sock[1]))
+        c._watchdog = asyncio.get_running_loop().create_task(c._watch(), name="coordinator-watchdog")
+        log.info("coordinator %s listening on %s:%d (swarm %r)", identity.peer_id, *c.address, swarm_id)
+        return c
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        for conn in list(self._conns.values()):
+            self._close_conn(conn)
+        if self._events is not None:
+            self._events.close()
+            self._events = None
+        self._closed.set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    def _event(self, kind: str, **fields: Any) -> None:
+        level = logging.WARNING if kind in ("abort", "lost", "resync", "reject") else logging.INFO
+        log.log(level, "%s %s", kind, " ".join(f"{k}={v}" for k, v in fields.items()))
+        if self._events is not None:
+            self._events.write(json.dumps({"t": round(time.time(), 3), "event": kind, **fields}) + "\n")
+
+    # ------------------------------------------------------------------ connections
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        try:
+            session = await handshake(reader, writer, self.identity, self.swarm_id, initiator=False,
+                                      io_timeout=self.io_timeout, allowed=self.allowed, where=where)
+        except (ProtocolError, PeerError) as exc:
+            log.warning("rejected connection from %s: %s", where, exc)
+            writer.transport.abort()
+            return
+        except Exception:  # never let one connection take the coordinator down
+            log.exception("unexpected error in handshake with %s", where)
+            writer.transport.abort()
+            return
+        pid = session.peer_id
+        conn = _Conn(pid, FramedStream(reader, writer, session, self.io_timeout), where, time.monotonic())
+        old = self._conns.get(pid)
+        if old is not None:
+            self._close_conn(old)
+            self._remove(pid, "replaced by a new connection with the same key", kind="lost")
+        self._conns[pid] = conn
+        log.info("peer %s connected from %s", pid, where)
+        reason = "closed the connection"
+        try:
+            while True:
+                frame = await conn.stream.recv()
+                if frame is None:
+                    break
+                tag, body = frame
+                conn.last_seen = time.monotonic()
+                if tag.round != 0 or tag.phase != REQUEST_PHASE:
+                    raise ProtocolError(f"unexpected frame {tag}")
+                if conn.outstanding >= MAX_OUTSTANDING:
+                    await self._respond(conn, tag.op, {"ok": False, "code": "busy",
+                                                       "error": f"more than {MAX_OUTSTANDING} requests outstanding"})
+                    continue
+                conn.outstanding += 1
+                task = asyncio.get_running_loop().create_task(self._handle(conn, tag.op, body))
+                conn.tasks.add(task)
+                task.add_done_callback(conn.tasks.discard)
+        except ProtocolError as exc:
+            reason = f"protocol error: {exc}"
+            log.warning("peer %s at %s: %s; disconnecting", pid, where, exc)
+        except (ConnectionError, OSError) as exc:
+            reason = f"connection lost: {exc or type(exc).__name__}"
+        except asyncio.CancelledError:
+            reason = "coordinator closing"
+            raise
+        finally:
+            if self._conns.get(pid) is conn:
+                del self._conns[pid]
+                self._close_conn(conn)
+                self._remove(pid, reason, kind="lost")
+            else:
+                self._close_conn(conn)
+
+    def _close_conn(self, conn: _Conn) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        conn.stream.close()
+        for task in list(conn.tasks):
+            task.cancel()
+
+    async def _respond(self, conn: _Conn, rid: int, resp: dict[str, Any]) -> None:
+        if conn.closed:
+            return
+        try:
+            await conn.stream.send(Tag(0, rid, RESPONSE_PHASE), encode_message(resp))
+        except (ConnectionError, OSError, TimeoutError) as exc:
+            log.info("cannot answer %s: %s", conn.peer_id, exc)
+            self._close_conn(conn)
+
+    async def _handle(self, conn: _Conn, rid: int, body: bytes) -> None:
+        pid = conn.peer_id
+        try:
+            try:
+                msg = decode_message(body, f"peer {pid}")
+                op = field(msg, "op", str, f"peer {pid}")
+                if op not in OPS:
+                    raise ProtocolError(f"unknown op {op!r} from peer {pid}; accepted: {', '.join(OPS)}")
+                resp = await getattr(self, f"_op_{op}")(pid, msg)
+                resp = {"ok": True, **resp}
+            except SwarmError as exc:
+                resp = {"ok": False, "code": exc.code, "error": str(exc)}
+            except ProtocolError as exc:
+                log.warning("bad request from peer %s: %s", pid, exc)
+                resp = {"ok": False, "code": "bad_request", "error": str(exc)}
+            await self._respond(conn, rid, resp)
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # a bug here costs one request, not the coordinator
+            log.exception("error handling a request from %s", pid)
+            await self._respond(conn, rid, {"ok": False, "code": "internal", "error": "internal coordinator error"})
+        finally:
+            conn.outstanding -= 1
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(min(0.25, self.heartbeat_timeout / 4))
+            now = time.monotonic()
+            for pid, conn in list(self._conns.items()):
+                if now - conn.last_seen > self.heartbeat_timeout:
+                    if self._conns.get(pid) is conn:
+                        del self._conns[pid]
+                    self._close_conn(conn)
+                    self._remove(pid, f"no heartbeat for {now - conn.last_seen:.1f} s (stalled)", kind="lost")
+
+    # ------------------------------------------------------------------ state machine
+
+    def _notify(self) -> None:
+        cond = self._changed
+        if cond is None:
+            return
+
+        async def bump() -> None:
+            async with cond:
+                cond.notify_all()
+
+        asyncio.get_running_loop().create_task(bump())
+
+    def _remove(self, pid: str, reason: str, *, kind: str) -> None:
+        was_member = self.members.pop(pid, None) is not None
+        was_candidate = self.candidates.pop(pid, None) is not None
+        self._jobs.pop(pid, None)
+        if not (was_member or was_candidate):
+            return
+        if kind == "lost":
+            self.stats["lost"] += 1
+        self._event(kind, peer=pid, reason=reason, round=self.round, members=len(self.members))
+        if was_member:
+            if self.phase == "run" and pid in self.group:
+                self._abort(f"member {pid} left the group: {reason}")
+            else:
+                self._check_barrier()
+        self._notify()
+
+    def _addr_of(self, pid: str) -> list[Any]:
+        m = self.members.get(pid)
+        addr = m.addr if m is not None else self.candidates.get(pid, ("", 0))
+        return [addr[0], addr[1]]
+
+    def _seniority(self) -> list[str]:
+        return sorted(self.members, key=lambda p: self.members[p].since)
+
+    def _next_transfer(self) -> int:
+        self._transfer += 1
+        return self._transfer
+
+    def _queue_job(self, source: str, job: dict[str, Any]) -> None:
+        self._jobs.setdefault(source, []).append(job)
+        ev = self._job_events.get(source)
+        if ev is not None:
+            ev.set()
+
+    def _check_barrier(self) -> None:
+        if self.phase != "collect" or not self.members:
+            return
+        if not all(m.ready for m in self.members.values()):
+            return
+        if not self.started and len(self.members) < self.min_peers:
+            return
+        self.started = True
+        self.epoch += 1
+        self.attempt += 1
+        self.group = tuple(sorted(self.members))
+        self.phase = "run"
+        self.reports = {}
+        self._decisions[self.epoch] = asyncio.get_running_loop().create_future()
+        for old in [e for e in self._decisions if e < self.epoch - 64]:
+            del self._decisions[old]
+        for m in self.members.values():
+            m.ready = False
+        start = {"round": self.round, "epoch": self.epoch, "attempt": self.attempt, "group": list(self.group),
+                 "addrs": {p: self._addr_of(p) for p in self.group}}
+        self._event("start", round=self.round, epoch=self.epoch, attempt=self.attempt, group=list(self.group))
+        barrier = self._barrier
+        self._barrier = asyncio.get_running_loop().create_future()
+        if barrier is not None and not barrier.done():
+            barrier.set_result(start)
+        self._notify()
+
+    def _decide(self, decision: dict[str, Any]) -> None:
+        fut = self._decisions.get(self.epoch)
+        if fut is not None and not fut.done():
+            fut.set_result(decision)
+        self.phase = "collect"
+        for m in self.members.values():
+            m.ready = False
+        self._notify()
+        self._check_barrier()
+
+    def _abort(self, reason: str) -> None:
+        if self.phase != "run":
+            return
+        self.stats["aborts"] += 1
+        self._event("abort", round=self.round, epoch=self.epoch, attempt=self.attempt, reason=reason)
+        self._decide({"decision": "abort", "round": self.round, "epoch": self.epoch, "hash": None,
+                      "resync": {}, "reason": reason})
+
+    def _check_commit(self) -> None:
+        if self.phase != "run":
+            return
+        present = [p for p in self.group if p in self.members]
+        if not present:
+            self._abort("every member of the group is gone")
+            return
+        if not all(p in self.reports for p in present):
+            return
+        reports = {p: self.reports[p] for p in present}
+        verdict = majority(reports, self._seniority())
+        assert verdict.agreed is not None
+        r = self.round
+        self.agreed[r] = verdict.agreed
+        self.agreed.pop(r - KEEP_ROUNDS, None)
+        resync: dict[str, dict[str, Any]] = {}
+        if verdict.tie and len(reports) > 1:
+            log.error("round %d: no strict majority among state hashes %s; keeping the most senior member's", r, reports)
+        for i, pid in enumerate(verdict.dissenters):
+            source = verdict.agreeing[i % len(verdict.agreeing)]
+            transfer = self._next_transfer()
+            resync[pid] = {"source": source, "addr": self._addr_of(source), "transfer": transfer}
+            self._queue_job(source, {"to": pid, "addr": self._addr_of(pid), "transfer": transfer, "round": r})
+            self.stats["resyncs"] += 1
+            self._event("resync", round=r, peer=pid, source=source, hash=reports[pid], agreed=verdict.agreed)
+        self.stats["commits"] += 1
+        self._event("commit", round=r, epoch=self.epoch, attempt=self.attempt, group=list(self.group),
+                    hash=verdict.agreed, dissenters=list(verdict.dissenters))
+        self.round += 1
+        self.attempt = 0
+        self._decide({"decision": "commit", "round": r, "epoch": self.epoch, "hash": verdict.agreed,
+                      "resync": resync, "reason": ""})
+
+    def _personal(self, pid: str, decision: dict[str, Any]) -> dict[str, Any]:
+        out = dict(decision)
+        out["resync"] = decision["resync"].get(pid)
+        return out
+
+    # ------------------------------------------------------------------ requests
+
+    def _member(self, pid: str) -> _Member:
+        m = self.members.get(pid)
+        if m is None:
+            raise SwarmError("evicted", f"peer {pid} is not a member of the swarm (join and admit first)")
+        return m
+
+    async def _op_join(self, pid: str, msg: dict[str, Any]) -> dict[str, Any]:
+        where = f"peer {pid}"
+        addr = address(msg.get("addr"), where)
+        fingerprint = field(msg, "fingerprint", str, where)
+        if self.fingerprint is None:
+            self.fingerprint = fingerprint
+        elif fingerprint != self.fingerprint:
+            self._event("reject", peer=pid, reason="fingerprint mismatch")
+            raise SwarmError("rejected", f"peer {pid} runs a different configuration (fingerprint {fingerprint[:16]}, "
+                                         f"swarm has {self.fingerprint[:16]}): task, algorithm, options, seed and "
+                                         "model shapes must match")
+        if pid in self.members:
+            self._remove(pid, "rejoined", kind="leave")
+        self.candidates[pid] = addr
+        self._event("join", peer=pid, addr=f"{addr[0]}:{addr[1]}", round=self.round)
+        committed = self.round - 1
+        sources = [p for p in self._seniority() if p in self.members]
+        if self.round == 0 or not sources or committed not in self.agreed:
+            return {"mode": "init", "round": self.round, "hash": self.genesis if self.round == 0 else None}
+        source = sources[0]
+        transfer = self._next_transfer()
+        self._queue_job(source, {"to": pid, "addr": [addr[0], addr[1]], "transfer": transfer, "round": committed})
+        return {"mode": "fetch", "round": committed, "hash": self.agreed[committed], "source": source,
+                "source_addr": self._addr_of(source), "transfer": transfer}
+
+    async def _op_admit(self, pid: str, msg: dict[str, Any]) -> dict[str, Any]:
+        where = f"peer {pid}"
+        want = field(msg, "round", int, where)
+        digest = field(msg, "hash", str, where)
+        assert self._changed is not None
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.phase != "run" or pid not in self.candidates)
+        if pid not in self.candidates:
+            raise SwarmError("evicted", f"peer {pid} is not a candidate (join first)")
+        if want != self.round:
+            raise SwarmError("stale", f"peer {pid} holds the state before round {want}, the swarm is at round {self.round}")
+        expected = self.genesis if want == 0 else self.agreed.get(want - 1)
+        if not self.members:
+            if expected is not None and digest != expected:
+                log.warning("swarm was empty: restarting round %d from peer %s's state %s (agreed was %s)",
+                            want, pid, digest[:16], expected[:16])
+            if want == 0:
+                self.genesis = digest
+            else:
+                self.agreed[want - 1] = digest
+        elif expected is None:
+            raise SwarmError("stale", f"no agreed state for round {want - 1}; join again")
+        elif digest != expected:
+            self._event("reject", peer=pid, reason=f"state hash {digest[:16]} != agreed {expected[:16]}", round=want)
+            raise SwarmError("rejected", f"state hash {digest} of peer {pid} differs from the agreed hash {expected} "
+                                         f"before round {want}")
+        addr = self.candidates.pop(pid)
+        self._since += 1
+        self.members[pid] = _Member(pid, addr, self._since)
+        self._event("admit", peer=pid, round=want, members=len(self.members))
+        self._notify()
+        return {"admitted": want}
+
+    async def _op_ready(self, pid: str, msg: dict[str, Any]) -> dict[str, Any]:
+        want = field(msg, "round", int, f"peer {pid}")
+        m = self._member(pid)
+        if self.phase == "run":
+            raise SwarmError("busy", f"round {self.round} is running without peer {pid}")
+        if want != self.round:
+            raise SwarmError("stale", f"peer {pid} is ready for round {want}, the swarm is at round {self.round}")
+        barrier = self._barrier
+        assert barrier is not None
+        m.ready = True
+        self._check_barrier()
+        return dict(await asyncio.shield(barrier))
+
+    async def _op_done(self, pid: str, msg: dict[str, Any]) -> dict[str, Any]:
+        where = f"peer {pid}"
+        epoch = field(msg, "epoch", int, where)
+        ok = field(msg, "ok", bool, where)
+        digest = field(msg, "hash", str, where, optional=True)
+        reason = field(msg, "reason", str, where, optional=True) or ""
+        fut = self._decisions.get(epoch)
+        if fut is None:
+            raise SwarmError("stale", f"unknown epoch {epoch}")
+        if not fut.done():
+            self._member(pid)
+            if pid not in self.group:
+                raise SwarmError("evicted", f"peer {pid} is not in the group of epoch {epoch}")
+            if not ok:
+                self._abort(f"peer {pid} failed: {reason}"[:500])
+            elif digest is None:
+                raise ProtocolError(f"done with ok from {where} lacks the state hash")
+            else:
+                self.reports[pid] = digest
+                self._check_commit()
+        return self._personal(pid, await asyncio.shield(fut))
+
+    async def _op_outcome(self, pid: str, msg: dict[str, Any]) -> dict[str, Any]:
+        epoch = field(msg, "epoch", int, f"peer {pid}")
+        fut = self._decisions.get(epoch)
+        if fut is None:
+            raise SwarmError("stale", f"unknown epoch {epoch}")
+        return self._personal(pid, await asyncio.shield(fut))
+
+    async def _op_serve(self, pid: str, msg: dict[str, Any]) -> dict[str, Any]:
+        ev = self._job_events.setdefault(pid, asyncio.Event())
+        if not self._jobs.get(pid):
+            ev.clear()
+            try:
+                await asyncio.wait_for(ev.wait(), SERVE_POLL)
+            except TimeoutError:
+                pass
+        jobs = self._jobs.pop(pid, [])
+        return {"jobs": jobs}
+
+    async def _op_hb(self, pid: str, msg: dict[str, Any]) -> dict[str, Any]:
+        return {"round": self.round, "phase": self.phase, "members": len(self.members)}
+
+    async def _op_leave(self, pid: str, msg: dict[str, Any]) -> dict[str, Any]:
+        self._remove(pid, "left", kind="leave")
+        return {}

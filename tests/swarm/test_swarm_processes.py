@@ -1,0 +1,76 @@
+"""End to end: real peer processes on 127.0.0.1, real SIGKILL, a joiner, a resync."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+
+
+def hashes_by_round(report: dict) -> dict[int, str]:
+    return {row["round"]: row["hash"] for row in report["state_hashes"]}
+
+ROUNDS = 10
+FAST = {"GOSSAMER_TEST_STEP_SLEEP": "0.02"}
+
+
+@pytest.mark.timeout(300)
+def test_crash_mid_collective_and_join_mid_run(procs):
+    port = procs.coordinator("--min-peers", "4")
+    common = ["--inner-steps", "5", "--rounds", str(ROUNDS)]
+    for i in range(4):
+        env = dict(FAST)
+        if i == 3:
+            env["GOSSAMER_TEST_KILL_IN_ROUND"] = "2"  # SIGKILLs itself after its first reduce-scatter chunk
+        procs.peer(f"p{i}", port, *common, env=env)
+    procs.peer("joiner", port, *common, env={**FAST, "GOSSAMER_TEST_JOIN_AT_ROUND": "4"})
+
+    assert procs.wait("p3", 240) == -signal.SIGKILL
+    for name in ("p0", "p1", "p2", "joiner"):
+        assert procs.wait(name, 240) == 0, procs.log(name)
+
+    survivors = [procs.report(f"p{i}") for i in range(3)]
+    joiner = procs.report("joiner")
+    for rep in survivors:
+        assert rep["rounds_completed"] == ROUNDS
+        assert sorted(hashes_by_round(rep)) == list(range(ROUNDS))
+    reference = hashes_by_round(survivors[0])
+    for rep in survivors[1:]:
+        assert hashes_by_round(rep) == reference  # bit parity in every round
+    # the joiner matches from its first round on
+    first = joiner["joined_round"]
+    assert 4 <= first < ROUNDS
+    assert hashes_by_round(joiner) == {r: reference[r] for r in range(first, ROUNDS)}
+    # the crash aborted round 2 and the survivors retried it
+    aborts = procs.events("abort")
+    assert any(ev["round"] == 2 for ev in aborts), procs.events()
+    assert any(ev["event"] == "lost" for ev in procs.events())
+    commit2 = [ev for ev in procs.events("commit") if ev["round"] == 2]
+    assert len(commit2) == 1 and len(commit2[0]["group"]) == 3
+    assert not procs.events("resync")
+    groups = {ev["round"]: len(ev["group"]) for ev in procs.events("commit")}
+    assert groups[0] == 4 and groups[ROUNDS - 1] == 4  # three survivors plus the joiner
+
+
+@pytest.mark.timeout(240)
+def test_corrupted_peer_is_resynced_and_logged(procs):
+    port = procs.coordinator("--min-peers", "3")
+    common = ["--inner-steps", "5", "--rounds", "6"]
+    for i in range(3):
+        env = dict(FAST)
+        if i == 1:
+            env["GOSSAMER_TEST_CORRUPT_ROUND"] = "2"
+        procs.peer(f"p{i}", port, *common, env=env)
+    for i in range(3):
+        assert procs.wait(f"p{i}", 200) == 0, procs.log(f"p{i}")
+    reports = [procs.report(f"p{i}") for i in range(3)]
+    ref = hashes_by_round(reports[0])
+    assert sorted(ref) == list(range(6))
+    assert all(hashes_by_round(r) == ref for r in reports)
+    assert reports[1]["resyncs"] == 1 and reports[0]["resyncs"] == 0
+    resyncs = procs.events("resync")
+    assert len(resyncs) == 1
+    assert resyncs[0]["peer"] == reports[1]["peer_id"] and resyncs[0]["round"] == 2
+    assert resyncs[0]["hash"] != resyncs[0]["agreed"] == ref[2]
+    assert "resync" in procs.log("coordinator")

@@ -74,3 +74,25 @@ def test_corrupted_peer_is_resynced_and_logged(procs):
     assert resyncs[0]["peer"] == reports[1]["peer_id"] and resyncs[0]["round"] == 2
     assert resyncs[0]["hash"] != resyncs[0]["agreed"] == ref[2]
     assert "resync" in procs.log("coordinator")
+
+
+@pytest.mark.timeout(240)
+def test_stalled_peer_aborts_the_collective_and_is_dropped(procs):
+    port = procs.coordinator("--min-peers", "3", "--heartbeat-timeout", "3")
+    common = ["--inner-steps", "5", "--rounds", "5"]
+    for i in range(3):
+        env = dict(FAST)
+        if i == 2:  # stops itself (SIGSTOP) after its first reduce-scatter chunk of round 1
+            env.update(GOSSAMER_TEST_KILL_IN_ROUND="1", GOSSAMER_TEST_KILL_SIGNAL="SIGSTOP")
+        procs.peer(f"p{i}", port, *common, env=env)
+    for i in range(2):
+        assert procs.wait(f"p{i}", 200) == 0, procs.log(f"p{i}")
+    reports = [procs.report(f"p{i}") for i in range(2)]
+    assert hashes_by_round(reports[0]) == hashes_by_round(reports[1])
+    assert sorted(hashes_by_round(reports[0])) == list(range(5))
+    aborts = [ev for ev in procs.events("abort") if ev["round"] == 1]
+    assert aborts and "deadline" in aborts[0]["reason"]  # the link-derived deadline fired, not a hang
+    lost = procs.events("lost")
+    assert any("no heartbeat" in ev["reason"] for ev in lost)
+    commit1 = [ev for ev in procs.events("commit") if ev["round"] == 1]
+    assert len(commit1) == 1 and len(commit1[0]["group"]) == 2

@@ -32,7 +32,8 @@ Contract:
 - Losing the coordinator raises ``PeerError``.
 - Test hooks (environment, for the integration tests only):
   ``GOSSAMER_TEST_KILL_IN_ROUND=R`` SIGKILLs this process in round R's
-  all-reduce after it sent its first reduce-scatter chunk;
+  all-reduce after it sent its first reduce-scatter chunk (with
+  ``GOSSAMER_TEST_KILL_SIGNAL=SIGSTOP`` it stalls there instead);
   ``GOSSAMER_TEST_CORRUPT_ROUND=R`` perturbs the shared state after round R's
   outer step, before it is hashed; ``GOSSAMER_TEST_STEP_SLEEP=S`` adds S
   seconds of simulated compute to each local step;
@@ -74,6 +75,8 @@ log = logging.getLogger(__name__)
 HEARTBEAT_INTERVAL = 0.5
 #: Smallest deadline for a whole state transfer (it includes a coordinator round trip).
 STATE_FLOOR = 15.0
+#: How long a peer keeps trying to reach a lost coordinator.
+RECONNECT_FOR = 60.0
 SUPPORTED = ("diloco", "fedavg")
 
 
@@ -114,6 +117,7 @@ class _HookedTransport(Transport):
 
     def __init__(self, inner: Transport, kill_round: int | None) -> None:
         self.inner = inner
+        self.signal = getattr(signal, os.environ.get("GOSSAMER_TEST_KILL_SIGNAL") or "SIGKILL")
         self.counters = inner.counters
         self.kill_round = kill_round
         self._sent_in_kill_round = 0
@@ -128,8 +132,8 @@ class _HookedTransport(Transport):
                 and (tag.round & 0xFFFFFFFF) == self.kill_round and tag.phase == 0):
             self._sent_in_kill_round += 1
             if self._sent_in_kill_round == 1:
-                log.warning("test hook: SIGKILL in the middle of round %d's all-reduce", self.kill_round)
-                os.kill(os.getpid(), signal.SIGKILL)
+                log.warning("test hook: %s in the middle of round %d's all-reduce", self.signal.name, self.kill_round)
+                os.kill(os.getpid(), self.signal)
 
     async def recv(self, src: str, tag: Tag, *, timeout: float | None = None) -> bytes:
         return await self.inner.recv(src, tag, timeout=timeout)
@@ -236,42 +240,81 @@ class Peer:
         self.tcp = tcp
         self.transport: Transport = _HookedTransport(tcp, self.kill_round) if self.kill_round is not None else tcp
         bg: list[asyncio.Task[Any]] = []
-        client: CoordinatorClient | None = None
+        self.client: CoordinatorClient | None = None
+        self._identity_obj = identity
         try:
-            client = await CoordinatorClient.connect(identity, self.swarm_id, *self.coordinator,
-                                                     coordinator_id=self.coordinator_id)
-            self.client = client
-            host, port = self.advertise or tcp.address
-            if host in ("0.0.0.0", "::", ""):
-                host = client.local_host
-            self.addr = [host, port]
             self.comm = Communicator(self.transport, [identity.peer_id])
             self.comm.link = LinkEstimator()
-            client.on_rtt = self.comm.link.observe_rtt
             self.algo: Any = make_algorithm(self.algorithm_name, self.model, self.loss_fn, self.comm, **self.options)
             self.steps_per_round = int(getattr(self.algo.config, "inner_steps", 1))
             self._genesis = self._snapshot()
             self._fingerprint = self._make_fingerprint()
             self._blob: StateBlob | None = None
             self._committed = -2
+            await self._connect_coordinator()
             bg.append(asyncio.create_task(self._heartbeats(), name="heartbeats"))
             bg.append(asyncio.create_task(self._serve(), name="serve"))
-            await self._main(iter(batches), rounds)
+            it = iter(batches)
+            while True:
+                try:
+                    await self._main(it, rounds)
+                    break
+                except PeerError as exc:
+                    if self.client is None or not self.client.closed_event.is_set():
+                        raise
+                    log.warning("lost the coordinator (%s); reconnecting", exc)
+                    await self._reconnect()
+                    self.report.rejoins += 1
         except _Stopping:
             pass
         finally:
             for task in bg:
                 task.cancel()
             await asyncio.gather(*bg, return_exceptions=True)
+            client = self.client
             if client is not None:
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(5):
-                        await client.request("leave")
+                if not client.closed_event.is_set():
+                    with contextlib.suppress(Exception):
+                        async with asyncio.timeout(5):
+                            await client.request("leave")
                 await client.close()
             await tcp.close()
         return self.report
 
     # ------------------------------------------------------------------ internals
+
+    @property
+    def _c(self) -> CoordinatorClient:
+        assert self.client is not None, "not connected to the coordinator"
+        return self.client
+
+    async def _connect_coordinator(self) -> None:
+        client = await CoordinatorClient.connect(self._identity_obj, self.swarm_id, *self.coordinator,
+                                                 coordinator_id=self.coordinator_id)
+        client.on_rtt = self.comm.link.observe_rtt
+        host, port = self.advertise or self.tcp.address
+        if host in ("0.0.0.0", "::", ""):
+            host = client.local_host
+        self.addr = [host, port]
+        self.client = client
+
+    async def _reconnect(self) -> None:
+        """Reconnect to the coordinator, for up to ``RECONNECT_FOR`` seconds."""
+        delay, waited = 0.25, 0.0
+        last: Exception | None = None
+        if self.client is not None:
+            await self.client.close()
+        while waited < RECONNECT_FOR:
+            try:
+                await self._connect_coordinator()
+                return
+            except (PeerError, ProtocolError) as exc:
+                last = exc
+            await self._interruptible(asyncio.sleep(delay))
+            waited += delay
+            delay = min(2 * delay, 4.0)
+        raise PeerError(f"lost the coordinator at {self.coordinator[0]}:{self.coordinator[1]} "
+                        f"and could not reconnect within {RECONNECT_FOR:g} s: {last}")
 
     def _emit(self, **event: Any) -> None:
         if self.progress is not None:
@@ -308,23 +351,21 @@ class Peer:
 
     async def _heartbeats(self) -> None:
         while True:
-            try:
-                await self.client.request("hb")
-            except SwarmError:
-                pass
-            except PeerError:
-                return
+            client = self.client
+            if client is not None and not client.closed_event.is_set():
+                with contextlib.suppress(SwarmError, PeerError):
+                    await client.request("hb")
             await asyncio.sleep(HEARTBEAT_INTERVAL)
 
     async def _serve(self) -> None:
         jobs: set[asyncio.Task[None]] = set()
         while True:
+            client = self.client
             try:
-                resp = await self.client.request("serve")
+                assert client is not None
+                resp = await client.request("serve")
             except (PeerError, SwarmError):
                 await asyncio.sleep(HEARTBEAT_INTERVAL)
-                if self.client.closed_event.is_set():
-                    return
                 continue
             for job in resp.get("jobs", []) if isinstance(resp.get("jobs"), list) else []:
                 task = asyncio.create_task(self._serve_job(job))
@@ -384,7 +425,7 @@ class Peer:
         assert self.report is not None
         delay = 0.2
         while True:
-            resp = await self._interruptible(self.client.request("join", addr=self.addr, fingerprint=self._fingerprint))
+            resp = await self._interruptible(self._c.request("join", addr=self.addr, fingerprint=self._fingerprint))
             mode = resp.get("mode")
             try:
                 if mode == "init":
@@ -404,13 +445,13 @@ class Peer:
                 else:
                     raise ProtocolError(f"unknown join mode {mode!r} from the coordinator")
                 self.algo.rounds = target
-                await self._interruptible(self.client.request("admit", round=target, hash=digest))
+                await self._interruptible(self._c.request("admit", round=target, hash=digest))
             except SwarmError as exc:
                 if exc.code == "rejected" and mode == "init":
                     raise ConfigError(str(exc)) from None
                 log.info("admission refused (%s); joining again", exc)
             except (PeerError, ProtocolError, TimeoutError, KeyError, TypeError, ValueError) as exc:
-                if self.client.closed_event.is_set():
+                if self._c.closed_event.is_set():
                     raise PeerError("lost the coordinator while joining") from exc
                 log.warning("state fetch failed (%s); joining again", exc)
             else:
@@ -427,7 +468,7 @@ class Peer:
     async def _main(self, batches: Iterator[Any], rounds: int | None) -> None:
         assert self._stop is not None
         if self.join_at_round is not None:
-            while int((await self.client.request("hb")).get("round", 0)) < self.join_at_round:
+            while int((await self._c.request("hb")).get("round", 0)) < self.join_at_round:
                 await self._interruptible(asyncio.sleep(0.05))
         await self._join()
         while True:
@@ -480,7 +521,7 @@ class Peer:
         step = (self.round + 1) * self.steps_per_round - 1
         while True:
             try:
-                start = await self._interruptible(self.client.request("ready", round=self.round))
+                start = await self._interruptible(self._c.request("ready", round=self.round))
             except SwarmError as exc:
                 if exc.code == "busy":
                     await asyncio.sleep(0.1)
@@ -496,7 +537,7 @@ class Peer:
             self.algo.rounds = self.round
             try:
                 decision = await self._attempt(step, epoch)
-            except _Rejoin:
+            except (_Rejoin, PeerError):
                 self._restore(snap)
                 raise
             if decision.get("decision") == "commit":
@@ -510,7 +551,7 @@ class Peer:
 
     async def _attempt(self, step: int, epoch: int) -> dict[str, Any]:
         sync = asyncio.ensure_future(self.algo.sync(step))
-        outcome = asyncio.ensure_future(self.client.request("outcome", epoch=epoch))
+        outcome = asyncio.ensure_future(self._c.request("outcome", epoch=epoch))
         try:
             await asyncio.wait({sync, outcome}, return_when=asyncio.FIRST_COMPLETED)
             if sync.done():
@@ -521,11 +562,11 @@ class Peer:
                             self.algo.shared_state()[0].view(-1)[0] += 1.0
                         log.warning("test hook: corrupted the shared state after round %d", self.round)
                     digest = state_hash(self.algo.shared_state())
-                    req = self.client.request("done", epoch=epoch, ok=True, hash=digest)
+                    req = self._c.request("done", epoch=epoch, ok=True, hash=digest)
                 else:
                     if not isinstance(exc, (CollectiveAborted, PeerError, ProtocolError)):
                         log.error("outer step failed: %r", exc)
-                    req = self.client.request("done", epoch=epoch, ok=False, reason=str(exc)[:400])
+                    req = self._c.request("done", epoch=epoch, ok=False, reason=str(exc)[:400])
                 try:
                     return await req
                 except SwarmError as err:

@@ -268,6 +268,10 @@ class CoordinatorClient:
             await self.stream.send(Tag(0, rid, REQUEST_PHASE), encode_message({"op": op, **fields}))
         except (ConnectionError, OSError, TimeoutError) as exc:
             self._pending.pop(rid, None)
+            if fut.done():
+                fut.exception()  # retrieved: the connection's failure is reported here instead
+            else:
+                fut.cancel()
             raise PeerError(f"cannot send {op!r} to the coordinator: {exc or type(exc).__name__}") from None
         try:
             resp = await fut

@@ -69,6 +69,9 @@ def quantize(g: float, scale: float) -> int:
 
 class SPSA(Algorithm):
     name = "spsa"
+    #: the bytes are applied as they come (no aggregator sees them), so robust
+    #: aggregation and the simulator's attacks do not apply
+    individual_contributions = False
 
     def __init__(self, model: torch.nn.Module, loss_fn: Any, comm: Any, config: SPSAConfig) -> None:
         super().__init__(model, loss_fn, comm, config)

@@ -87,7 +87,138 @@ def build_parser() -> argparse.ArgumentParser:
     bsub = bench.add_subparsers(dest="bench", metavar="BENCH", parser_class=_Parser)
     comm = bsub.add_parser("comm", help="ddp vs diloco at equal samples per peer: bytes ratio and loss gap")
     _add_swarm_args(comm, task_default="charlm")
+
+    codecs = bsub.add_parser("codecs", help="codec encode+decode throughput vs memcpy, compression ratio, error")
+    codecs.add_argument("--sizes", default="1M,16M,64M", help="element counts, comma-separated, K/M suffixes (default 1M,16M,64M)")
+    codecs.add_argument("--repeats", type=_positive_int, default=5, help="timed repetitions per size (median reported)")
+    codecs.add_argument("--codecs", default=None, help="comma-separated codec specs (default: all)")
+    codecs.add_argument("--json", dest="json_out", metavar="PATH", help="write the rows as JSON here")
+
+    comp = bsub.add_parser("compression", help="dense ddp vs compressed gradients: accuracy and bytes")
+    comp.add_argument("--task", default="digits", help="workload (default digits)")
+    comp.add_argument("--peers", type=_positive_int, default=8)
+    comp.add_argument("--steps", type=_positive_int, default=None)
+    comp.add_argument("--algorithm", default="ddp", help="algorithm whose payload is compressed (default ddp)")
+    comp.add_argument("--codecs", default=None, help="comma-separated codec specs (default: the standard set)")
+    comp.add_argument("--alpha", type=_positive_float, default=None, help="non-iid shards (Dirichlet alpha)")
+    comp.add_argument("--seed", type=_nonneg_int, default=0)
+    comp.add_argument("--json", dest="json_out", metavar="PATH")
+    comp.add_argument("--plot", metavar="PATH")
+
+    rob = bsub.add_parser("robust", help="final accuracy for every aggregator x attack")
+    rob.add_argument("--task", default="digits")
+    rob.add_argument("--peers", type=_positive_int, default=10)
+    rob.add_argument("--byzantine", type=_nonneg_int, default=3)
+    rob.add_argument("--alpha", type=_positive_float, default=1.0)
+    rob.add_argument("--steps", type=_positive_int, default=None)
+    rob.add_argument("--algorithm", default="ddp")
+    rob.add_argument("--aggregators", default=None, help="comma-separated aggregator specs (default: the standard set)")
+    rob.add_argument("--attacks", default=None, help="comma-separated attacks, 'none' for the clean run (default: all)")
+    rob.add_argument("--seed", type=_nonneg_int, default=0)
+    rob.add_argument("--json", dest="json_out", metavar="PATH")
+    rob.add_argument("--plot", metavar="PATH", help="heatmap PNG")
     return parser
+
+
+def _split(text: str | None) -> list[str] | None:
+    return None if text is None else [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _count(text: str) -> int:
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper()
+    try:
+        value = int(float(t[:-1]) * scale[t[-1]]) if t and t[-1] in scale else int(t)
+    except (ValueError, IndexError):
+        raise ConfigError(f"bad element count {text!r}: expected an integer with an optional K/M/G suffix, e.g. 16M") from None
+    if value <= 0:
+        raise ConfigError(f"element counts must be positive, got {text!r}")
+    return value
+
+
+class _Steps:
+    """A rich progress bar driven by ``progress(label, done, total)`` callbacks."""
+
+    def __init__(self, console: Any, what: str) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[label]}"), TimeElapsedColumn(), console=console)
+        self.task = self.bar.add_task(what, total=None, label="")
+
+    def __enter__(self) -> "_Steps":
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.__exit__(*exc)
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        self.bar.update(self.task, completed=done, total=total, label=label)
+
+
+def cmd_bench_codecs(args: argparse.Namespace, console: Any) -> int:
+    import json
+
+    from rich.table import Table
+
+    from .bench.codecs import run_codec_bench
+    from .codecs import make_codec
+
+    sizes = [_count(x) for x in (_split(args.sizes) or [])]
+    specs = _split(args.codecs)
+    for spec in specs or []:
+        make_codec(spec)
+    with console.status("benchmarking codecs ...") as status:
+        result = run_codec_bench(sizes=sizes, repeats=args.repeats, specs=specs, progress=lambda msg: status.update(msg))
+    table = Table(title=f"codecs: encode+decode throughput vs memcpy ({result.get('cores')} cores, medians of {args.repeats})")
+    for col in ("codec", "elements", "MB/s", "memcpy MB/s", "vs memcpy", "compression", "rel error"):
+        table.add_column(col, justify="left" if col == "codec" else "right")
+    for r in result["rows"]:
+        table.add_row(r["codec"], f"{r['elements']:,}", f"{r['throughput_MBps']:,.0f}", f"{r['memcpy_MBps']:,.0f}",
+                      f"{r['throughput_ratio_vs_memcpy']:.3f}x", f"{r['compression_ratio']:.1f}x", f"{r['rel_error']:.2e}")
+    console.print(table)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
+        console.print(f"wrote {args.json_out}")
+    return 0
+
+
+def cmd_bench_compression(args: argparse.Namespace, console: Any) -> int:
+    from .bench.compression import DEFAULT_CODECS, run_compression_bench
+
+    codecs = _split(args.codecs) or list(DEFAULT_CODECS)
+    with _Steps(console, "codecs") as progress:
+        results = run_compression_bench(task=args.task, peers=args.peers, steps=args.steps, algorithm=args.algorithm,
+                                        codecs=codecs, alpha=args.alpha, seed=args.seed, progress=progress)
+    console.print(_results_table(results, title=f"bench compression: {args.task}, {args.peers} peers, {args.algorithm}", baseline="codec"))
+    _write_outputs(results, args, console)
+    return 0
+
+
+def cmd_bench_robust(args: argparse.Namespace, console: Any) -> int:
+    from rich.table import Table
+
+    from .bench.robust import DEFAULT_AGGREGATORS, DEFAULT_ATTACKS, matrix, plot_heatmap, run_robust_bench
+
+    aggs = _split(args.aggregators) or list(DEFAULT_AGGREGATORS)
+    attacks = _split(args.attacks) or list(DEFAULT_ATTACKS)
+    with _Steps(console, "aggregator x attack") as progress:
+        results = run_robust_bench(task=args.task, peers=args.peers, byzantine=args.byzantine, alpha=args.alpha, steps=args.steps,
+                                   algorithm=args.algorithm, aggregators=aggs, attacks=attacks, seed=args.seed, progress=progress)
+    m = matrix(results)
+    table = Table(title=f"bench robust: {args.task}, {args.peers} peers, {args.byzantine} Byzantine, alpha {args.alpha}: final {results.runs[0].metric_name}")
+    table.add_column("aggregator")
+    for a in attacks:
+        table.add_column(a, justify="right")
+    for agg in aggs:
+        table.add_row(agg, *(f"{m[agg][a]:.3f}" for a in attacks))
+    console.print(table)
+    summary = results.extra["robustness"]
+    best = summary["best"]
+    console.print(f"best configuration: [bold]{best}[/bold], worst drop under attack {summary['aggregators'][best]['worst_drop_vs_best_clean'] * 100:.1f} points "
+                  f"(target <= 5); plain mean's worst drop {summary['mean_worst_drop'] * 100 if summary['mean_worst_drop'] is not None else float('nan'):.1f} points (expected > 10)")
+    _write_outputs(results, args, console, plot=lambda r, path: plot_heatmap(r, path))
+    return 0
 
 
 def _scenario_from_args(args: argparse.Namespace, *, algorithms: str | None) -> Any:
@@ -138,12 +269,16 @@ def _run_scenario(scenario: Any, console: Any) -> Any:
     return results
 
 
-def _results_table(results: Any, *, title: str) -> Any:
+def _results_table(results: Any, *, title: str, baseline: str = "algorithm") -> Any:
+    """One row per run; ratios against the ddp run (or, with ``baseline="codec"``, the dense run)."""
     from rich.table import Table
 
-    base = next((r for r in results.runs if r.algorithm == "ddp"), None)
+    if baseline == "codec":
+        base = next((r for r in results.runs if r.codec in ("none", "fp32")), None)
+    else:
+        base = next((r for r in results.runs if r.algorithm == "ddp" and r.codec in ("none", "fp32")), None)
     table = Table(title=title)
-    for col in ("algorithm", "codec", "val loss", "val metric", "bytes/peer", "vs ddp", "peak/round", "rounds", "sim time", "wall time", "parity"):
+    for col in ("algorithm", "codec", "val loss", "val metric", "bytes/peer", "vs dense" if baseline == "codec" else "vs ddp", "peak/round", "rounds", "sim time", "wall time", "parity"):
         table.add_column(col, justify="left" if col in ("algorithm", "codec") else "right")
     for r in results.runs:
         ratio = f"{base.bytes_sent_per_peer / r.bytes_sent_per_peer:,.1f}x less" if base and r.bytes_sent_per_peer else "-"
@@ -187,14 +322,14 @@ def _human_time(s: float) -> str:
     return f"{s / 3600:.2f} h"
 
 
-def _write_outputs(results: Any, args: argparse.Namespace, console: Any) -> None:
+def _write_outputs(results: Any, args: argparse.Namespace, console: Any, *, plot: Any = None) -> None:
     if args.json_out:
         results.write(args.json_out)
         console.print(f"wrote {args.json_out}")
-    if args.plot:
-        from .trace.plots import plot_results
-
-        plot_results(results, args.plot)
+    if getattr(args, "plot", None):
+        if plot is None:
+            from .trace.plots import plot_results as plot
+        plot(results, args.plot)
         console.print(f"wrote {args.plot}")
 
 
@@ -236,8 +371,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "simulate":
             return cmd_simulate(args, console)
         if args.command == "bench":
-            if args.bench == "comm":
-                return cmd_bench_comm(args, console)
+            handlers = {"comm": cmd_bench_comm, "codecs": cmd_bench_codecs, "compression": cmd_bench_compression, "robust": cmd_bench_robust}
+            if args.bench in handlers:
+                return handlers[args.bench](args, console)
             parser.parse_args(["bench", "--help"])
             return EXIT_USAGE
         parser.print_help()

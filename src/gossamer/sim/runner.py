@@ -86,12 +86,12 @@ async def _run(scenario: Scenario, algorithm: str, task: Any, progress: Progress
     byzantine = ids[len(ids) - scenario.byzantine :] if scenario.byzantine else []
     attack = scenario.make_attack()
     adversary = Adversary(attack, [p for p in ids if p not in byzantine], byzantine, seed=scenario.seed) if attack else None
-    robust = scenario.aggregator != "mean" or scenario.byzantine > 0
+    robust = scenario.aggregator != "mean" or scenario.byzantine > 0 or bool(scenario.tolerate)
     peers = []
     for i, pid in enumerate(ids):
         model = task.make_model(scenario.seed)
         codec = None if scenario.codec in ("none", "fp32") else make_codec(scenario.codec)
-        aggregator = make_aggregator(scenario.aggregator, scenario.byzantine, seed=scenario.seed) if robust else None
+        aggregator = make_aggregator(scenario.aggregator, scenario.tolerate, seed=scenario.seed) if robust else None
         comm = Communicator(net.add_peer(pid), group, codec=codec, aggregator=aggregator, seed=scenario.seed)
         if adversary is not None:
             comm.contribution_hook = adversary.hook_for(pid)

@@ -15,6 +15,11 @@ TOML keys are the field names below, e.g.::
     link = "100mbit,50ms"
     iid = true            # or: alpha = 0.5  (non-iid)
     seed = 0
+    codec = "none"        # payload codec spec, e.g. "int8", "topk:0.001+ef"
+    aggregator = "mean"   # robust rule spec, e.g. "nnm+cclip"
+    byzantine = 0         # the last F peers are Byzantine ...
+    attack = "alie"       # ... and do this (required when byzantine > 0)
+    tolerate = 0          # f the aggregator is configured for (default: byzantine)
     [task_options]        # passed to the task (batch_size, layers, ...)
     [algorithm_options.diloco]
     outer_lr = 0.7
@@ -60,6 +65,7 @@ class Scenario:
     aggregator: str = "mean"
     byzantine: int = 0
     attack: str | None = None
+    tolerate: int | None = None
     task_options: dict[str, Any] = field(default_factory=dict)
     algorithm_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -110,7 +116,11 @@ class Scenario:
             raise ConfigError(f"byzantine must be a non-negative integer, got {self.byzantine!r}")
         if self.byzantine >= self.peers:
             raise ConfigError(f"byzantine must be < peers ({self.peers}): at least one honest peer is needed, got {self.byzantine}")
-        make_aggregator(self.aggregator, self.byzantine).check(self.peers)
+        if self.tolerate is None:
+            object.__setattr__(self, "tolerate", self.byzantine)
+        if not isinstance(self.tolerate, int) or isinstance(self.tolerate, bool) or self.tolerate < 0:
+            raise ConfigError(f"tolerate must be a non-negative integer, got {self.tolerate!r}")
+        make_aggregator(self.aggregator, self.tolerate).check(self.peers)
         if self.attack is not None:
             attack = self.make_attack()
             if self.byzantine == 0:

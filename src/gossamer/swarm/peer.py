@@ -425,7 +425,12 @@ class Peer:
         assert self.report is not None
         delay = 0.2
         while True:
-            resp = await self._interruptible(self._c.request("join", addr=self.addr, fingerprint=self._fingerprint))
+            try:
+                resp = await self._interruptible(self._c.request("join", addr=self.addr, fingerprint=self._fingerprint))
+            except SwarmError as exc:
+                if exc.code == "rejected":
+                    raise ConfigError(str(exc)) from None
+                raise PeerError(str(exc)) from None
             mode = resp.get("mode")
             try:
                 if mode == "init":

@@ -54,26 +54,34 @@ def test_crash_mid_collective_and_join_mid_run(procs):
 
 
 @pytest.mark.timeout(240)
-def test_corrupted_peer_is_resynced_and_logged(procs):
+def test_corrupted_peer_is_resynced_and_logged_and_sigterm_leaves_cleanly(procs):
     port = procs.coordinator("--min-peers", "3")
-    common = ["--inner-steps", "5", "--rounds", "6"]
     for i in range(3):
         env = dict(FAST)
         if i == 1:
             env["GOSSAMER_TEST_CORRUPT_ROUND"] = "2"
-        procs.peer(f"p{i}", port, *common, env=env)
-    for i in range(3):
+        rounds = ["--rounds", "6"] if i < 2 else []  # p2 trains on until SIGTERM
+        procs.peer(f"p{i}", port, "--inner-steps", "5", *rounds, env=env)
+    for i in range(2):
         assert procs.wait(f"p{i}", 200) == 0, procs.log(f"p{i}")
+    procs.wait_event(lambda ev: ev["event"] == "commit" and ev["round"] >= 8, 60)  # p2 alone now
+    procs.procs["p2"].send_signal(signal.SIGTERM)
+    assert procs.wait("p2", 60) == 0, procs.log("p2")
+
     reports = [procs.report(f"p{i}") for i in range(3)]
     ref = hashes_by_round(reports[0])
     assert sorted(ref) == list(range(6))
-    assert all(hashes_by_round(r) == ref for r in reports)
+    assert hashes_by_round(reports[1]) == ref
+    last = hashes_by_round(reports[2])
+    assert {r: last[r] for r in range(6)} == ref and max(last) >= 8
     assert reports[1]["resyncs"] == 1 and reports[0]["resyncs"] == 0
     resyncs = procs.events("resync")
     assert len(resyncs) == 1
     assert resyncs[0]["peer"] == reports[1]["peer_id"] and resyncs[0]["round"] == 2
     assert resyncs[0]["hash"] != resyncs[0]["agreed"] == ref[2]
-    assert "resync" in procs.log("coordinator")
+    assert "WARNING gossamer.swarm.coordinator: resync" in (procs.root / "coordinator.err").read_text()
+    left = [ev for ev in procs.events("leave") if ev["peer"] == reports[2]["peer_id"]]
+    assert left and left[0]["reason"] == "left"  # a clean leave, not a lost connection
 
 
 @pytest.mark.timeout(240)

@@ -101,6 +101,8 @@ def _setup_logging(args: argparse.Namespace) -> None:
     verbose = getattr(args, "swarm_verbose", 0) + getattr(args, "verbose", 0)
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if getattr(args, "swarm_verbose", 0):
+        logging.getLogger().setLevel(min(level, logging.getLogger().level))
 
 
 def run_swarm_command(args: argparse.Namespace) -> int:

@@ -118,6 +118,7 @@ class Coordinator:
         self._changed: asyncio.Condition | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
+        self._handlers: set[asyncio.Task[Any]] = set()
         self.stats = {"commits": 0, "aborts": 0, "resyncs": 0, "lost": 0}
 
     # ------------------------------------------------------------------ lifecycle
@@ -140,8 +141,12 @@ class Coordinator:
             self._server.close()
         if self._watchdog is not None:
             self._watchdog.cancel()
+        handlers = [t for t in self._handlers if not t.done()]
         for conn in list(self._conns.values()):
             self._close_conn(conn)
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
         if self._events is not None:
             self._events.close()
             self._events = None
@@ -159,6 +164,10 @@ class Coordinator:
     # ------------------------------------------------------------------ connections
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        me = asyncio.current_task()
+        if me is not None:
+            self._handlers.add(me)
+            me.add_done_callback(self._handlers.discard)
         peer = writer.get_extra_info("peername")
         where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         try:
@@ -204,8 +213,7 @@ class Coordinator:
         except (ConnectionError, OSError) as exc:
             reason = f"connection lost: {exc or type(exc).__name__}"
         except asyncio.CancelledError:
-            reason = "coordinator closing"
-            raise
+            reason = "coordinator closing"  # the handler is a top-level task: end quietly
         finally:
             if self._conns.get(pid) is conn:
                 del self._conns[pid]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .errors import ConfigError, GossamerError
+from .swarm.cli import add_swarm_commands, run_swarm_command
 
 EXIT_USAGE = 2
 
@@ -117,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     rob.add_argument("--seed", type=_nonneg_int, default=0)
     rob.add_argument("--json", dest="json_out", metavar="PATH")
     rob.add_argument("--plot", metavar="PATH", help="heatmap PNG")
+    add_swarm_commands(sub)
     return parser
 
 
@@ -368,6 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not console.is_terminal:
         console = Console(stderr=False, width=160)
     try:
+        if args.command in ("coordinator", "peer"):
+            return run_swarm_command(args)
         if args.command == "simulate":
             return cmd_simulate(args, console)
         if args.command == "bench":

@@ -54,7 +54,6 @@ results still in flight (no extra full-model round).
 from __future__ import annotations
 
 import copy
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,8 +61,6 @@ import torch
 
 from ..errors import ConfigError
 from .base import Algorithm, make_optimizer, positive
-
-log = logging.getLogger(__name__)
 
 
 def resolve_codec(spec: str, comm: Any = None) -> Any | None:

@@ -66,6 +66,7 @@ def _add_swarm_args(p: argparse.ArgumentParser, *, task_default: str | None) -> 
     p.add_argument("--seed", type=_nonneg_int, default=None, help="seed of the whole run (default 0)")
     p.add_argument("--evals", type=_positive_int, default=None, help="validation points on the curve (default 10)")
     p.add_argument("--compute-time", type=_positive_float, default=None, help="charge this many seconds per local step instead of the measured time")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch threads for the simulation (default 1)")
     p.add_argument("--codec", default=None, help="payload codec spec, e.g. int8, topk:0.001+ef, powersgd:4+ef21 (default none)")
     p.add_argument("--aggregator", default=None, help="aggregation rule spec, e.g. median, nnm+cclip, bucketing:2+krum (default mean)")
     p.add_argument("--byzantine", type=_nonneg_int, default=None, help="number of Byzantine peers (the last F peers)")
@@ -238,6 +239,7 @@ def _scenario_from_args(args: argparse.Namespace, *, algorithms: str | None) -> 
         "seed": args.seed,
         "evals": args.evals,
         "compute_time": args.compute_time,
+        "threads": args.threads,
         "codec": args.codec,
         "aggregator": args.aggregator,
         "byzantine": args.byzantine,

@@ -72,6 +72,9 @@ class Algorithm(ABC):
     #: True when every honest peer holds the same shared state after each sync
     #: (checked by hashing). Gossip-style algorithms set it False.
     bit_parity: ClassVar[bool] = True
+    #: True when the runtime must end a run with a ``sync`` after the last
+    #: step if one did not just happen (so the final model is a shared one).
+    ends_with_sync: ClassVar[bool] = False
 
     def __init__(self, model: torch.nn.Module, loss_fn: Any, comm: Communicator, config: Any) -> None:
         self.model = model
@@ -110,6 +113,8 @@ class Algorithm(ABC):
 class LocalUpdateAlgorithm(Algorithm):
     """Shared machinery of algorithms that take H local steps, then average the
     pseudo-gradient ``delta = theta_start - theta_local`` and apply an outer update."""
+
+    ends_with_sync = True
 
     def __init__(self, model: torch.nn.Module, loss_fn: Any, comm: Communicator, config: Any) -> None:
         super().__init__(model, loss_fn, comm, config)

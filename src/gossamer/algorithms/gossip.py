@@ -71,13 +71,8 @@ TOPOLOGIES = ("ring", "torus", "exponential", "random_regular")
 # ---------------------------------------------------------------------- helpers shared with noloco
 def skip_op(comm: Any) -> None:
     """Spend one operation id without communicating, keeping op ids aligned with
-    peers that do communicate in this slot. Uses ``comm.skip()`` when the
-    communicator offers it (requested hook), else bumps its op counter."""
-    skip = getattr(comm, "skip", None)
-    if callable(skip):
-        skip()
-    else:
-        comm._op += 1
+    peers that do communicate in this slot."""
+    comm.skip()
 
 
 def encode_vector(x: torch.Tensor, codec: Any, *, seed: int, round_: int, sender: str) -> bytes:

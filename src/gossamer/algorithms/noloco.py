@@ -161,7 +161,7 @@ class NoLoCo(Algorithm):
                 p.copy_(f)
         return self._eval_model
 
-    outer_update = None  # marks a local-update algorithm: the runner ends the run with a sync
+    ends_with_sync = True
 
 
 __all__ = ["NoLoCo", "NoLoCoConfig", "random_pairs"]

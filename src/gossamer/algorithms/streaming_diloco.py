@@ -219,12 +219,7 @@ class StreamingDiLoCo(Algorithm):
             delta = [o - self._piece(i, a, b) for o, (i, a, b) in zip(self.outer[p], frag)]
         tr = self.comm.transport
         t0 = tr.now()
-        saved = self.comm.codec
-        self.comm.codec = self.codec  # see docs/algorithms.md: a per-call codec= argument would be cleaner
-        try:
-            avg = await self.comm.all_reduce(delta, name=f"{self.name}.fragment{p}")
-        finally:
-            self.comm.codec = saved
+        avg = await self.comm.all_reduce(delta, name=f"{self.name}.fragment{p}", codec=self.codec)
         done = tr.now()
         if self.config.tau > 0 and _has_virtual_clock(tr):
             tr.clock = t0  # the network keeps working while this peer computes
@@ -266,7 +261,7 @@ class StreamingDiLoCo(Algorithm):
         return self._eval_model
 
     # The runner ends local-update algorithms with a sync; this marks us as one.
-    outer_update = None
+    ends_with_sync = True
 
 
 def _has_virtual_clock(tr: Any) -> bool:

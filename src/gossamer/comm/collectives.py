@@ -64,6 +64,9 @@ from ..transport.base import Tag, Transport
 log = logging.getLogger(__name__)
 
 
+_SAME: Any = object()  # all_reduce(codec=...) default: the communicator's own codec
+
+
 class CodecLike(Protocol):
     spec: str
     lossless: bool
@@ -337,24 +340,26 @@ class Communicator:
         return got
 
     # ------------------------------------------------------------------ all-reduce
-    async def all_reduce(self, tensors: Sequence[torch.Tensor] | torch.Tensor, *, name: str = "all_reduce") -> list[torch.Tensor]:
+    async def all_reduce(
+        self, tensors: Sequence[torch.Tensor] | torch.Tensor, *, name: str = "all_reduce", codec: Any = _SAME
+    ) -> list[torch.Tensor]:
         """Mean (or robust aggregate) of every member's ``tensors``; bit-identical on all members."""
         if self.link is None:
-            return await self._all_reduce(tensors, name)
+            return await self._all_reduce(tensors, name, codec)
         numel = tensors.numel() if isinstance(tensors, torch.Tensor) else sum(t.numel() for t in tensors)
         # raw fp32 upper bound of what this member sends plus receives: 2 * 2 (n-1)/n * 4 * numel
         nbytes = 16 * (self.size - 1) * numel // max(self.size, 1)
         phases = 2 if self.aggregator is None else 4
-        return await self._guarded(name, nbytes, phases, self._all_reduce(tensors, name))
+        return await self._guarded(name, nbytes, phases, self._all_reduce(tensors, name, codec))
 
-    async def _all_reduce(self, tensors: Sequence[torch.Tensor] | torch.Tensor, name: str) -> list[torch.Tensor]:
+    async def _all_reduce(self, tensors: Sequence[torch.Tensor] | torch.Tensor, name: str, codec: Any) -> list[torch.Tensor]:
         single = isinstance(tensors, torch.Tensor)
         like = [tensors] if single else list(tensors)
         flat = flatten(like)
         op = self._next_op()
         if self.contribution_hook is not None:
             flat = await self.contribution_hook(name, op, flat)
-        codec = self.codec
+        codec = self.codec if codec is _SAME else codec
         if codec is not None and getattr(codec, "whole_tensors", False):
             plan = tensor_plan([tuple(t.shape) for t in like], self.size)
         else:

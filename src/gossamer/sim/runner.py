@@ -72,8 +72,18 @@ class _PeerLog:
 
 
 def run_algorithm(scenario: Scenario, algorithm: str, *, task: Any = None, progress: Progress | None = None) -> RunResult:
-    """Simulate ``algorithm`` on ``scenario``; see the module docstring."""
-    return asyncio.run(_run(scenario, algorithm, task or task_for(scenario), progress))
+    """Simulate ``algorithm`` on ``scenario``; see the module docstring.
+
+    Torch runs with ``scenario.threads`` intra-op threads while the simulation
+    runs (one by default: all peers share the process, small per-peer
+    kernels gain little from more, and results then do not depend on the
+    machine's core count)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(scenario.threads)
+    try:
+        return asyncio.run(_run(scenario, algorithm, task or task_for(scenario), progress))
+    finally:
+        torch.set_num_threads(threads)
 
 
 async def _run(scenario: Scenario, algorithm: str, task: Any, progress: Progress | None) -> RunResult:
@@ -121,16 +131,14 @@ async def _run(scenario: Scenario, algorithm: str, task: Any, progress: Progress
         if idx == 0:
             evaluate(algo, 0)
         plog.bytes_at[0], plog.time_at[0] = 0, 0.0
-        last_sync = -1
         for step in range(steps):
             batch = shard.next_batch()
             t0 = time.perf_counter()
             algo.local_step(batch)
             elapsed = time.perf_counter() - t0
             tr.compute(scenario.compute_time if scenario.compute_time is not None else elapsed)
-            if algo.wants_sync(step) or (step == steps - 1 and last_sync != step and _needs_final_sync(algo)):
+            if algo.wants_sync(step) or (step == steps - 1 and algo.ends_with_sync):
                 await algo.sync(step)
-                last_sync = step
                 sent = tr.counters.sent.total
                 plog.round_bytes.append(sent - sent_before_round)
                 sent_before_round = sent
@@ -190,8 +198,3 @@ async def _run(scenario: Scenario, algorithm: str, task: Any, progress: Progress
             "byzantine": scenario.byzantine,
         },
     )
-
-
-def _needs_final_sync(algo: Any) -> bool:
-    """Local-update algorithms end with a sync so the final model is a shared one."""
-    return hasattr(algo, "outer_update")

@@ -20,6 +20,7 @@ TOML keys are the field names below, e.g.::
     byzantine = 0         # the last F peers are Byzantine ...
     attack = "alie"       # ... and do this (required when byzantine > 0)
     tolerate = 0          # f the aggregator is configured for (default: byzantine)
+    threads = 1           # torch intra-op threads (1: fastest for many small peers, and exactly repeatable)
     [task_options]        # passed to the task (batch_size, layers, ...)
     [algorithm_options.diloco]
     outer_lr = 0.7
@@ -66,6 +67,7 @@ class Scenario:
     byzantine: int = 0
     attack: str | None = None
     tolerate: int | None = None
+    threads: int = 1
     task_options: dict[str, Any] = field(default_factory=dict)
     algorithm_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -92,6 +94,7 @@ class Scenario:
         _positive_int("steps", self.steps)
         _positive_int("inner_steps", self.inner_steps)
         _positive_int("evals", self.evals)
+        _positive_int("threads", self.threads)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
         LinkSpec.parse(self.link)

@@ -119,8 +119,68 @@ def build_parser() -> argparse.ArgumentParser:
     rob.add_argument("--seed", type=_nonneg_int, default=0)
     rob.add_argument("--json", dest="json_out", metavar="PATH")
     rob.add_argument("--plot", metavar="PATH", help="heatmap PNG")
+
+    algos = bsub.add_parser("algorithms", help="ddp, diloco, streaming_diloco, noloco, spsa, gossip: bytes, peak, loss, time on two links")
+    algos.add_argument("--task", default="charlm")
+    algos.add_argument("--peers", type=_positive_int, default=8)
+    algos.add_argument("--steps", type=_positive_int, default=None)
+    algos.add_argument("--inner-steps", type=_positive_int, default=None)
+    algos.add_argument("--algorithms", default=None, help="comma-separated subset (default: all six)")
+    algos.add_argument("--seed", type=_nonneg_int, default=0)
+    algos.add_argument("--json", dest="json_out", metavar="PATH")
+    algos.add_argument("--plot", metavar="PATH", help="PNG of loss vs bytes and vs simulated time")
+
+    tr = bsub.add_parser("transport", help="all-reduce over our TCP transport vs torch.distributed gloo, 4 processes on loopback")
+    tr.add_argument("--sizes-mib", default="1,16,64", help="payload sizes in MiB, comma-separated (default 1,16,64)")
+    tr.add_argument("--processes", type=_positive_int, default=4)
+    tr.add_argument("--repeats", type=_positive_int, default=5)
+    tr.add_argument("--json", dest="json_out", metavar="PATH")
     add_swarm_commands(sub)
     return parser
+
+
+def cmd_bench_algorithms(args: argparse.Namespace, console: Any) -> int:
+    from rich.table import Table
+
+    from .bench.algorithms import DEFAULT_ALGORITHMS, run_algorithms_bench
+
+    chosen = _split(args.algorithms) or list(DEFAULT_ALGORITHMS)
+    with _Steps(console, "algorithms") as progress:
+        results = run_algorithms_bench(peers=args.peers, task=args.task, steps=args.steps, inner_steps=args.inner_steps,
+                                       algorithms=chosen, seed=args.seed, progress=progress)
+    links = results.extra["links"]
+    base = next((r for r in results.runs if r.algorithm == "ddp"), None)
+    table = Table(title=f"bench algorithms: {args.task}, {args.peers} peers, {results.extra['steps']} steps, {results.extra['compute_time_s']} s compute per step")
+    for col in ["algorithm", "val loss", "bytes/peer", "vs ddp", "peak/round", "rounds"] + [f"sim time @ {k}" for k in links]:
+        table.add_column(col, justify="left" if col == "algorithm" else "right")
+    for r in results.runs:
+        ratio = f"{base.bytes_sent_per_peer / r.bytes_sent_per_peer:,.0f}x less" if base and r is not base else "1x"
+        times = r.extra["sim_time_s_by_link"]
+        table.add_row(r.algorithm, f"{r.final_val_loss:.4f}", _human_bytes(r.bytes_sent_per_peer), ratio,
+                      _human_bytes(r.peak_bytes_per_round), str(r.rounds), *(_human_time(times[k]) for k in links))
+    console.print(table)
+    _write_outputs(results, args, console)
+    return 0
+
+
+def cmd_bench_transport(args: argparse.Namespace, console: Any) -> int:
+    import json
+
+    from .bench.transport import format_table, run_transport_bench
+
+    try:
+        sizes = tuple(float(x) for x in _split(args.sizes_mib) or [])
+    except ValueError:
+        raise ConfigError(f"bad --sizes-mib {args.sizes_mib!r}: expected numbers of MiB such as 1,16,64") from None
+    if not sizes or any(x <= 0 for x in sizes):
+        raise ConfigError(f"bad --sizes-mib {args.sizes_mib!r}: sizes must be positive")
+    with console.status("all-reduce: ours vs gloo ...") as status:
+        result = run_transport_bench(sizes_mib=sizes, processes=args.processes, repeats=args.repeats, progress=lambda msg: status.update(msg))
+    console.print(format_table(result), markup=False, highlight=False)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
+        console.print(f"wrote {args.json_out}")
+    return 0
 
 
 def _split(text: str | None) -> list[str] | None:
@@ -377,7 +437,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "simulate":
             return cmd_simulate(args, console)
         if args.command == "bench":
-            handlers = {"comm": cmd_bench_comm, "codecs": cmd_bench_codecs, "compression": cmd_bench_compression, "robust": cmd_bench_robust}
+            handlers = {"comm": cmd_bench_comm, "codecs": cmd_bench_codecs, "compression": cmd_bench_compression,
+                        "robust": cmd_bench_robust, "algorithms": cmd_bench_algorithms, "transport": cmd_bench_transport}
             if args.bench in handlers:
                 return handlers[args.bench](args, console)
             parser.parse_args(["bench", "--help"])

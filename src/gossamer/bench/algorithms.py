@@ -36,7 +36,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
 
 from ..sim.runner import run_algorithm, task_for
 from ..sim.scenario import Scenario
@@ -86,34 +85,29 @@ def run_algorithms_bench(
     results = Results(task=task, peers=peers, link=links[0], seed=seed)
     total = len(algorithms) * len(links)
     done = 0
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for algo in algorithms:
-            options = bench_options(algo, steps=steps_, inner_steps=inner_)
-            options.update((algorithm_options or {}).get(algo, {}))
-            by_link = {}
-            for link in links:
-                scenario = Scenario(
-                    task=task, algorithms=(algo,), peers=peers, steps=steps_, inner_steps=inner_, link=link, seed=seed,
-                    compute_time=compute_time, task_options=opts, algorithm_options={algo: options} if options else {},
-                )
+    for algo in algorithms:
+        options = bench_options(algo, steps=steps_, inner_steps=inner_)
+        options.update((algorithm_options or {}).get(algo, {}))
+        by_link = {}
+        for link in links:
+            scenario = Scenario(
+                task=task, algorithms=(algo,), peers=peers, steps=steps_, inner_steps=inner_, link=link, seed=seed,
+                compute_time=compute_time, task_options=opts, algorithm_options={algo: options} if options else {},
+            )
 
-                def step_progress(name: str, step: int, of: int, _link: str = link) -> None:
-                    if progress is not None:
-                        progress(f"{name} @ {_link}", done * steps_ + step, total * steps_)
+            def step_progress(name: str, step: int, of: int, _link: str = link) -> None:
+                if progress is not None:
+                    progress(f"{name} @ {_link}", done * steps_ + step, total * steps_)
 
-                by_link[link] = run_algorithm(scenario, algo, task=task_obj, progress=step_progress)
-                done += 1
-            run = by_link[links[0]]
-            run.extra["link"] = links[0]
-            run.extra["sim_time_s_by_link"] = {k: r.sim_time_s for k, r in by_link.items()}
-            run.extra["final_val_loss_by_link"] = {k: r.final_val_loss for k, r in by_link.items()}
-            run.extra["wall_time_s_by_link"] = {k: r.wall_time_s for k, r in by_link.items()}
-            run.extra["bytes_sent_per_peer_by_link"] = {k: r.bytes_sent_per_peer for k, r in by_link.items()}
-            results.runs.append(run)
-    finally:
-        torch.set_num_threads(threads)
+            by_link[link] = run_algorithm(scenario, algo, task=task_obj, progress=step_progress)
+            done += 1
+        run = by_link[links[0]]
+        run.extra["link"] = links[0]
+        run.extra["sim_time_s_by_link"] = {k: r.sim_time_s for k, r in by_link.items()}
+        run.extra["final_val_loss_by_link"] = {k: r.final_val_loss for k, r in by_link.items()}
+        run.extra["wall_time_s_by_link"] = {k: r.wall_time_s for k, r in by_link.items()}
+        run.extra["bytes_sent_per_peer_by_link"] = {k: r.bytes_sent_per_peer for k, r in by_link.items()}
+        results.runs.append(run)
     results.extra.update({
         "bench": "algorithms",
         "links": list(links),

@@ -113,7 +113,7 @@ def test_loss_is_a_differentiable_scalar(name: str) -> None:
 def test_derive_seed_is_stable() -> None:
     # A pinned value: changing derive_seed would silently change every stream
     # (and break agreement between peers running different builds).
-    assert derive_seed("x", 1) == 2622597897832527108
+    assert derive_seed("x", 1) == 8489417882553404766
     assert derive_seed("x", 1) != derive_seed("x", 2)
-    assert derive_seed("x", 1) != derive_seed(("x", 1))
+    assert derive_seed("x", 1) != derive_seed("x1")
     assert 0 <= derive_seed("anything") < 2**63

@@ -25,7 +25,6 @@ This package imports only ``gossamer.errors`` from gossamer.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import types
 import typing
 from abc import ABC, abstractmethod
@@ -34,25 +33,12 @@ from typing import Any, ClassVar, TypeVar
 import torch
 
 from gossamer.errors import ConfigError
+from gossamer.seeding import derive_seed
+from gossamer.seeding import generator as torch_generator
+
+__all__ = ["TASK_NAMES", "Shard", "Task", "make_task", "derive_seed", "torch_generator"]
 
 TASK_NAMES: tuple[str, ...] = ("charlm", "digits", "quadratic")
-
-
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed that is a stable function of ``parts`` (their ``repr``).
-
-    Stable across processes, machines and Python versions (sha256, not
-    ``hash``), so every peer derives the same streams from the same inputs.
-    """
-    digest = hashlib.sha256(repr(parts).encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def torch_generator(*parts: object) -> torch.Generator:
-    """A CPU ``torch.Generator`` seeded by ``derive_seed(*parts)``."""
-    gen = torch.Generator(device="cpu")
-    gen.manual_seed(derive_seed(*parts))
-    return gen
 
 
 class Shard(ABC):

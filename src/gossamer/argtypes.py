@@ -1,0 +1,37 @@
+"""argparse value types shared by the command lines (leaf module).
+
+Each raises ``argparse.ArgumentTypeError`` with a message that says what was
+expected and what was given; argparse turns it into one error line, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _number(text: str, kind: type, what: str) -> float | int:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    value = int(_number(text, int, "a positive integer"))
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def nonneg_int(text: str) -> int:
+    value = int(_number(text, int, "a non-negative integer"))
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(_number(text, float, "a positive number"))
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value

@@ -4,10 +4,12 @@ fuzz test that only ever yields ProtocolError (never another exception, never a 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import struct
 
 import msgpack
 import pytest
+from cryptography.hazmat.primitives.poly1305 import Poly1305
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -46,6 +48,25 @@ def test_roundtrip_and_overhead_exact(tag, payload, seq):
     data = frame_bytes(tag, payload, seq=seq)
     assert len(data) - len(payload) == frame_overhead(tag)
     assert decode_frame(data, mac_key=KEY, seq=seq) == (tag, payload)
+
+
+def test_mac_is_poly1305_under_a_one_time_key_per_sequence_number():
+    # the documented construction, computed independently of frame.py
+    tag, payload, seq = Tag(7, -1, 2), b"payload bytes" * 100, 2**64 - 3
+    data = frame_bytes(tag, payload, seq=seq)
+    header = msgpack.packb({"r": 7, "o": -1, "p": 2})
+    prefix = struct.pack("<IH", 2 + len(header) + MAC_BYTES + len(payload), len(header)) + header
+    k = hashlib.blake2b(struct.pack("<Q", seq), key=KEY, digest_size=32, person=b"gossamer-p1305").digest()
+    assert data == prefix + Poly1305.generate_tag(k, prefix + payload) + payload
+    # a fresh one-time key for every frame: the same frame at another seq has another MAC
+    assert frame_bytes(tag, payload, seq=seq - 1)[len(prefix):len(prefix) + MAC_BYTES] != \
+        data[len(prefix):len(prefix) + MAC_BYTES]
+    # and a one-byte change anywhere in the authenticated bytes is caught
+    for pos in (0, 4, 6, len(prefix), len(prefix) + MAC_BYTES, len(data) - 1):
+        bad = bytearray(data)
+        bad[pos] ^= 1
+        with pytest.raises(ProtocolError):
+            decode_frame(bytes(bad), mac_key=KEY, seq=seq)
 
 
 def test_encode_does_not_copy_payload():
@@ -142,7 +163,9 @@ def test_read_frame_matches_parser():
     async def main() -> None:
         data = frame_bytes(Tag(3, 4, 5), b"z" * 5000, seq=7) + frame_bytes(Tag(3, 4, 6), b"", seq=8)
         reader = _stream_reader(data)
-        assert await read_frame(reader, mac_key=KEY, seq=7, io_timeout=1) == (Tag(3, 4, 5), b"z" * 5000)
+        tag, payload = await read_frame(reader, mac_key=KEY, seq=7, io_timeout=1)
+        # one preallocated, writable buffer the caller owns (torch.frombuffer needs no copy)
+        assert (tag, payload) == (Tag(3, 4, 5), b"z" * 5000) and type(payload) is bytearray
         assert await read_frame(reader, mac_key=KEY, seq=8, io_timeout=1) == (Tag(3, 4, 6), b"")
         assert await read_frame(reader, mac_key=KEY, seq=9, io_timeout=1) is None
         with pytest.raises(ProtocolError, match="truncated frame"):
@@ -151,6 +174,8 @@ def test_read_frame_matches_parser():
         stalled.feed_data(data[:50])
         with pytest.raises(ProtocolError, match="stalled mid-frame"):
             await read_frame(stalled, mac_key=KEY, seq=7, io_timeout=0.05)
+        with pytest.raises(ProtocolError, match="replayed or forged"):
+            await read_frame(_stream_reader(data), mac_key=KEY, seq=8, io_timeout=1)
 
     asyncio.run(main())
 

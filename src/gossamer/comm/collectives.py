@@ -76,16 +76,34 @@ class CodecLike(Protocol):
     def decode(self, data: bytes | memoryview, shape: tuple[int, ...], *, key: Any = None, seed: int = 0) -> torch.Tensor: ...
 
 
-def _raw_encode(x: torch.Tensor) -> bytes:
-    return x.detach().to(torch.float32).contiguous().numpy().tobytes()
+def _raw_encode(x: torch.Tensor) -> memoryview:
+    """The raw little-endian fp32 bytes of ``x``: a view of ``x`` itself when
+    it already is contiguous fp32 (no copy), else of a converted copy."""
+    x = x.detach()
+    if x.dtype != torch.float32 or not x.is_contiguous():
+        x = x.to(torch.float32).contiguous()
+    if x.numel() == 0:
+        return memoryview(b"")
+    return memoryview(x.numpy()).cast("B")
 
 
-def _raw_decode(data: bytes | memoryview, numel: int, src: str) -> torch.Tensor:
+def _raw_decode(data: bytes | bytearray | memoryview, numel: int, src: str) -> torch.Tensor:
+    """fp32 values of ``data``; wraps a ``bytearray`` (what TCP's recv returns)
+    without copying it, copies anything else into a writable buffer."""
     if len(data) != 4 * numel:
         raise AggregationError(f"peer {src!r} sent {len(data)} bytes for {numel} float32 values (expected {4 * numel})")
     if numel == 0:
         return torch.zeros(0, dtype=torch.float32)
-    return torch.frombuffer(bytearray(data), dtype=torch.float32)
+    return torch.frombuffer(data if isinstance(data, bytearray) else bytearray(data), dtype=torch.float32)
+
+
+def _all_nan(row: torch.Tensor) -> bool:
+    """``isnan(row).all()`` (an empty row is not all-NaN), looking at the
+    first value before scanning the row."""
+    if row.numel() == 0:
+        return False
+    first = float(row[0])
+    return first != first and bool(torch.isnan(row).all())
 
 
 def chunk_bounds(total: int, parts: int) -> list[tuple[int, int]]:
@@ -355,11 +373,13 @@ class Communicator:
     async def _all_reduce(self, tensors: Sequence[torch.Tensor] | torch.Tensor, name: str, codec: Any) -> list[torch.Tensor]:
         single = isinstance(tensors, torch.Tensor)
         like = [tensors] if single else list(tensors)
+        codec = self.codec if codec is _SAME else codec
+        if codec is None and self.aggregator is None and self.contribution_hook is None:
+            return await self._plain_mean(like, name)
         flat = flatten(like)
         op = self._next_op()
         if self.contribution_hook is not None:
             flat = await self.contribution_hook(name, op, flat)
-        codec = self.codec if codec is _SAME else codec
         if codec is not None and getattr(codec, "whole_tensors", False):
             plan = tensor_plan([tuple(t.shape) for t in like], self.size)
         else:
@@ -450,6 +470,76 @@ class Communicator:
             for lo, hi, _ in plan[j]:
                 out[lo:hi] = piece[at : at + hi - lo]
                 at += hi - lo
+        self._record(CollectiveStats(name, op, sent, dropped))
+        return unflatten(out, like)
+
+    async def _plain_mean(self, like: list[torch.Tensor], name: str) -> list[torch.Tensor]:
+        """The plain-mean all-reduce (no codec, aggregator or hook) without
+        intermediate copies; same messages, same drops and bit-identical
+        results as the general path.
+
+        Sends are views of the input (one fp32 contiguous tensor is not even
+        flattened). The owner accumulates its chunk in rank order as the
+        rows arrive, ``acc = row_first; acc += row_i; acc /= len(ok)`` (the
+        first valid row is cloned unless it is a received buffer, which is
+        ours to overwrite), skipping rows that failed to decode and all-NaN
+        rows (``_all_nan`` only scans a row whose first value is NaN). The
+        gathered chunks are written straight into the output."""
+        if len(like) == 1 and like[0].dtype == torch.float32 and like[0].is_contiguous():
+            flat = like[0].detach().reshape(-1)
+        else:
+            flat = flatten(like)
+        op = self._next_op()
+        bounds = chunk_bounds(flat.numel(), self.size)
+        sent = 0
+        for j, peer in enumerate(self.group):
+            if peer != self.peer_id:
+                lo, hi = bounds[j]
+                data = _raw_encode(flat[lo:hi])
+                await self.transport.send(peer, self.tag(op, 0), data)
+                sent += len(data)
+
+        lo, hi = bounds[self.rank]
+        acc: torch.Tensor | None = None
+        count = 0
+        rejected: list[str] = []
+        for src in self.group:
+            if src == self.peer_id:
+                row, owned = flat[lo:hi], False
+            else:
+                data = await self._recv(src, op, 0)
+                try:
+                    row, owned = _raw_decode(data, hi - lo, src), isinstance(data, bytearray)
+                except AggregationError as exc:
+                    # A bad contribution costs that contribution, never the run.
+                    log.warning("rejected the contribution of peer %s to %s: %s", src, name, exc)
+                    rejected.append(src)
+                    continue
+            if _all_nan(row):
+                continue
+            if acc is None:
+                acc = row if owned else row.clone()
+            else:
+                acc += row
+            count += 1
+        if acc is None:  # no usable row at all
+            acc = torch.full((hi - lo,), float("nan"), dtype=torch.float32)
+        else:
+            acc /= count
+        dropped = tuple(sorted(set(rejected), key=self.group.index))
+
+        mine = _raw_encode(acc)
+        for peer in self.group:
+            if peer != self.peer_id:
+                await self.transport.send(peer, self.tag(op, 1), mine)
+                sent += len(mine)
+        out = torch.empty(flat.numel(), dtype=torch.float32)
+        for j, src in enumerate(self.group):
+            a, b = bounds[j]
+            if src == self.peer_id:
+                out[a:b] = acc
+            else:
+                out[a:b] = _raw_decode(await self._recv(src, op, 1), b - a, src)
         self._record(CollectiveStats(name, op, sent, dropped))
         return unflatten(out, like)
 

@@ -14,17 +14,23 @@ A frame is::
 accepts, because the parser only accepts the canonical header encoding
 (``encode_header(tag)``, byte for byte).
 
-The MAC is a 16-byte keyed BLAKE2b (key = the per-direction session key agreed
-in the TCP handshake)::
+The MAC (protocol version 2) is Poly1305 under a one-time key derived from the
+per-direction session key agreed in the TCP handshake and the frame's
+sequence number::
 
-    MAC = BLAKE2b-128(key, person="gossamer-frame1",
-                      u64le(seq) || u32 L || u16 H || header || payload)
+    k_seq = BLAKE2b-256(key = direction key, person = "gossamer-p1305",
+                        u64le(seq))
+    MAC   = Poly1305(k_seq, u32 L || u16 H || header || payload)
 
-``seq`` is the frame's index on its connection in its direction (0, 1, 2, ...).
-It is not sent: sender and receiver both count frames, so a replayed,
-reordered, dropped-then-resent or reflected frame fails the MAC check and is
-reported as ``ProtocolError("replayed or forged frame ...")``. The simulator
-only counts the 16 bytes.
+Poly1305 is a one-time authenticator: each key must authenticate a single
+message, which holds because ``seq`` never repeats within a direction of a
+connection and every connection has fresh session keys. It runs several
+times faster than the keyed BLAKE2b-128 of version 1 (OpenSSL, via
+``cryptography``). ``seq`` is the frame's index on its connection in its
+direction (0, 1, 2, ...). It is not sent: sender and receiver both count
+frames, so a replayed, reordered, dropped-then-resent or reflected frame
+fails the MAC check and is reported as ``ProtocolError("replayed or forged
+frame ...")``. The simulator only counts the 16 bytes.
 
 Contract of the parsers (``FrameParser``, ``decode_frame``, ``read_frame``):
 they return ``(Tag, payload)`` for a well-formed, authentic frame and raise
@@ -34,6 +40,10 @@ or over the body, header not a msgpack map of exactly the int fields r/o/p in
 the signed 64-bit range, non-canonical header, bad MAC, truncated frame,
 trailing junk). They never raise another exception on any input and they do
 not buffer more than one frame (at most ``max_frame + 4`` bytes).
+``read_frame`` returns the payload as a fresh ``bytearray`` owned by the
+caller (read straight into one preallocated buffer, so a consumer may wrap
+it with ``torch.frombuffer`` without copying); ``FrameParser`` returns
+``bytes``.
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ import hmac
 import struct
 
 import msgpack
+from cryptography.hazmat.primitives.poly1305 import Poly1305
 
 from ..errors import ProtocolError
 from .base import Buffer, Tag
@@ -65,10 +76,10 @@ MAX_HEADER = 64
 MIN_BODY = HEADER_LENGTH.size + MIN_HEADER + MAC_BYTES
 #: Largest body the u32 length prefix can describe.
 MAX_BODY = 2**32 - 1
-_MAC_PERSON = b"gossamer-frame1"
+_MAC_PERSON = b"gossamer-p1305"
 _FIELDS = ("r", "o", "p")
 #: Payload bytes read per chunk by ``read_frame`` (each read has its own deadline).
-READ_CHUNK = 1 << 20
+READ_CHUNK = 8 << 20
 
 
 def encode_header(tag: Tag) -> bytes:
@@ -96,9 +107,16 @@ def _check_key(mac_key: bytes) -> None:
         raise ValueError("mac_key must be 1 to 64 bytes (BLAKE2b key)")
 
 
-def _new_mac(mac_key: bytes, seq: int, prefix: bytes) -> "hashlib._Hash":
-    h = hashlib.blake2b(key=mac_key, digest_size=MAC_BYTES, person=_MAC_PERSON)
-    h.update(SEQUENCE.pack(seq & 0xFFFF_FFFF_FFFF_FFFF))
+def one_time_key(mac_key: bytes, seq: int) -> bytes:
+    """The Poly1305 key of frame ``seq`` under the direction key ``mac_key``."""
+    return hashlib.blake2b(SEQUENCE.pack(seq & 0xFFFF_FFFF_FFFF_FFFF), key=bytes(mac_key), digest_size=32,
+                           person=_MAC_PERSON).digest()
+
+
+def new_mac(mac_key: bytes, seq: int, prefix: Buffer) -> Poly1305:
+    """A Poly1305 context for frame ``seq``, fed with ``prefix`` (length
+    fields and header); ``update`` it with the payload, then ``finalize``."""
+    h = Poly1305(one_time_key(mac_key, seq))
     h.update(prefix)
     return h
 
@@ -121,9 +139,9 @@ def encode_frame(tag: Tag, payload: Buffer, mac_key: bytes, seq: int = 0, *, max
     if body > limit:
         raise ProtocolError(f"frame body of {body} bytes (payload {view.nbytes}) exceeds the limit of {limit} bytes")
     prefix = LENGTH.pack(body) + HEADER_LENGTH.pack(len(header)) + header
-    h = _new_mac(mac_key, seq, prefix)
+    h = new_mac(mac_key, seq, prefix)
     h.update(view)
-    return [prefix + h.digest(), view]
+    return [prefix + h.finalize(), view]
 
 
 def decode_header(header: Buffer) -> Tag:
@@ -256,9 +274,9 @@ class FrameParser:
         mac_at = start + hlen
         view = memoryview(buf)
         try:
-            h = _new_mac(self._key, self.seq, view[:mac_at])
+            h = new_mac(self._key, self.seq, view[:mac_at])
             h.update(view[mac_at + MAC_BYTES:end])
-            ok = hmac.compare_digest(h.digest(), view[mac_at:mac_at + MAC_BYTES])
+            ok = hmac.compare_digest(h.finalize(), bytes(view[mac_at:mac_at + MAC_BYTES]))
             payload = bytes(view[mac_at + MAC_BYTES:end])
         finally:
             view.release()
@@ -290,7 +308,7 @@ async def _timed_exactly(reader: asyncio.StreamReader, n: int, io_timeout: float
 
 
 async def read_frame(reader: asyncio.StreamReader, *, max_frame: int = DEFAULT_MAX_FRAME, mac_key: bytes, seq: int,
-                     io_timeout: float | None = None) -> tuple[Tag, bytes] | None:
+                     io_timeout: float | None = None) -> tuple[Tag, bytearray] | None:
     """Read one frame (sequence number ``seq``) from ``reader``.
 
     Returns ``None`` on a clean end of stream before the frame's first byte.
@@ -298,7 +316,8 @@ async def read_frame(reader: asyncio.StreamReader, *, max_frame: int = DEFAULT_M
     normal); once a frame has begun, every read must make progress within
     ``io_timeout`` seconds or the frame counts as stalled. Same checks and
     errors as ``FrameParser``; the MAC is computed while the payload arrives,
-    and the payload is read in chunks of at most ``READ_CHUNK`` bytes.
+    and the payload is read in chunks of at most ``READ_CHUNK`` bytes into
+    one preallocated ``bytearray``, which is returned (no join, no copy).
     Connection errors (``OSError``) propagate unchanged."""
     _check_key(mac_key)
     first = await reader.read(1)
@@ -313,24 +332,28 @@ async def read_frame(reader: asyncio.StreamReader, *, max_frame: int = DEFAULT_M
     header = await _timed_exactly(reader, hlen + MAC_BYTES, io_timeout, "frame header")
     tag = decode_header(header[:hlen])
     mac = header[hlen:]
-    h = _new_mac(mac_key, seq, prefix + header[:hlen])
-    remaining = body - HEADER_LENGTH.size - hlen - MAC_BYTES
-    total = remaining
-    chunks: list[bytes] = []
-    while remaining:
-        try:
-            async with asyncio.timeout(io_timeout):
-                chunk = await reader.read(min(remaining, READ_CHUNK))
-        except TimeoutError:
-            raise ProtocolError(
-                f"peer stalled mid-frame: no payload bytes within {io_timeout} s "
-                f"({total - remaining} of {total} received)") from None
-        if not chunk:
-            raise ProtocolError(f"truncated frame: connection closed after {total - remaining} of {total} payload bytes")
-        h.update(chunk)
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    if not hmac.compare_digest(h.digest(), mac):
+    h = new_mac(mac_key, seq, prefix + header[:hlen])
+    total = body - HEADER_LENGTH.size - hlen - MAC_BYTES
+    payload = bytearray(total)
+    view = memoryview(payload)
+    got = 0
+    try:
+        while got < total:
+            try:
+                async with asyncio.timeout(io_timeout):
+                    chunk = await reader.read(min(total - got, READ_CHUNK))
+            except TimeoutError:
+                raise ProtocolError(
+                    f"peer stalled mid-frame: no payload bytes within {io_timeout} s "
+                    f"({got} of {total} received)") from None
+            if not chunk:
+                raise ProtocolError(f"truncated frame: connection closed after {got} of {total} payload bytes")
+            n = len(chunk)
+            view[got:got + n] = chunk
+            h.update(view[got:got + n])
+            got += n
+    finally:
+        view.release()
+    if not hmac.compare_digest(h.finalize(), mac):
         raise _forged(seq)
-    payload = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     return tag, payload

@@ -15,7 +15,7 @@ Contract:
   handshake message is a u32 little-endian length (at most
   ``HANDSHAKE_LIMIT`` bytes) and a msgpack map with exactly the listed keys::
 
-      HELLO  {"v": 1, "swarm": swarm_id, "pk": Ed25519 public key (32),
+      HELLO  {"v": 2, "swarm": swarm_id, "pk": Ed25519 public key (32),
               "eph": fresh X25519 public key (32), "nonce": 32 random bytes}
       AUTH   {"sig": Ed25519 signature (64) of
               "gossamer-auth-v1" || role || transcript}
@@ -87,7 +87,9 @@ Contract:
   connections (a newer one replaces its oldest, which may be a stale
   half-open socket of a peer that restarted).
 - ``compute()`` is a no-op, ``now()`` is ``time.monotonic()``, ``recv``'s
-  ``timeout`` is in wall-clock seconds. ``close()`` stops listening, cancels
+  ``timeout`` is in wall-clock seconds. ``recv`` returns the payload as a
+  ``bytearray`` that the caller owns (the buffer the frame was read into;
+  ``torch.frombuffer`` can wrap it without a copy). ``close()`` stops listening, cancels
   readers and pending handshakes, flushes and closes every connection and
   fails pending ``recv`` calls with ``PeerError``. Nothing is pickled.
 """
@@ -116,7 +118,7 @@ from .identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Identity, peer_id_from_
 
 logger = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 #: Largest handshake message body accepted (bytes after the length prefix).
 HANDSHAKE_LIMIT = 1024
 #: Longest swarm id (UTF-8 bytes).
@@ -124,12 +126,13 @@ MAX_SWARM_ID = 256
 NONCE_BYTES = 32
 DEFAULT_IO_TIMEOUT = 30.0
 #: StreamReader buffer limit: how much the kernel-to-user reader may run ahead.
-STREAM_LIMIT = 4 << 20
+STREAM_LIMIT = 16 << 20
 #: Payload slice written per ``write`` call; the write buffer high-water mark.
-WRITE_CHUNK = 1 << 20
-WRITE_HIGH = 4 << 20
+WRITE_CHUNK = 8 << 20
+WRITE_HIGH = 16 << 20
 #: Payloads at least this large get their MAC computed in a worker thread
-#: (hashlib releases the GIL), so the event loop keeps serving other peers.
+#: (OpenSSL's Poly1305 releases the GIL), so the event loop keeps serving
+#: other peers.
 THREAD_MAC_BYTES = 1 << 20
 #: Inbound connections still in their handshake, at most.
 MAX_PENDING_HANDSHAKES = 64
@@ -341,10 +344,10 @@ class TcpTransport(Transport):
         self._conns: dict[str, list[_Connection]] = {}
         self._book: dict[str, tuple[str, int]] = {}
         self._dialing: dict[str, asyncio.Task[_Connection]] = {}
-        self._mailbox: dict[tuple[str, Tag], bytes] = {}
+        self._mailbox: dict[tuple[str, Tag], bytearray] = {}
         self._buffered: dict[str, int] = {}
         self._consumed: dict[str, set[Tag]] = {}
-        self._waiters: dict[tuple[str, Tag], asyncio.Future[bytes]] = {}
+        self._waiters: dict[tuple[str, Tag], asyncio.Future[bytearray]] = {}
         self._gone: dict[str, str] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pending_handshakes = 0
@@ -507,7 +510,7 @@ class TcpTransport(Transport):
         finally:
             self._drop(conn, reason, abort=abort)
 
-    def _deliver(self, src: str, tag: Tag, payload: bytes) -> None:
+    def _deliver(self, src: str, tag: Tag, payload: bytearray) -> None:
         key = (src, tag)
         consumed = self._consumed.setdefault(src, set())
         if tag in consumed:
@@ -525,7 +528,7 @@ class TcpTransport(Transport):
         self._buffered[src] = held
         self._mailbox[key] = payload
 
-    async def recv(self, src: str, tag: Tag, *, timeout: float | None = None) -> bytes:
+    async def recv(self, src: str, tag: Tag, *, timeout: float | None = None) -> bytearray:
         key = (src, tag)
         payload = self._mailbox.pop(key, None)
         if payload is not None:
@@ -540,7 +543,7 @@ class TcpTransport(Transport):
             raise PeerError(f"peer {src!r} is unreachable: transport {self.peer_id!r} is closed (waited for {tag})")
         if src in self._gone and not self._conns.get(src):
             raise PeerError(f"peer {src!r} is gone ({self._gone[src]}); waited for {tag} at {self.peer_id!r}")
-        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[bytearray] = asyncio.get_running_loop().create_future()
         self._waiters[key] = fut
         try:
             await asyncio.wait((fut,), timeout=timeout)
@@ -560,7 +563,7 @@ class TcpTransport(Transport):
             raise TimeoutError(f"{self.peer_id!r}: no message {tag} from {src!r} within {timeout} s")
         return self._count_recv(src, tag, fut.result())
 
-    def _count_recv(self, src: str, tag: Tag, payload: bytes) -> bytes:
+    def _count_recv(self, src: str, tag: Tag, payload: bytearray) -> bytearray:
         self.counters.count_received(src, len(payload), frame_overhead(tag))
         return payload
 

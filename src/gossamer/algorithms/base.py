@@ -83,6 +83,7 @@ class Algorithm(ABC):
         self.config = config
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.rounds = 0
+        self._eval_model: torch.nn.Module | None = None
 
     @abstractmethod
     def local_step(self, batch: Any) -> float:
@@ -102,6 +103,15 @@ class Algorithm(ABC):
     def eval_model(self) -> torch.nn.Module:
         return self.model
 
+    def _model_with(self, tensors: list[torch.Tensor]) -> torch.nn.Module:
+        """A private copy of the model (made once) holding ``tensors`` as its trainable parameters."""
+        if self._eval_model is None:
+            self._eval_model = copy.deepcopy(self.model)
+        with torch.no_grad():
+            for p, t in zip((q for q in self._eval_model.parameters() if q.requires_grad), tensors):
+                p.copy_(t)
+        return self._eval_model
+
     def _backward(self, batch: Any) -> float:
         for p in self.params:
             p.grad = None
@@ -120,7 +130,6 @@ class LocalUpdateAlgorithm(Algorithm):
         super().__init__(model, loss_fn, comm, config)
         self.start = [p.detach().clone() for p in self.params]
         self.inner = make_optimizer(config.inner_optimizer, self.params, config.lr, config.weight_decay, what=self.name)
-        self._eval_model: torch.nn.Module | None = None
 
     def local_step(self, batch: Any) -> float:
         loss = self._backward(batch)
@@ -151,9 +160,4 @@ class LocalUpdateAlgorithm(Algorithm):
         return list(self.start)
 
     def eval_model(self) -> torch.nn.Module:
-        if self._eval_model is None:
-            self._eval_model = copy.deepcopy(self.model)
-        with torch.no_grad():
-            for p, s in zip((q for q in self._eval_model.parameters() if q.requires_grad), self.start):
-                p.copy_(s)
-        return self._eval_model
+        return self._model_with(self.start)

@@ -47,7 +47,6 @@ evaluates peer 0's.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,7 +99,6 @@ class NoLoCo(Algorithm):
         self.delta = [torch.zeros_like(p) for p in self.phi]
         self.inner = make_optimizer(config.inner_optimizer, self.params, config.lr, config.weight_decay, what=self.name)
         self.codec = resolve_codec(config.codec, comm)
-        self._eval_model: torch.nn.Module | None = None
         self.partners: list[str | None] = []
 
     def local_step(self, batch: Any) -> float:
@@ -154,12 +152,7 @@ class NoLoCo(Algorithm):
         return list(self.phi)
 
     def eval_model(self) -> torch.nn.Module:
-        if self._eval_model is None:
-            self._eval_model = copy.deepcopy(self.model)
-        with torch.no_grad():
-            for p, f in zip((q for q in self._eval_model.parameters() if q.requires_grad), self.phi):
-                p.copy_(f)
-        return self._eval_model
+        return self._model_with(self.phi)
 
     ends_with_sync = True
 

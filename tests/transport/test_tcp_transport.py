@@ -473,6 +473,58 @@ def test_garbage_before_handshake_is_rejected(caplog):
     run(main())
 
 
+# ---------------------------------------------------------------- blocked event loops
+
+
+def test_sender_loop_blocking_right_after_send_does_not_stall_the_receiver():
+    """``send`` returns only once the frame is in the kernel: a sender whose
+    event loop then blocks (a long synchronous step) must not leave the
+    receiver waiting for the rest of the frame until the sleep ends, let
+    alone until its io_timeout."""
+    import threading
+
+    sleep_s, io_timeout = 3.0, 1.5
+    payload = os.urandom(16 * MiB)
+    sender_identity = Identity.generate()
+    ready = threading.Event()
+    box: dict[str, object] = {}
+
+    async def receiver() -> None:
+        t = await TcpTransport.start(Identity.generate(), SWARM, io_timeout=io_timeout)
+        try:
+            box["id"], box["address"] = t.peer_id, t.address
+            ready.set()
+            got = await t.recv(sender_identity.peer_id, Tag(1, 2, 3), timeout=30)
+            box["arrived"] = time.monotonic()
+            box["ok"] = got == payload
+        except BaseException as exc:  # reported to the main thread
+            box["error"] = repr(exc)
+        finally:
+            await t.close()
+
+    async def sender() -> None:
+        assert ready.wait(10)
+        t = await TcpTransport.start(sender_identity, SWARM, io_timeout=io_timeout)
+        try:
+            await t.connect(box["id"], *box["address"])  # type: ignore[misc]
+            await t.send(box["id"], Tag(1, 2, 3), payload)  # type: ignore[arg-type]
+            box["returned"] = time.monotonic()
+            time.sleep(sleep_s)  # the sender's event loop is blocked
+        finally:
+            await t.close()
+
+    rt = threading.Thread(target=lambda: asyncio.run(receiver()))
+    rt.start()
+    try:
+        asyncio.run(asyncio.wait_for(sender(), 30))
+    finally:
+        rt.join(30)
+    assert "error" not in box, box.get("error")
+    assert box["ok"] is True
+    # the whole frame arrived well before the sender's loop woke up again
+    assert box["arrived"] - box["returned"] < 1.0  # type: ignore[operator]
+
+
 # ---------------------------------------------------------------- dying peers
 
 

@@ -277,10 +277,10 @@ async def _worker_main(cfg: dict[str, Any]) -> dict[str, Any]:
                 y = x.clone()
                 ours = None
                 for which in (("gloo", "ours") if r % 2 == 0 else ("ours", "gloo")):
-                    # The barrier waits in a thread so this event loop keeps
-                    # flushing what our sends left in asyncio's write buffers
-                    # (send returns once they are below the low-water mark):
-                    # a loop blocked in gloo would stall the peers reading them.
+                    # The barrier waits in a thread so this event loop stays
+                    # live (send now returns only once a frame is in the
+                    # kernel, so a blocked loop would no longer stall peers,
+                    # but late control traffic is still served promptly).
                     await asyncio.to_thread(dist.barrier)
                     if which == "gloo":
                         c0, t0 = time.process_time(), time.perf_counter()

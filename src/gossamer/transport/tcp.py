@@ -81,7 +81,10 @@ Contract:
   both sides; handshake messages over ``HANDSHAKE_LIMIT``; a whole handshake
   must finish within ``io_timeout``; once a frame has begun, every read must
   make progress within ``io_timeout`` and every write drain likewise, or the
-  connection is dropped. Idle connections are not timed out. At most
+  connection is dropped. ``send`` returns only once the whole frame was
+  handed to the kernel (asyncio's write buffer is empty), so the sender's
+  event loop may block right after it (a long synchronous step) without
+  stalling the receiver. Idle connections are not timed out. At most
   ``MAX_PENDING_HANDSHAKES`` inbound handshakes run at once (more are
   refused at once), and a peer keeps at most ``MAX_CONNS_PER_PEER``
   connections (a newer one replaces its oldest, which may be a stale
@@ -127,9 +130,9 @@ NONCE_BYTES = 32
 DEFAULT_IO_TIMEOUT = 30.0
 #: StreamReader buffer limit: how much the kernel-to-user reader may run ahead.
 STREAM_LIMIT = 16 << 20
-#: Payload slice written per ``write`` call; the write buffer high-water mark.
+#: Payload slice written per ``write`` call; ``send`` waits for asyncio's
+#: write buffer to be empty after each (see ``TcpTransport._write``).
 WRITE_CHUNK = 8 << 20
-WRITE_HIGH = 16 << 20
 #: Payloads at least this large get their MAC computed in a worker thread
 #: (OpenSSL's Poly1305 releases the GIL), so the event loop keeps serving
 #: other peers.
@@ -455,7 +458,7 @@ class TcpTransport(Transport):
         if self._closed:
             writer.transport.abort()
             raise PeerError(f"transport {self.peer_id!r} is closed")
-        writer.transport.set_write_buffer_limits(high=WRITE_HIGH)
+        writer.transport.set_write_buffer_limits(high=0, low=0)  # drain() waits for an empty buffer
         pid = session.peer_id
         conn = _Connection(pid, where, reader, writer, session.send_key, session.recv_key)
         conns = self._conns.setdefault(pid, [])
@@ -681,17 +684,27 @@ class TcpTransport(Transport):
             self._fail_waiters(dst, reason)
 
     async def _write(self, conn: _Connection, parts: list[Buffer]) -> None:
+        """Write one frame and return once all of it is in the kernel.
+
+        The write buffer limits are ``high=0, low=0`` (see ``_register``):
+        asyncio pauses the protocol whenever anything is left in its buffer
+        and resumes it only when the buffer is empty, so each ``drain`` waits
+        until the bytes written so far were handed to the kernel. Returning
+        earlier (at a low-water mark) would leave the tail of the frame in
+        this process, and a sender whose event loop then blocks (a long
+        synchronous training step) would stall the receiver mid-frame."""
         writer = conn.writer
         head, body = parts[0], memoryview(parts[1])
         writer.write(head)
         n = body.nbytes
         for off in range(0, n, WRITE_CHUNK):
             writer.write(body[off:off + WRITE_CHUNK])
-            if writer.transport.get_write_buffer_size() >= WRITE_HIGH:
+            if writer.transport.get_write_buffer_size():
                 async with asyncio.timeout(self.io_timeout):
                     await writer.drain()
-        async with asyncio.timeout(self.io_timeout):
-            await writer.drain()
+        if writer.transport.get_write_buffer_size():
+            async with asyncio.timeout(self.io_timeout):
+                await writer.drain()
         if conn.closed or writer.transport.is_closing():
             raise ConnectionResetError("connection closed while writing")
 

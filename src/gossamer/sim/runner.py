@@ -174,7 +174,7 @@ async def _run(scenario: Scenario, algorithm: str, task: Any, progress: Progress
     final = curve[-1]
     return RunResult(
         algorithm=algorithm,
-        codec=scenario.codec,
+        codec=peers[0][3].codec.spec if peers[0][3].codec is not None else "none",
         aggregator=scenario.aggregator,
         final_val_loss=final.val_loss,
         final_val_metric=final.val_metric,

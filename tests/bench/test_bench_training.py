@@ -31,8 +31,8 @@ def test_robust_bench_matrix_schema_and_heatmap(tmp_path):
 def test_compression_bench_counts_real_encoded_bytes():
     res = run_compression_bench(peers=4, steps=20, codecs=("none", "int8", "topk:0.01+ef"))
     runs = {r.codec: r for r in res.runs}
-    assert set(runs) == {"none", "int8", "topk:0.01+ef"}
-    ratio_int8 = res.extra["vs_dense"]["int8"]["bytes_ratio"]
+    assert set(runs) == {"none", "int8:256", "topk:0.01+ef"}
+    ratio_int8 = res.extra["vs_dense"]["int8:256"]["bytes_ratio"]
     assert 3.0 < ratio_int8 < 4.0  # 4 bytes -> 1 byte plus per-block scales and framing
     assert res.extra["vs_dense"]["topk:0.01+ef"]["bytes_ratio"] > 10
 

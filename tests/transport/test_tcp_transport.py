@@ -473,6 +473,61 @@ def test_garbage_before_handshake_is_rejected(caplog):
     run(main())
 
 
+# ---------------------------------------------------------------- reading frames
+
+
+def test_frames_right_behind_the_listeners_fin_and_its_eof_are_delivered():
+    """The dialer's handshake may already have buffered frames the listener
+    sent right after its FIN (and even the EOF); they are all delivered."""
+    dialer_id = Identity.generate()
+    payloads = [b"first", os.urandom(3 * MiB + 5), b"", b"last"]
+
+    async def main() -> None:
+        listener_identity = Identity.generate()
+
+        async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            session = await handshake(reader, writer, listener_identity, SWARM, initiator=False, io_timeout=5)
+            # no await between the FIN and the frames: they leave in one go
+            writer.write(b"".join(b"".join(bytes(p) for p in encode_frame(Tag(0, i, 0), data, session.send_key, i))
+                                  for i, data in enumerate(payloads)))
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+        t = await TcpTransport.start(dialer_id, SWARM)
+        try:
+            host, port = server.sockets[0].getsockname()[:2]
+            pid = await t.connect(listener_identity.peer_id, host, port)
+            for i, data in enumerate(payloads):
+                assert await t.recv(pid, Tag(0, i, 0), timeout=5) == data
+        finally:
+            await t.close()
+            server.close()
+
+    run(main())
+
+
+def test_frames_arriving_in_tiny_and_uneven_pieces(caplog):
+    async def main() -> None:
+        server, = await start(1)
+        try:
+            raw = await RawClient.connect(server)
+            frames = [(Tag(0, i, 0), os.urandom(n)) for i, n in enumerate((0, 1, 700, 300_000, 5))]
+            stream = b"".join(raw.frame(t, p) for t, p in frames)
+            cuts = [0, 1, 3, 4, 6, 11, 30, 40, 1000, 70_000, 250_000, len(stream) - 3, len(stream)]
+            for a, b in zip(cuts, cuts[1:]):
+                await raw.write(stream[a:b])
+                await asyncio.sleep(0.002)
+            for t, p in frames:
+                got = await server.recv(raw.peer_id, t, timeout=5)
+                assert got == p and type(got) is bytearray
+            raw.kill()
+        finally:
+            await server.close()
+
+    run(main())
+
+
 # ---------------------------------------------------------------- blocked event loops
 
 

@@ -176,14 +176,14 @@ def decode_header(header: Buffer) -> Tag:
     return tag
 
 
-def _check_body_length(body: int, max_frame: int) -> None:
+def check_body_length(body: int, max_frame: int) -> None:
     if body > max_frame:
         raise ProtocolError(f"frame body length {body} exceeds max_frame {max_frame}")
     if body < MIN_BODY:
         raise ProtocolError(f"frame body length {body} is below the minimum of {MIN_BODY} bytes")
 
 
-def _check_header_length(hlen: int, body: int) -> None:
+def check_header_length(hlen: int, body: int) -> None:
     if not MIN_HEADER <= hlen <= MAX_HEADER:
         raise ProtocolError(f"header length {hlen} outside [{MIN_HEADER}, {MAX_HEADER}]")
     if HEADER_LENGTH.size + hlen + MAC_BYTES > body:
@@ -195,7 +195,7 @@ def _check_max_frame(max_frame: int) -> None:
         raise ValueError(f"max_frame must be in [{MIN_BODY}, {MAX_BODY}], got {max_frame}")
 
 
-def _forged(seq: int) -> ProtocolError:
+def forged(seq: int) -> ProtocolError:
     return ProtocolError(f"replayed or forged frame: MAC mismatch at frame sequence number {seq}")
 
 
@@ -259,11 +259,11 @@ class FrameParser:
         if len(buf) < LENGTH.size:
             return None
         (body,) = LENGTH.unpack_from(buf, 0)
-        _check_body_length(body, self.max_frame)
+        check_body_length(body, self.max_frame)
         if len(buf) < LENGTH.size + HEADER_LENGTH.size:
             return None
         (hlen,) = HEADER_LENGTH.unpack_from(buf, LENGTH.size)
-        _check_header_length(hlen, body)
+        check_header_length(hlen, body)
         start = LENGTH.size + HEADER_LENGTH.size
         if len(buf) < start + hlen:
             return None
@@ -281,7 +281,7 @@ class FrameParser:
         finally:
             view.release()
         if not ok:
-            raise _forged(self.seq)
+            raise forged(self.seq)
         del buf[:end]
         self.seq += 1
         return tag, payload
@@ -326,9 +326,9 @@ async def read_frame(reader: asyncio.StreamReader, *, max_frame: int = DEFAULT_M
     rest = await _timed_exactly(reader, LENGTH.size + HEADER_LENGTH.size - 1, io_timeout, "frame length")
     prefix = first + rest
     (body,) = LENGTH.unpack_from(prefix, 0)
-    _check_body_length(body, max_frame)
+    check_body_length(body, max_frame)
     (hlen,) = HEADER_LENGTH.unpack_from(prefix, LENGTH.size)
-    _check_header_length(hlen, body)
+    check_header_length(hlen, body)
     header = await _timed_exactly(reader, hlen + MAC_BYTES, io_timeout, "frame header")
     tag = decode_header(header[:hlen])
     mac = header[hlen:]
@@ -355,5 +355,5 @@ async def read_frame(reader: asyncio.StreamReader, *, max_frame: int = DEFAULT_M
     finally:
         view.release()
     if not hmac.compare_digest(h.finalize(), mac):
-        raise _forged(seq)
+        raise forged(seq)
     return tag, payload

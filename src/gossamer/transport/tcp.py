@@ -116,7 +116,22 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 
 from ..errors import ConfigError, PeerError, ProtocolError
 from .base import Buffer, ByteCounters, LinkCounter, Tag, Transport
-from .frame import DEFAULT_MAX_FRAME, MAC_BYTES, MAX_BODY, MIN_BODY, check_tag, encode_frame, frame_overhead, read_frame
+from .frame import (
+    DEFAULT_MAX_FRAME,
+    HEADER_LENGTH,
+    LENGTH,
+    MAC_BYTES,
+    MAX_BODY,
+    MIN_BODY,
+    check_body_length,
+    check_header_length,
+    check_tag,
+    decode_header,
+    encode_frame,
+    forged,
+    frame_overhead,
+    new_mac,
+)
 from .identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Identity, peer_id_from_public_key, verify_signature
 
 logger = logging.getLogger(__name__)
@@ -130,9 +145,11 @@ NONCE_BYTES = 32
 DEFAULT_IO_TIMEOUT = 30.0
 #: StreamReader buffer limit: how much the kernel-to-user reader may run ahead.
 STREAM_LIMIT = 16 << 20
+#: Scratch buffer for reads outside a large payload (frame heads, small frames).
+SCRATCH_BYTES = 256 << 10
 #: Payload slice written per ``write`` call; ``send`` waits for asyncio's
 #: write buffer to be empty after each (see ``TcpTransport._write``).
-WRITE_CHUNK = 8 << 20
+WRITE_CHUNK = 4 << 20
 #: Payloads at least this large get their MAC computed in a worker thread
 #: (OpenSSL's Poly1305 releases the GIL), so the event loop keeps serving
 #: other peers.
@@ -311,7 +328,218 @@ class _Connection:
     recv_seq: int = 0
     closed: bool = False
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    reader_task: asyncio.Task[None] | None = None
+    proto: "_FrameProtocol | None" = None
+
+
+class _FrameProtocol(asyncio.BufferedProtocol):
+    """The protocol of one connection once its handshake is done: reads
+    frames with ``recv_into`` and provides write flow control.
+
+    Outside a large payload the socket is read into a small scratch buffer
+    and the bytes of an incomplete frame head are kept in ``pending`` (at
+    most one frame, checked as in ``FrameParser``: length, header, then
+    MAC). Once a frame's header is in, its payload gets one preallocated
+    ``bytearray``; the bytes already in ``pending`` are copied there and
+    ``get_buffer`` then hands the kernel exactly the rest of that buffer, so
+    the payload is written by the kernel where the collective will read it
+    (one copy) and never read past the frame's end. The MAC is updated with
+    each received slice while it is still in cache. A frame that has begun
+    must make progress every ``io_timeout`` seconds (a timer checks).
+    Frames go to ``TcpTransport._deliver``; a ``ProtocolError`` costs the
+    connection (logged WARNING), never the transport.
+
+    Writing: the transport's write buffer limits are ``high=0, low=0``, so
+    ``drain`` waits until asyncio's buffer is empty (everything handed to
+    the kernel)."""
+
+    def __init__(self, owner: "TcpTransport", conn: _Connection) -> None:
+        self._owner = owner
+        self._conn = conn
+        self._loop = asyncio.get_running_loop()
+        self._max_frame = owner.max_frame
+        self._io_timeout = owner.io_timeout
+        self._scratch = bytearray(SCRATCH_BYTES)
+        self._pending = bytearray()
+        self._payload: bytearray | None = None
+        self._view: memoryview | None = None
+        self._got = 0
+        self._tag: Tag | None = None
+        self._mac = b""
+        self._h: Any = None
+        self._last = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._dead = False
+        self._paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._lost: str | None = None
+        self.closed: asyncio.Future[None] = self._loop.create_future()
+
+    # ------------------------------------------------------------- reading
+
+    def get_buffer(self, sizehint: int) -> memoryview | bytearray:
+        if self._view is not None:
+            return self._view[self._got:]
+        return self._scratch
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._dead:
+            return
+        self._last = self._loop.time()
+        try:
+            if self._view is not None:
+                self._h.update(self._view[self._got:self._got + nbytes])
+                self._got += nbytes
+                if self._got == len(self._view):
+                    self._finish_payload()
+            else:
+                self._pending += memoryview(self._scratch)[:nbytes]
+                self._parse()
+        except ProtocolError as exc:
+            self._fail(exc)
+            return
+        except Exception as exc:  # a bug here must cost the connection, not the run
+            logger.exception("unexpected error reading from %s at %s", self._conn.peer_id, self._conn.where)
+            self._stop(f"internal error: {exc!r}", abort=True)
+            return
+        self._arm()
+
+    def feed(self, data: bytes) -> None:
+        """Bytes that arrived before this protocol took over (after the handshake)."""
+        n = 0
+        while n < len(data) and not self._dead:
+            buf = self.get_buffer(len(data) - n)
+            k = min(len(buf), len(data) - n)
+            memoryview(buf)[:k] = data[n:n + k]
+            n += k
+            self.buffer_updated(k)
+
+    def _parse(self) -> None:
+        buf = self._pending
+        while not self._dead:
+            if len(buf) < LENGTH.size + HEADER_LENGTH.size:
+                return
+            (body,) = LENGTH.unpack_from(buf, 0)
+            check_body_length(body, self._max_frame)
+            (hlen,) = HEADER_LENGTH.unpack_from(buf, LENGTH.size)
+            check_header_length(hlen, body)
+            start = LENGTH.size + HEADER_LENGTH.size
+            at = start + hlen + MAC_BYTES
+            if len(buf) < at:
+                return
+            tag = decode_header(buf[start:start + hlen])
+            self._tag, self._mac = tag, bytes(buf[start + hlen:at])
+            self._h = new_mac(self._conn.recv_key, self._conn.recv_seq, bytes(buf[:start + hlen]))
+            total = body - HEADER_LENGTH.size - hlen - MAC_BYTES
+            have = min(len(buf) - at, total)
+            payload = bytearray(total)
+            view = memoryview(payload)
+            view[:have] = memoryview(buf)[at:at + have]
+            del buf[:at + have]
+            self._payload, self._view, self._got = payload, view, have
+            self._h.update(view[:have])
+            if have < total:
+                return  # the rest is read straight into the payload
+            self._finish_payload()
+
+    def _finish_payload(self) -> None:
+        payload, tag, conn = self._payload, self._tag, self._conn
+        assert payload is not None and tag is not None and self._view is not None
+        self._view.release()
+        self._payload, self._view, self._tag = None, None, None
+        if not hmac.compare_digest(self._h.finalize(), self._mac):
+            raise forged(conn.recv_seq)
+        conn.recv_seq += 1
+        self._owner._deliver(conn.peer_id, tag, payload)
+
+    def _mid_frame(self) -> bool:
+        return self._view is not None or bool(self._pending)
+
+    def _arm(self) -> None:
+        if self._mid_frame():
+            if self._timer is None:
+                self._timer = self._loop.call_at(self._last + self._io_timeout, self._check_stall)
+        elif self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check_stall(self) -> None:
+        self._timer = None
+        if self._dead or not self._mid_frame():
+            return
+        due = self._last + self._io_timeout
+        if self._loop.time() < due:
+            self._timer = self._loop.call_at(due, self._check_stall)
+            return
+        if self._view is not None:
+            self._fail(ProtocolError(f"peer stalled mid-frame: no payload bytes within {self._io_timeout} s "
+                                     f"({self._got} of {len(self._view)} received)"))
+        else:
+            self._fail(ProtocolError(f"peer stalled mid-frame: no frame header bytes within {self._io_timeout} s "
+                                     f"({len(self._pending)} bytes of it received)"))
+
+    def eof_received(self) -> bool:
+        if self._dead:
+            return False
+        if self._view is not None:
+            self._fail(ProtocolError(f"truncated frame: connection closed after {self._got} of {len(self._view)} "
+                                     "payload bytes"))
+        elif self._pending:
+            self._fail(ProtocolError(f"truncated frame: stream ended after {len(self._pending)} bytes of an "
+                                     "incomplete frame"))
+        else:
+            self._stop("it closed the connection", abort=False)
+        return False
+
+    def _fail(self, exc: ProtocolError) -> None:
+        conn = self._conn
+        logger.warning("ProtocolError from peer %s at %s: %s; disconnecting", conn.peer_id, conn.where, exc)
+        self._stop(f"protocol error: {exc}", abort=True)
+
+    def _stop(self, reason: str, *, abort: bool) -> None:
+        """Stop reading and drop the connection (once)."""
+        if self._dead:
+            return
+        self._dead = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._view is not None:
+            self._view.release()
+        self._payload, self._view, self._pending = None, None, bytearray()
+        self._owner._drop(self._conn, reason, abort=abort)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = f"connection lost: {exc or type(exc).__name__}" if exc is not None else "connection closed"
+        self._stop(self._lost if exc is not None else "it closed the connection", abort=exc is not None)
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionResetError(self._lost))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    # ------------------------------------------------------------- writing
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def drain(self) -> None:
+        """Wait until asyncio's write buffer is empty; ``ConnectionResetError`` if the connection is lost."""
+        if self._lost is not None:
+            raise ConnectionResetError(self._lost)
+        if not self._paused:
+            return
+        waiter = self._loop.create_future()
+        self._drain_waiter = waiter
+        try:
+            await waiter
+        finally:
+            self._drain_waiter = None
 
 
 def _where(writer: asyncio.StreamWriter) -> str:
@@ -458,7 +686,6 @@ class TcpTransport(Transport):
         if self._closed:
             writer.transport.abort()
             raise PeerError(f"transport {self.peer_id!r} is closed")
-        writer.transport.set_write_buffer_limits(high=0, low=0)  # drain() waits for an empty buffer
         pid = session.peer_id
         conn = _Connection(pid, where, reader, writer, session.send_key, session.recv_key)
         conns = self._conns.setdefault(pid, [])
@@ -472,9 +699,38 @@ class TcpTransport(Transport):
         self._add_framing(self.counters, pid, session.bytes_sent, session.bytes_received)
         self.handshake_counters.count_sent(pid, 0, session.bytes_sent)
         self.handshake_counters.count_received(pid, 0, session.bytes_received)
-        conn.reader_task = asyncio.get_running_loop().create_task(self._read_loop(conn), name=f"tcp-read-{pid}")
         logger.info("peer %s connected to %s at %s", self.peer_id, pid, where)
+        self._take_over(conn)
         return conn
+
+    def _take_over(self, conn: _Connection) -> None:
+        """Swap the handshake's StreamReaderProtocol for a ``_FrameProtocol``.
+
+        Whatever the StreamReader already buffered past the handshake (the
+        listener may send frames right behind its FIN) and an EOF it already
+        saw are handed over; this reads the StreamReader's private ``_buffer``
+        and ``_eof`` (CPython's asyncio, stable since 3.4), as asyncio has no
+        public way to take the rest of a StreamReader's buffer."""
+        transport = conn.writer.transport
+        proto = _FrameProtocol(self, conn)
+        conn.proto = proto
+        if transport.is_closing():
+            self._drop(conn, "connection closed right after the handshake", abort=True)
+            proto.closed.set_result(None)
+            return
+        reader = conn.reader
+        leftover = bytes(reader._buffer)  # noqa: SLF001 - see the docstring
+        reader._buffer.clear()  # noqa: SLF001
+        eof = bool(reader._eof)  # noqa: SLF001
+        transport.set_protocol(proto)
+        transport.set_write_buffer_limits(high=0, low=0)  # drain() waits for an empty buffer
+        if leftover:
+            proto.feed(leftover)
+        if eof:
+            proto.eof_received()
+            transport.close()
+        elif not transport.is_reading() and not conn.closed:
+            transport.resume_reading()
 
     @staticmethod
     def _add_framing(counters: ByteCounters, pid: str, sent: int, received: int) -> None:
@@ -484,34 +740,6 @@ class TcpTransport(Transport):
         counters.received_from[pid].framing += received
 
     # ----------------------------------------------------------------- receiving
-
-    async def _read_loop(self, conn: _Connection) -> None:
-        reason = "it closed the connection"
-        abort = False
-        try:
-            while True:
-                frame = await read_frame(conn.reader, max_frame=self.max_frame, mac_key=conn.recv_key,
-                                         seq=conn.recv_seq, io_timeout=self.io_timeout)
-                if frame is None:
-                    break
-                conn.recv_seq += 1
-                self._deliver(conn.peer_id, frame[0], frame[1])
-        except asyncio.CancelledError:
-            reason = f"transport {self.peer_id!r} closed" if self._closed else "reader cancelled"
-            raise
-        except ProtocolError as exc:
-            logger.warning("ProtocolError from peer %s at %s: %s; disconnecting", conn.peer_id, conn.where, exc)
-            reason = f"protocol error: {exc}"
-            abort = True
-        except (ConnectionError, OSError) as exc:
-            reason = f"connection lost: {exc or type(exc).__name__}"
-            abort = True
-        except Exception as exc:  # a bug here must cost the connection, not the run
-            logger.exception("unexpected error reading from %s at %s", conn.peer_id, conn.where)
-            reason = f"internal error: {exc!r}"
-            abort = True
-        finally:
-            self._drop(conn, reason, abort=abort)
 
     def _deliver(self, src: str, tag: Tag, payload: bytearray) -> None:
         key = (src, tag)
@@ -585,10 +813,7 @@ class TcpTransport(Transport):
         if abort:
             conn.writer.transport.abort()
         else:
-            conn.writer.close()
-        task = conn.reader_task
-        if task is not None and task is not asyncio.current_task() and not task.done():
-            task.cancel()
+            conn.writer.transport.close()
         logger.info("peer %s: connection to %s at %s closed (%s)", self.peer_id, conn.peer_id, conn.where, reason)
         if not conns:
             self._conns.pop(conn.peer_id, None)
@@ -693,19 +918,20 @@ class TcpTransport(Transport):
         earlier (at a low-water mark) would leave the tail of the frame in
         this process, and a sender whose event loop then blocks (a long
         synchronous training step) would stall the receiver mid-frame."""
-        writer = conn.writer
+        transport, proto = conn.writer.transport, conn.proto
+        assert proto is not None
         head, body = parts[0], memoryview(parts[1])
-        writer.write(head)
+        transport.write(head)
         n = body.nbytes
         for off in range(0, n, WRITE_CHUNK):
-            writer.write(body[off:off + WRITE_CHUNK])
-            if writer.transport.get_write_buffer_size():
+            # asyncio (3.11) sends what the kernel takes at once and copies the
+            # rest into its buffer: writing a slice only when that buffer is
+            # empty keeps the copied part small
+            transport.write(body[off:off + WRITE_CHUNK])
+            if transport.get_write_buffer_size():
                 async with asyncio.timeout(self.io_timeout):
-                    await writer.drain()
-        if writer.transport.get_write_buffer_size():
-            async with asyncio.timeout(self.io_timeout):
-                await writer.drain()
-        if conn.closed or writer.transport.is_closing():
+                    await proto.drain()
+        if conn.closed or transport.is_closing():
             raise ConnectionResetError("connection closed while writing")
 
     # ----------------------------------------------------------------- misc
@@ -724,9 +950,6 @@ class TcpTransport(Transport):
             self._server.close()
         pending = [t for t in self._tasks if not t.done()]
         conns = [c for cs in self._conns.values() for c in cs]
-        for conn in conns:
-            if conn.reader_task is not None and not conn.reader_task.done():
-                pending.append(conn.reader_task)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
@@ -735,7 +958,8 @@ class TcpTransport(Transport):
         for conn in conns:
             try:
                 async with asyncio.timeout(self.io_timeout):
-                    await conn.writer.wait_closed()
+                    if conn.proto is not None:
+                        await asyncio.shield(conn.proto.closed)
             except (TimeoutError, ConnectionError, OSError):
                 conn.writer.transport.abort()
         for (src, tag), fut in list(self._waiters.items()):

@@ -45,7 +45,8 @@ Contract:
 - Frames (``frame.py``) carry a MAC under the sender's direction key and the
   frame sequence number, so a replayed, reordered or reflected frame is a
   ``ProtocolError``.
-- One background reader task per connection reads frames continuously into
+- Each connection, once its handshake is done, reads frames continuously (an
+  ``asyncio.BufferedProtocol``, see ``_FrameProtocol``) into
   mailboxes keyed by ``(src, tag)``, so sends never wait for the receiver to
   call ``recv`` (a collective may send everything before it receives). A
   second frame with a ``(src, tag)`` still in the mailbox or already
@@ -93,7 +94,7 @@ Contract:
   ``timeout`` is in wall-clock seconds. ``recv`` returns the payload as a
   ``bytearray`` that the caller owns (the buffer the frame was read into;
   ``torch.frombuffer`` can wrap it without a copy). ``close()`` stops listening, cancels
-  readers and pending handshakes, flushes and closes every connection and
+  pending handshakes and dials, flushes and closes every connection and
   fails pending ``recv`` calls with ``PeerError``. Nothing is pickled.
 """
 

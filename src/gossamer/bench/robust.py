@@ -114,3 +114,14 @@ def plot_heatmap(results: Results, path: str, *, title: str | None = None) -> No
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def markdown_matrix(results: Results) -> str:
+    """The matrix as a Markdown table of final metric values (percent for accuracies)."""
+    m = matrix(results)
+    aggs = list(dict.fromkeys(r.aggregator for r in results.runs))
+    atts = list(dict.fromkeys(r.extra["attack"] for r in results.runs))
+    lines = ["| aggregator | " + " | ".join(atts) + " |", "|---|" + "---:|" * len(atts)]
+    for a in aggs:
+        lines.append(f"| `{a}` | " + " | ".join(f"{m[a][x] * 100:.1f}" if x in m[a] else "-" for x in atts) + " |")
+    return "\n".join(lines) + "\n"

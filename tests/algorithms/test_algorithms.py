@@ -51,7 +51,7 @@ def quadratic():
     [
         ("ddp", {"optimizer": "sgd", "lr": 0.1, "grad_clip": 0.0}, 200, 1e-3),
         ("fedavg", {"inner_steps": 5, "lr": 0.05, "grad_clip": 0.0}, 400, 1e-2),
-        ("diloco", {"inner_steps": 5, "lr": 0.02, "grad_clip": 0.0}, 400, 1e-2),
+        ("diloco", {"inner_steps": 5, "inner_optimizer": "sgd", "lr": 0.05, "outer_lr": 0.7, "grad_clip": 0.0}, 400, 1e-2),
     ],
 )
 def test_each_algorithm_converges_on_quadratic(quadratic, algorithm, options, steps, tol):
@@ -76,7 +76,7 @@ def test_diloco_h1_lr1_momentum0_equals_fedavg_h1_exactly(quadratic):
 
 
 def test_diloco_on_charlm_keeps_peers_bit_identical():
-    task = make_task("charlm", batch_size=2, layers=1, width=32, heads=2, context=32)
+    task = make_task("charlm", batch_size=2, n_layers=1, d_model=32, n_heads=2, context=32)
     algos, hashes = run_swarm(task, "diloco", n=3, steps=6, inner_steps=3)
     assert len(hashes["p0"]) == 2
     assert hashes["p0"] == hashes["p1"] == hashes["p2"]

@@ -53,13 +53,49 @@ def positive(name: str, value: float, *, what: str, allow_zero: bool = False) ->
         raise ConfigError(f"{what}: {name} must be {bound}, got {value}")
 
 
-def make_optimizer(kind: str, params: list[torch.nn.Parameter], lr: float, weight_decay: float, *, what: str) -> torch.optim.Optimizer:
-    """The inner optimizers: ``adamw`` (betas 0.9/0.95 as in DiLoCo) or ``sgd``."""
+def make_optimizer(
+    kind: str, params: list[torch.nn.Parameter], lr: float, weight_decay: float, *, what: str, momentum: float = 0.0
+) -> torch.optim.Optimizer:
+    """The inner optimizers: ``adamw`` (betas 0.9/0.95 as in DiLoCo) or ``sgd`` (heavy-ball ``momentum``)."""
     if kind == "adamw":
         return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
     if kind == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum)
     raise ConfigError(f"{what}: unknown inner optimizer {kind!r}; accepted: adamw, sgd")
+
+
+SCHEDULES = ("constant", "cosine")
+
+
+def make_schedule(opt: torch.optim.Optimizer, config: Any, *, what: str) -> torch.optim.lr_scheduler.LambdaLR | None:
+    """The learning-rate schedule of ``config`` (fields ``schedule``, ``total_steps``,
+    ``warmup_steps``, ``min_lr_ratio``), stepped once per optimizer step:
+
+        constant:  lr_t = lr                      (after a linear warm-up, if any)
+        cosine:    lr_t = lr (r + (1 - r) (1 + cos(pi t / T)) / 2),  r = min_lr_ratio, T = total_steps
+
+    ``None`` when the schedule is constant with no warm-up. Every peer runs the
+    same schedule, so shared state stays bit-identical."""
+    import math
+
+    kind = getattr(config, "schedule", "constant")
+    if kind not in SCHEDULES:
+        raise ConfigError(f"{what}: unknown schedule {kind!r}; accepted: {', '.join(SCHEDULES)}")
+    warmup, total, floor = getattr(config, "warmup_steps", 0), getattr(config, "total_steps", 0), getattr(config, "min_lr_ratio", 0.1)
+    if kind == "cosine" and total <= 0:
+        raise ConfigError(f"{what}: the cosine schedule needs total_steps > 0 (the run's local steps)")
+    if kind == "constant" and warmup == 0:
+        return None
+
+    def factor(t: int) -> float:
+        if t < warmup:
+            return (t + 1) / warmup
+        if kind == "constant":
+            return 1.0
+        frac = min(t, total) / total
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 class Algorithm(ABC):
@@ -130,12 +166,15 @@ class LocalUpdateAlgorithm(Algorithm):
         super().__init__(model, loss_fn, comm, config)
         self.start = [p.detach().clone() for p in self.params]
         self.inner = make_optimizer(config.inner_optimizer, self.params, config.lr, config.weight_decay, what=self.name)
+        self.schedule = make_schedule(self.inner, config, what=self.name)
 
     def local_step(self, batch: Any) -> float:
         loss = self._backward(batch)
         if self.config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
         self.inner.step()
+        if self.schedule is not None:
+            self.schedule.step()
         return loss
 
     def wants_sync(self, step: int) -> bool:

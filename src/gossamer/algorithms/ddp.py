@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .base import Algorithm, make_optimizer, positive
+from .base import Algorithm, make_optimizer, make_schedule, positive
 
 
 @dataclass(frozen=True)
@@ -26,9 +26,17 @@ class DDPConfig:
     lr: float = 3e-3
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    momentum: float = 0.0
+    schedule: str = "constant"
+    total_steps: int = 0
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
 
     def __post_init__(self) -> None:
         positive("lr", self.lr, what="ddp")
+        positive("total_steps", self.total_steps, what="ddp", allow_zero=True)
+        positive("momentum", self.momentum, what="ddp", allow_zero=True)
+        positive("warmup_steps", self.warmup_steps, what="ddp", allow_zero=True)
         positive("weight_decay", self.weight_decay, what="ddp", allow_zero=True)
         positive("grad_clip", self.grad_clip, what="ddp", allow_zero=True)
 
@@ -38,7 +46,8 @@ class DDP(Algorithm):
 
     def __init__(self, model: torch.nn.Module, loss_fn: Any, comm: Any, config: DDPConfig) -> None:
         super().__init__(model, loss_fn, comm, config)
-        self.opt = make_optimizer(config.optimizer, self.params, config.lr, config.weight_decay, what="ddp")
+        self.opt = make_optimizer(config.optimizer, self.params, config.lr, config.weight_decay, what="ddp", momentum=config.momentum)
+        self.schedule = make_schedule(self.opt, config, what="ddp")
 
     def local_step(self, batch: Any) -> float:
         return self._backward(batch)
@@ -55,6 +64,8 @@ class DDP(Algorithm):
         if self.config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
         self.opt.step()
+        if self.schedule is not None:
+            self.schedule.step()
         self.rounds += 1
 
     def shared_state(self) -> list[torch.Tensor]:

@@ -32,6 +32,10 @@ class DiLoCoConfig:
     lr: float = 3e-3
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    schedule: str = "constant"
+    total_steps: int = 0
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
     outer_lr: float = 0.7
     outer_momentum: float = 0.9
     nesterov: bool = True
@@ -39,6 +43,8 @@ class DiLoCoConfig:
     def __post_init__(self) -> None:
         positive("inner_steps", self.inner_steps, what="diloco")
         positive("lr", self.lr, what="diloco")
+        positive("total_steps", self.total_steps, what="diloco", allow_zero=True)
+        positive("warmup_steps", self.warmup_steps, what="diloco", allow_zero=True)
         positive("outer_lr", self.outer_lr, what="diloco")
         positive("outer_momentum", self.outer_momentum, what="diloco", allow_zero=True)
         positive("weight_decay", self.weight_decay, what="diloco", allow_zero=True)

@@ -27,10 +27,16 @@ class FedAvgConfig:
     lr: float = 0.1
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    schedule: str = "constant"
+    total_steps: int = 0
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
 
     def __post_init__(self) -> None:
         positive("inner_steps", self.inner_steps, what="fedavg")
         positive("lr", self.lr, what="fedavg")
+        positive("total_steps", self.total_steps, what="fedavg", allow_zero=True)
+        positive("warmup_steps", self.warmup_steps, what="fedavg", allow_zero=True)
         positive("weight_decay", self.weight_decay, what="fedavg", allow_zero=True)
         positive("grad_clip", self.grad_clip, what="fedavg", allow_zero=True)
 

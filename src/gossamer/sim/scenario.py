@@ -156,6 +156,8 @@ class Scenario:
         opts: dict[str, Any] = {}
         if "inner_steps" in fields:
             opts["inner_steps"] = self.inner_steps
+        if "total_steps" in fields:
+            opts["total_steps"] = self.steps  # for learning-rate schedules
         opts.update(self.algorithm_options.get(algorithm, {}))
         return opts
 

@@ -183,3 +183,25 @@ def test_malformed_contribution_costs_only_that_contribution(caplog):
     assert all(torch.equal(o[0], outs[0][0]) for o in outs)
     assert torch.isfinite(outs[0][0]).all()
     assert "rejected the contribution of peer p2" in caplog.text
+
+
+def test_topk_all_reduce_resends_the_mean_without_a_second_loss():
+    from gossamer.codecs import make_codec
+
+    n, d = 4, 400
+    net = SimNetwork(LinkSpec.parse("1gbit,1ms"))
+    ids = [f"p{i}" for i in range(n)]
+    comms = [Communicator(net.add_peer(p), ids, codec=make_codec("topk:0.05")) for p in ids]
+    gen = torch.Generator().manual_seed(1)
+    xs = [torch.randn(d, generator=gen) for _ in range(n)]
+    out = gather(*(c.all_reduce(x) for c, x in zip(comms, xs)))[0][0]
+    # expected: per chunk, the mean of each contribution's own top-k of that chunk
+    expected = torch.zeros(d)
+    for lo, hi in chunk_bounds(d, n):
+        k = max(1, round(0.05 * (hi - lo)))
+        for x in xs:
+            piece = x[lo:hi]
+            idx = piece.abs().topk(k).indices
+            expected[lo + idx] += piece[idx]
+    expected /= n
+    assert torch.allclose(out, expected, atol=1e-6)

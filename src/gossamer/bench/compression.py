@@ -30,14 +30,17 @@ def run_compression_bench(
     alpha: float | None = None,
     codecs: Sequence[str] = DEFAULT_CODECS,
     algorithm_options: dict | None = None,
+    task_options: dict | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> Results:
     results = Results(task=task, peers=peers, link=link, seed=seed)
     opts = {algorithm: dict(algorithm_options)} if algorithm_options else {}
-    base = Scenario(task=task, algorithms=(algorithm,), peers=peers, steps=steps, seed=seed, link=link, alpha=alpha, algorithm_options=opts)
+    topts = dict(task_options or {})
+    base = Scenario(task=task, algorithms=(algorithm,), peers=peers, steps=steps, seed=seed, link=link, alpha=alpha, algorithm_options=opts, task_options=topts)
     task_obj = task_for(base)
     for i, codec in enumerate(codecs):
-        scenario = Scenario(task=task, algorithms=(algorithm,), peers=peers, steps=steps, seed=seed, link=link, alpha=alpha, codec=codec, algorithm_options=opts)
+        scenario = Scenario(task=task, algorithms=(algorithm,), peers=peers, steps=steps, seed=seed, link=link, alpha=alpha, codec=codec,
+                            algorithm_options=opts, task_options=topts)
         results.runs.append(run_algorithm(scenario, algorithm, task=task_obj))
         if progress is not None:
             progress(codec, i + 1, len(codecs))

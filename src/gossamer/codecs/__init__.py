@@ -39,6 +39,7 @@ __all__ = [
     "Codec",
     "CodecError",
     "make_codec",
+    "codec_for_mean",
     "FloatCodec",
     "BlockQuantCodec",
     "TopKCodec",
@@ -145,3 +146,19 @@ def make_codec(spec: str) -> Codec:
         eta = _float(spec, "ETA", wargs[0], 0.0, 1e6, False) if wargs else DEFAULT_ETA
         return EControl(inner, eta)
     raise _fail(spec, f"unknown wrapper {parts[1]!r} (wrappers: {', '.join(WRAPPER_NAMES)})")
+
+
+def codec_for_mean(codec: Codec, n: int) -> Codec:
+    """The codec for re-encoding the mean of ``n`` contributions that each went
+    through ``codec`` (the all-gather phase of a butterfly all-reduce).
+
+    Top-k (bare or with classic error feedback, whose decoded messages are
+    k-sparse) gives a mean with at most ``n k`` non-zeros, so it is re-sent with
+    ``topk:min(1, n * FRACTION)``: exact for that input, no second loss and no
+    error memory at the aggregator. Every other codec is returned unchanged
+    (for EF21 and EControl the decoded contributions are dense estimates).
+    """
+    inner = codec.inner if isinstance(codec, ErrorFeedback) else codec
+    if isinstance(inner, TopKCodec):
+        return TopKCodec(min(1.0, inner.fraction * max(1, n)))
+    return codec

@@ -15,7 +15,8 @@ Contract:
 - With a lossy codec, contributions are encoded per chunk (the owner's own
   contribution goes through encode/decode too, so every contribution is
   treated alike), and the reduced chunk is encoded once by its owner with the
-  same codec (its error-feedback memory, if any, lives at the owner);
+  same codec (its error-feedback memory, if any, lives at the owner), or,
+  for top-k, with ``codecs.codec_for_mean`` (n times the entries: exact);
   everyone, the owner included, decodes those same bytes under the same key,
   so results stay bit-identical. Both phases of one chunk share a seed, so
   rand-k sends the reduced chunk on the indices its contributions used.
@@ -57,6 +58,7 @@ from typing import Any, Protocol
 
 import torch
 
+from ..codecs import codec_for_mean
 from ..errors import AggregationError, CodecError, ConfigError, PeerError
 from ..seeding import derive_seed
 from ..transport.base import Tag, Transport
@@ -459,7 +461,7 @@ class Communicator:
         # (error feedback, if any, lives at the owner); everyone, the owner
         # included, decodes the same bytes under the same key, so the results
         # and any receiver-side codec state stay bit-identical.
-        bcodec = codec if lossy else None
+        bcodec = codec_for_mean(codec, self.size) if lossy else None
         mine = encode(bcodec, self.rank, reduced, (name, "ag", self.rank), "ag")
         sent += await self._send_all(op, 1, {p: mine for p in self.group if p != self.peer_id})
         out = torch.empty_like(flat)

@@ -118,8 +118,8 @@ async def _run(scenario: Scenario, algorithm: str, task: Any, progress: Progress
     curve_eval: dict[int, tuple[float, float]] = {}
 
     def evaluate(algo: Any, step: int) -> None:
-        was_training = algo.eval_model().training
         m = algo.eval_model()
+        was_training = m.training
         m.eval()
         curve_eval[step] = task.evaluate(m)
         m.train(was_training)

@@ -40,7 +40,7 @@ def _add_swarm_args(p: argparse.ArgumentParser, *, task_default: str | None) -> 
     p.add_argument("--evals", type=_positive_int, default=None, help="validation points on the curve (default 10)")
     p.add_argument("--compute-time", type=_positive_float, default=None, help="charge this many seconds per local step instead of the measured time")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch threads for the simulation (default 1)")
-    p.add_argument("--codec", default=None, help="payload codec spec, e.g. int8, topk:0.001+ef, powersgd:4+ef21 (default none)")
+    p.add_argument("--codec", default=None, help="payload codec spec for every algorithm, e.g. none, int8, topk:0.001+ef, powersgd:4+ef21 (default: each algorithm's own)")
     p.add_argument("--aggregator", default=None, help="aggregation rule spec, e.g. median, nnm+cclip, bucketing:2+krum (default mean)")
     p.add_argument("--byzantine", type=_nonneg_int, default=None, help="number of Byzantine peers (the last F peers)")
     p.add_argument("--attack", default=None, help="what Byzantine peers do: signflip, ipm, alie, gaussian, labelflip, mimic, freerider")
@@ -394,7 +394,7 @@ def cmd_bench_comm(args: argparse.Namespace, console: Any) -> int:
     ratio = ddp.bytes_sent_per_peer / dil.bytes_sent_per_peer
     gap = (dil.final_val_loss - ddp.final_val_loss) / ddp.final_val_loss
     results.extra.update({"bytes_ratio_ddp_over_diloco": ratio, "val_loss_gap": gap})
-    console.print(_results_table(results, title=f"bench comm: {scenario.task}, {scenario.peers} peers, ddp (fp32) vs diloco ({scenario.codec})"))
+    console.print(_results_table(results, title=f"bench comm: {scenario.task}, {scenario.peers} peers, ddp (fp32) vs diloco ({scenario.codec_for('diloco')})"))
     console.print(
         f"diloco sends [bold]{ratio:,.1f}x[/bold] fewer bytes than ddp (target >= 500x); "
         f"validation loss gap {gap * 100:+.2f}% (target within 2%)"

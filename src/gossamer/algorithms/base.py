@@ -111,6 +111,8 @@ class Algorithm(ABC):
     #: True when the runtime must end a run with a ``sync`` after the last
     #: step if one did not just happen (so the final model is a shared one).
     ends_with_sync: ClassVar[bool] = False
+    #: Codec spec of the communicator when the run names none ("none": raw fp32).
+    default_codec: ClassVar[str] = "none"
 
     def __init__(self, model: torch.nn.Module, loss_fn: Any, comm: Communicator, config: Any) -> None:
         self.model = model

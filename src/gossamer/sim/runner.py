@@ -100,7 +100,8 @@ async def _run(scenario: Scenario, algorithm: str, task: Any, progress: Progress
     peers = []
     for i, pid in enumerate(ids):
         model = task.make_model(scenario.seed)
-        codec = None if scenario.codec in ("none", "fp32") else make_codec(scenario.codec)
+        spec = scenario.codec_for(algorithm)
+        codec = None if spec in ("none", "fp32") else make_codec(spec)
         aggregator = make_aggregator(scenario.aggregator, scenario.tolerate, seed=scenario.seed) if robust else None
         comm = Communicator(net.add_peer(pid), group, codec=codec, aggregator=aggregator, seed=scenario.seed)
         if adversary is not None:

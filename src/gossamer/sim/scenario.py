@@ -15,7 +15,8 @@ TOML keys are the field names below, e.g.::
     link = "100mbit,50ms"
     iid = true            # or: alpha = 0.5  (non-iid)
     seed = 0
-    codec = "none"        # payload codec spec, e.g. "int8", "topk:0.001+ef"
+    codec = "int8"        # payload codec spec for every algorithm, e.g. "none", "topk:0.001+ef"
+                          # (absent: each algorithm's default, see docs/algorithms.md)
     aggregator = "mean"   # robust rule spec, e.g. "nnm+cclip"
     byzantine = 0         # the last F peers are Byzantine ...
     attack = "alie"       # ... and do this (required when byzantine > 0)
@@ -62,7 +63,7 @@ class Scenario:
     seed: int = 0
     evals: int = 10
     compute_time: float | None = None
-    codec: str = "none"
+    codec: str | None = None
     aggregator: str = "mean"
     byzantine: int = 0
     attack: str | None = None
@@ -114,7 +115,8 @@ class Scenario:
     def _check_robustness(self) -> None:
         from ..aggregate import make_aggregator
         from ..codecs import make_codec
-        make_codec(self.codec)
+        if self.codec is not None:
+            make_codec(self.codec)
         if not isinstance(self.byzantine, int) or isinstance(self.byzantine, bool) or self.byzantine < 0:
             raise ConfigError(f"byzantine must be a non-negative integer, got {self.byzantine!r}")
         if self.byzantine >= self.peers:
@@ -143,6 +145,12 @@ class Scenario:
         from .attacks import make_attack
 
         return None if self.attack is None else make_attack(self.attack)
+
+    def codec_for(self, algorithm: str) -> str:
+        """The codec spec ``algorithm`` runs with: the scenario's, else the algorithm's default."""
+        from ..algorithms import ALGORITHMS
+
+        return self.codec if self.codec is not None else ALGORITHMS[algorithm][0].default_codec
 
     @property
     def link_spec(self) -> LinkSpec:

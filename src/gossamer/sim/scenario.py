@@ -44,7 +44,7 @@ TASK_NAMES = ("charlm", "digits", "quadratic")
 #: Defaults per task: steps, inner steps, evaluation points. Chosen so the
 #: default charlm comparison (8 peers, ddp + diloco) runs in minutes on 2 cores.
 TASK_DEFAULTS: dict[str, dict[str, int]] = {
-    "charlm": {"steps": 600, "inner_steps": 100},
+    "charlm": {"steps": 600, "inner_steps": 15},
     "digits": {"steps": 300, "inner_steps": 25},
     "quadratic": {"steps": 200, "inner_steps": 10},
 }

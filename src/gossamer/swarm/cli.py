@@ -58,6 +58,7 @@ def add_swarm_commands(subparsers: Any) -> None:
     p.add_argument("--algorithm", default="diloco", help="diloco or fedavg (default diloco)")
     p.add_argument("--rounds", type=_positive_int, default=None, help="leave after the swarm's round R (rounds 0..R-1 committed)")
     p.add_argument("--inner-steps", type=_positive_int, default=None, help="H: local steps per round")
+    p.add_argument("--codec", default=None, help="payload codec spec (default: the algorithm's own, as in the simulator); every peer must use the same")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the initial model (same on every peer; default 0)")
     p.add_argument("--shard", default=None, metavar="I/N", help="train on shard I of N (default: from the peer id, N=16)")
     p.add_argument("--key", default=None, help="identity key file (created on first use; default ~/.gossamer/keys/peer-N.pem)")
@@ -166,7 +167,7 @@ async def _peer(args: argparse.Namespace) -> int:
 
     peer = Peer(model, task.loss, coordinator=args.coordinator, algorithm=args.algorithm, identity=identity,
                 listen=args.listen, advertise=args.advertise, swarm_id=args.swarm, coordinator_id=args.coordinator_id,
-                fingerprint=f"task={args.task} seed={args.seed}", progress=progress, **options)
+                fingerprint=f"task={args.task} seed={args.seed}", progress=progress, codec=args.codec, **options)
     _on_signals(asyncio.get_running_loop(), peer.request_stop)
 
     def batches() -> Any:

@@ -59,7 +59,8 @@ from typing import Any
 
 import torch
 
-from ..algorithms import make_algorithm
+from ..algorithms import ALGORITHMS, make_algorithm
+from ..codecs import make_codec
 from ..comm.collectives import CollectiveAborted, Communicator, LinkEstimator
 from ..errors import ConfigError, PeerError, ProtocolError
 from ..transport.base import Buffer, Tag, Transport
@@ -190,7 +191,8 @@ class Peer:
                  coordinator: str, algorithm: str = "diloco", key: str | os.PathLike[str] | None = None,
                  identity: Identity | None = None, listen: str = "127.0.0.1:0", advertise: str | None = None,
                  swarm_id: str = "gossamer", coordinator_id: str | None = None, fingerprint: str = "",
-                 progress: Callable[[dict[str, Any]], None] | None = None, **options: Any) -> None:
+                 progress: Callable[[dict[str, Any]], None] | None = None, codec: str | None = None,
+                 **options: Any) -> None:
         if algorithm not in SUPPORTED:
             raise ConfigError(f"the swarm runtime runs local-update algorithms with bit parity; "
                               f"got {algorithm!r}, accepted: {', '.join(SUPPORTED)}")
@@ -199,6 +201,9 @@ class Peer:
         self.coordinator = parse_hostport(coordinator)
         self.algorithm_name = algorithm
         self.options = options
+        # The same payload codec the simulator uses for this algorithm, unless told otherwise.
+        self.codec_spec = codec if codec is not None else ALGORITHMS[algorithm][0].default_codec
+        make_codec(self.codec_spec)  # a bad spec fails here, before joining
         self._key = key
         self._identity = identity
         self.listen = parse_hostport(listen)
@@ -243,7 +248,8 @@ class Peer:
         self.client: CoordinatorClient | None = None
         self._identity_obj = identity
         try:
-            self.comm = Communicator(self.transport, [identity.peer_id])
+            codec = None if self.codec_spec in ("none", "fp32") else make_codec(self.codec_spec)
+            self.comm = Communicator(self.transport, [identity.peer_id], codec=codec)
             self.comm.link = LinkEstimator()
             self.algo: Any = make_algorithm(self.algorithm_name, self.model, self.loss_fn, self.comm, **self.options)
             self.steps_per_round = int(getattr(self.algo.config, "inner_steps", 1))
@@ -323,7 +329,8 @@ class Peer:
     def _make_fingerprint(self) -> str:
         from .state import layout
 
-        desc = {"algorithm": self.algorithm_name, "options": {k: repr(v) for k, v in sorted(self.options.items())},
+        desc = {"algorithm": self.algorithm_name, "codec": self.codec_spec,
+                "options": {k: repr(v) for k, v in sorted(self.options.items())},
                 "layout": layout(self.algo.shared_state()), "extra": self.extra_fingerprint}
         return hashlib.blake2b(json.dumps(desc, sort_keys=True).encode(), digest_size=16).hexdigest()
 

@@ -51,6 +51,6 @@ def test_bench_cli_commands(tmp_path, capsys):
 @pytest.mark.slow
 def test_bench_comm_cli_on_quadratic(tmp_path):
     out = tmp_path / "comm.json"
-    assert main(["bench", "comm", "--task", "quadratic", "--peers", "3", "--steps", "40", "--inner-steps", "10", "--json", str(out)]) == 0
+    assert main(["bench", "comm", "--task", "quadratic", "--peers", "3", "--steps", "40", "--inner-steps", "10", "--codec", "none", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["bytes_ratio_ddp_over_diloco"] == pytest.approx(10, rel=0.02)

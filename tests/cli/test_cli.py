@@ -73,7 +73,7 @@ def test_simulate_end_to_end_writes_results_json_and_plot(tmp_path):
     scenario = tmp_path / "s.toml"
     scenario.write_text(
         'task = "digits"\nalgorithms = ["ddp", "diloco"]\npeers = 3\nsteps = 30\ninner_steps = 10\n'
-        'link = "10mbit,20ms"\nseed = 3\nevals = 3\n[task_options]\nbatch_size = 16\n'
+        'link = "10mbit,20ms"\nseed = 3\nevals = 3\ncodec = "none"\n[task_options]\nbatch_size = 16\n'
     )
     out, png = tmp_path / "r.json", tmp_path / "r.png"
     assert main(["simulate", str(scenario), "--json", str(out), "--plot", str(png)]) == 0
@@ -92,6 +92,18 @@ def test_simulate_end_to_end_writes_results_json_and_plot(tmp_path):
     # ddp sends every step, diloco every 10 steps: the counters show it
     assert runs["ddp"]["bytes_sent_per_peer"] / runs["diloco"]["bytes_sent_per_peer"] == pytest.approx(10, rel=0.01)
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_diloco_sends_int4_pseudo_gradients_by_default(tmp_path):
+    out = tmp_path / "d.json"
+    args = ["simulate", "--task", "quadratic", "--algorithms", "ddp,diloco", "--peers", "3", "--steps", "20",
+            "--inner-steps", "5", "--evals", "1", "--json", str(out)]
+    assert main(args) == 0
+    runs = {r["algorithm"]: r for r in json.loads(out.read_text())["runs"]}
+    assert runs["ddp"]["codec"] == "none" and runs["diloco"]["codec"] == "int4:128"
+    # 4 rounds instead of 20 (5x), and fewer bytes per round on top (on 32 values the
+    # int4 header and framing dominate, so only ~1.5x more here)
+    assert runs["ddp"]["bytes_sent_per_peer"] / runs["diloco"]["bytes_sent_per_peer"] > 6
 
 
 def test_same_seed_same_bytes_and_losses(tmp_path):

@@ -54,3 +54,10 @@ def test_bench_comm_cli_on_quadratic(tmp_path):
     assert main(["bench", "comm", "--task", "quadratic", "--peers", "3", "--steps", "40", "--inner-steps", "10", "--codec", "none", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["bytes_ratio_ddp_over_diloco"] == pytest.approx(10, rel=0.02)
+
+
+def test_robust_bench_rejects_an_invalid_configuration_before_running():
+    from gossamer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="bucketing"):
+        run_robust_bench(peers=10, byzantine=3, steps=5, aggregators=("mean", "bucketing:2+cclip"), attacks=("none",))

@@ -19,7 +19,7 @@ from ..sim.runner import run_algorithm, task_for
 from ..sim.scenario import Scenario
 from ..trace.results import Results
 
-DEFAULT_AGGREGATORS = ("mean", "median", "trimmed_mean", "krum", "geomed", "cclip", "nnm+cclip", "bucketing:2+cclip")
+DEFAULT_AGGREGATORS = ("mean", "median", "trimmed_mean", "krum", "geomed", "cclip", "nnm+cclip", "nnm+krum")
 #: Local steps per peer when not given: enough for digits to converge, small
 #: enough that the 64-run matrix takes minutes.
 DEFAULT_STEPS = 150
@@ -43,6 +43,13 @@ def run_robust_bench(
     steps = steps or DEFAULT_STEPS
     base = Scenario(task=task, algorithms=(algorithm,), peers=peers, steps=steps, alpha=alpha, seed=seed, link=link, evals=2)
     task_obj = task_for(base)
+    for agg in aggregators:  # every configuration is checked before any run starts
+        Scenario(task=task, algorithms=(algorithm,), peers=peers, steps=steps, alpha=alpha, seed=seed, link=link,
+                 aggregator=agg, tolerate=byzantine)
+    for attack in attacks:
+        if attack != "none":
+            Scenario(task=task, algorithms=(algorithm,), peers=peers, steps=steps, alpha=alpha, seed=seed, link=link,
+                     byzantine=byzantine, attack=attack)
     results = Results(task=task, peers=peers, link=link, seed=seed)
     total = len(aggregators) * len(attacks)
     done = 0

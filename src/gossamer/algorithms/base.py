@@ -150,6 +150,18 @@ class Algorithm(ABC):
                 p.copy_(t)
         return self._eval_model
 
+    def _inner_step(self, batch: Any) -> float:
+        """One local optimizer step of ``self.inner`` (gradient, clipping at
+        ``config.grad_clip`` when > 0, step, schedule); returns the batch loss."""
+        loss = self._backward(batch)
+        if self.config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        self.inner.step()
+        schedule = getattr(self, "schedule", None)
+        if schedule is not None:
+            schedule.step()
+        return loss
+
     def _backward(self, batch: Any) -> float:
         for p in self.params:
             p.grad = None
@@ -171,13 +183,7 @@ class LocalUpdateAlgorithm(Algorithm):
         self.schedule = make_schedule(self.inner, config, what=self.name)
 
     def local_step(self, batch: Any) -> float:
-        loss = self._backward(batch)
-        if self.config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
-        self.inner.step()
-        if self.schedule is not None:
-            self.schedule.step()
-        return loss
+        return self._inner_step(batch)
 
     def wants_sync(self, step: int) -> bool:
         return (step + 1) % self.config.inner_steps == 0

@@ -249,10 +249,7 @@ class Gossip(Algorithm):
     def local_step(self, batch: Any) -> float:
         if self.sampling and not self.active():
             return float("nan")  # outside this round's sample: no work
-        loss = self._backward(batch)
-        if self.config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
-        self.inner.step()
+        loss = self._inner_step(batch)
         self.last_loss = loss
         return loss
 

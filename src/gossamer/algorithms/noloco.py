@@ -102,11 +102,7 @@ class NoLoCo(Algorithm):
         self.partners: list[str | None] = []
 
     def local_step(self, batch: Any) -> float:
-        loss = self._backward(batch)
-        if self.config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
-        self.inner.step()
-        return loss
+        return self._inner_step(batch)
 
     def wants_sync(self, step: int) -> bool:
         return (step + 1) % self.config.inner_steps == 0

@@ -194,11 +194,7 @@ class StreamingDiLoCo(Algorithm):
 
     # ------------------------------------------------------------------ contract
     def local_step(self, batch: Any) -> float:
-        loss = self._backward(batch)
-        if self.config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
-        self.inner.step()
-        return loss
+        return self._inner_step(batch)
 
     def wants_sync(self, step: int) -> bool:
         return bool(self.starts_at(step)) or any(p.merge_at == step for p in self.pending)

@@ -37,9 +37,9 @@ from typing import Any
 
 from ..algorithms import ALGORITHM_NAMES, algorithm_config
 from ..errors import ConfigError
+from ..tasks import TASK_NAMES
 from ..transport.sim import LinkSpec
 
-TASK_NAMES = ("charlm", "digits", "quadratic")
 
 #: Defaults per task: steps, inner steps, evaluation points. Chosen so the
 #: default charlm comparison (8 peers, ddp + diloco) runs in minutes on 2 cores.

@@ -103,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     algos.add_argument("--json", dest="json_out", metavar="PATH")
     algos.add_argument("--plot", metavar="PATH", help="PNG of loss vs bytes and vs simulated time")
 
+    spsa = bsub.add_parser("spsa", help="fine-tune a diloco-pretrained charlm with one-byte spsa on module shards: loss, bytes, hashes")
+    spsa.add_argument("--peers", type=_positive_int, default=4)
+    spsa.add_argument("--pretrain-steps", type=_positive_int, default=300)
+    spsa.add_argument("--finetune-steps", type=_positive_int, default=1000)
+    spsa.add_argument("--seed", type=_nonneg_int, default=0)
+    spsa.add_argument("--json", dest="json_out", metavar="PATH")
+
     tr = bsub.add_parser("transport", help="all-reduce over our TCP transport vs torch.distributed gloo, 4 processes on loopback")
     tr.add_argument("--sizes-mib", default="1,16,64", help="payload sizes in MiB, comma-separated (default 1,16,64)")
     tr.add_argument("--processes", type=_positive_int, default=4)
@@ -132,6 +139,29 @@ def cmd_bench_algorithms(args: argparse.Namespace, console: Any) -> int:
         table.add_row(r.algorithm, f"{r.final_val_loss:.4f}", _human_bytes(r.bytes_sent_per_peer), ratio,
                       _human_bytes(r.peak_bytes_per_round), str(r.rounds), *(_human_time(times[k]) for k in links))
     console.print(table)
+    _write_outputs(results, args, console)
+    return 0
+
+
+def cmd_bench_spsa(args: argparse.Namespace, console: Any) -> int:
+    from rich.table import Table
+
+    from .bench.algorithms import run_spsa_finetune_bench
+
+    with _Steps(console, "spsa fine-tune") as progress:
+        results = run_spsa_finetune_bench(peers=args.peers, pretrain_steps=args.pretrain_steps, finetune_steps=args.finetune_steps,
+                                          seed=args.seed, progress=progress)
+    pre, fine = results.runs
+    table = Table(title=f"bench spsa: charlm, {args.peers} peers, diloco {args.pretrain_steps} steps then spsa {args.finetune_steps} steps")
+    for col in ["phase", "val loss", "shard loss", "payload bytes/peer", "bytes/peer (with framing)", "hashes equal"]:
+        table.add_column(col, justify="left" if col == "phase" else "right")
+    e = fine.extra
+    table.add_row("pretrained (diloco, iid)", f"{pre.final_val_loss:.4f}", f"{e['shard_loss_before']:.4f}",
+                  f"{pre.extra['payload_bytes_per_peer']:,.0f}", _human_bytes(pre.bytes_sent_per_peer), str(pre.extra["state_hashes_equal"]))
+    table.add_row("fine-tuned (spsa, module shards)", f"{e['val_loss_after']:.4f}", f"{e['shard_loss_after']:.4f}",
+                  f"{e['payload_bytes_per_peer']:,.0f}", _human_bytes(fine.bytes_sent_per_peer), str(e["state_hashes_equal"]))
+    console.print(table)
+    console.print(f"spsa payload: {e['payload_bytes_per_peer']:,.0f} bytes per peer = {args.finetune_steps} steps x {args.peers - 1} destinations x 1 byte")
     _write_outputs(results, args, console)
     return 0
 
@@ -420,7 +450,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_simulate(args, console)
         if args.command == "bench":
             handlers = {"comm": cmd_bench_comm, "codecs": cmd_bench_codecs, "compression": cmd_bench_compression,
-                        "robust": cmd_bench_robust, "algorithms": cmd_bench_algorithms, "transport": cmd_bench_transport}
+                        "robust": cmd_bench_robust, "algorithms": cmd_bench_algorithms, "transport": cmd_bench_transport,
+                        "spsa": cmd_bench_spsa}
             if args.bench in handlers:
                 return handlers[args.bench](args, console)
             parser.parse_args(["bench", "--help"])

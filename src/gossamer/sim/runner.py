@@ -18,6 +18,12 @@ Contract:
   agreed after every round.
 - The validation curve is evaluated on the shared model at ``evals`` evenly
   spaced steps; evaluation costs no simulated time.
+- ``init_state`` (optional): tensors copied into every peer's trainable
+  parameters (``model.parameters()`` order, shapes must match) before the
+  algorithm is built, so a run can start from a pretrained model.
+  ``keep_state=True`` sets ``result.final_params`` to detached clones of peer
+  0's final shared trainable parameters (``eval_model().parameters()``); they
+  are never written to JSON.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from ..aggregate import make_aggregator
 from ..algorithms import make_algorithm
 from ..codecs import make_codec
 from ..comm import Communicator
+from ..errors import ConfigError
 from ..tasks import make_task
 from ..trace.results import CurvePoint, RunResult
 from ..transport.sim import SimNetwork
@@ -71,7 +78,8 @@ class _PeerLog:
     hashes: list[str] = field(default_factory=list)
 
 
-def run_algorithm(scenario: Scenario, algorithm: str, *, task: Any = None, progress: Progress | None = None) -> RunResult:
+def run_algorithm(scenario: Scenario, algorithm: str, *, task: Any = None, progress: Progress | None = None,
+                  init_state: list[torch.Tensor] | None = None, keep_state: bool = False) -> RunResult:
     """Simulate ``algorithm`` on ``scenario``; see the module docstring.
 
     Torch runs with ``scenario.threads`` intra-op threads while the simulation
@@ -81,12 +89,24 @@ def run_algorithm(scenario: Scenario, algorithm: str, *, task: Any = None, progr
     threads = torch.get_num_threads()
     torch.set_num_threads(scenario.threads)
     try:
-        return asyncio.run(_run(scenario, algorithm, task or task_for(scenario), progress))
+        return asyncio.run(_run(scenario, algorithm, task or task_for(scenario), progress, init_state, keep_state))
     finally:
         torch.set_num_threads(threads)
 
 
-async def _run(scenario: Scenario, algorithm: str, task: Any, progress: Progress | None) -> RunResult:
+def _load_state(model: torch.nn.Module, init_state: list[torch.Tensor]) -> None:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if len(params) != len(init_state):
+        raise ConfigError(f"init_state has {len(init_state)} tensors, the model has {len(params)} trainable parameters")
+    with torch.no_grad():
+        for i, (p, t) in enumerate(zip(params, init_state)):
+            if tuple(p.shape) != tuple(t.shape):
+                raise ConfigError(f"init_state[{i}] has shape {tuple(t.shape)}, the model's parameter has {tuple(p.shape)}")
+            p.copy_(t)
+
+
+async def _run(scenario: Scenario, algorithm: str, task: Any, progress: Progress | None,
+               init_state: list[torch.Tensor] | None = None, keep_state: bool = False) -> RunResult:
     torch.manual_seed(scenario.seed)  # only for library code that ignores our generators
     wall0 = time.perf_counter()
     net = SimNetwork(scenario.link_spec, seed=scenario.seed)
@@ -100,6 +120,8 @@ async def _run(scenario: Scenario, algorithm: str, task: Any, progress: Progress
     peers = []
     for i, pid in enumerate(ids):
         model = task.make_model(scenario.seed)
+        if init_state is not None:
+            _load_state(model, init_state)
         spec = scenario.codec_for(algorithm)
         codec = None if spec in ("none", "fp32") else make_codec(spec)
         aggregator = make_aggregator(scenario.aggregator, scenario.tolerate, seed=scenario.seed) if robust else None
@@ -173,7 +195,10 @@ async def _run(scenario: Scenario, algorithm: str, task: Any, progress: Progress
             )
         )
     final = curve[-1]
-    return RunResult(
+    final_params = None
+    if keep_state:
+        final_params = [p.detach().clone() for p in peers[0][1].eval_model().parameters() if p.requires_grad]
+    result = RunResult(
         algorithm=algorithm,
         codec=peers[0][3].codec.spec if peers[0][3].codec is not None else "none",
         aggregator=scenario.aggregator,
@@ -194,8 +219,11 @@ async def _run(scenario: Scenario, algorithm: str, task: Any, progress: Progress
             "bit_parity_expected": peers[0][1].bit_parity,
             "final_state_hash": logs[ids[0]].hashes[-1] if logs[ids[0]].hashes else None,
             "messages_sent_per_peer": sum(p[3].transport.counters.sent.messages for p in peers) / len(peers),
+            "payload_bytes_sent_per_peer": sum(p[3].transport.counters.sent.payload for p in peers) / len(peers),
             "options": options,
             "attack": scenario.attack or "none",
             "byzantine": scenario.byzantine,
         },
     )
+    result.final_params = final_params
+    return result

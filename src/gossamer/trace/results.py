@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +45,12 @@ class RunResult:
     rounds: int
     curve: list[CurvePoint] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: final shared parameters when the run was asked to keep them (tensors; never serialised)
+    final_params: list[Any] | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = asdict(replace(self, final_params=None))
+        d.pop("final_params")
         extra = d.pop("extra")
         d.update(extra)
         return _finite(d)

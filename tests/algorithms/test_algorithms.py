@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 import torch
 
@@ -12,33 +10,13 @@ from gossamer.comm import Communicator
 from gossamer.errors import ConfigError
 from gossamer.tasks import make_task
 from gossamer.transport.sim import LinkSpec, SimNetwork
-from gossamer.verify import state_hash
+from swarm_driver import drive
 
 
 def run_swarm(task, algorithm, n=4, steps=40, seed=0, **options):
-    """Run ``algorithm`` for ``steps`` on ``n`` simulated peers; return the algorithms."""
-    net = SimNetwork(LinkSpec.parse("1gbit,1ms"))
-    ids = [f"p{i}" for i in range(n)]
-    peers = []
-    for i, pid in enumerate(ids):
-        comm = Communicator(net.add_peer(pid), ids, seed=seed)
-        algo = make_algorithm(algorithm, task.make_model(seed), task.loss, comm, **options)
-        peers.append((algo, task.shard(i, n, seed=seed)))
-    hashes = {pid: [] for pid in ids}
-
-    async def loop(pid, algo, shard):
-        for step in range(steps):
-            algo.local_step(shard.next_batch())
-            if algo.wants_sync(step):
-                await algo.sync(step)
-                hashes[pid].append(state_hash(algo.shared_state()))
-            await asyncio.sleep(0)
-
-    async def main():
-        await asyncio.gather(*(loop(pid, a, s) for pid, (a, s) in zip(ids, peers)))
-
-    asyncio.run(main())
-    return [a for a, _ in peers], hashes
+    """Run ``algorithm`` for ``steps`` on ``n`` simulated peers; return the algorithms and hashes per peer."""
+    algos, records = drive(task, algorithm, n, steps, seed=seed, **options)
+    return algos, {pid: r["hashes"] for pid, r in records.items()}
 
 
 @pytest.fixture(scope="module")

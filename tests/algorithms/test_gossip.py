@@ -2,43 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 import torch
 
-from gossamer.algorithms import algorithm_config, make_algorithm
+from gossamer.algorithms import algorithm_config
 from gossamer.algorithms.gossip import edge_colouring, gossip_weights, topology_edges, variance_correct
-from gossamer.comm import Communicator
 from gossamer.errors import ConfigError
 from gossamer.tasks import make_task
-from gossamer.transport.sim import LinkSpec, SimNetwork
 from gossamer.verify import state_hash
+from swarm_driver import drive
 
 COMMON = {"inner_steps": 5, "lr": 0.02, "grad_clip": 0.0}
 
 
 def run_swarm(task, n=8, steps=40, **options):
     """``n`` simulated gossip peers driven like the runner; returns the algorithms."""
-    net = SimNetwork(LinkSpec.parse("1gbit,1ms"))
-    ids = [f"p{i}" for i in range(n)]
-    peers = []
-    for i, pid in enumerate(ids):
-        comm = Communicator(net.add_peer(pid), ids, seed=0)
-        peers.append((make_algorithm("gossip", task.make_model(0), task.loss, comm, **options), task.shard(i, n, seed=0)))
-
-    async def loop(algo, shard):
-        for step in range(steps):
-            algo.local_step(shard.next_batch())
-            if algo.wants_sync(step):
-                await algo.sync(step)
-            await asyncio.sleep(0)
-
-    async def main():
-        await asyncio.gather(*(loop(a, s) for a, s in peers))
-
-    asyncio.run(main())
-    return [a for a, _ in peers]
+    return drive(task, "gossip", n, steps, **options)[0]
 
 
 @pytest.fixture(scope="module")

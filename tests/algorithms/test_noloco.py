@@ -12,29 +12,12 @@ from gossamer.algorithms.noloco import random_pairs
 from gossamer.comm import Communicator
 from gossamer.tasks import make_task
 from gossamer.transport.sim import LinkSpec, SimNetwork
+from swarm_driver import drive
 
 
 def run_swarm(task, n=4, steps=40, **options):
     """``n`` simulated noloco peers driven like the runner; returns the algorithms."""
-    net = SimNetwork(LinkSpec.parse("1gbit,1ms"))
-    ids = [f"p{i}" for i in range(n)]
-    peers = []
-    for i, pid in enumerate(ids):
-        comm = Communicator(net.add_peer(pid), ids, seed=0)
-        peers.append((make_algorithm("noloco", task.make_model(0), task.loss, comm, **options), task.shard(i, n, seed=0)))
-
-    async def loop(algo, shard):
-        for step in range(steps):
-            algo.local_step(shard.next_batch())
-            if algo.wants_sync(step):
-                await algo.sync(step)
-            await asyncio.sleep(0)
-
-    async def main():
-        await asyncio.gather(*(loop(a, s) for a, s in peers))
-
-    asyncio.run(main())
-    return [a for a, _ in peers]
+    return drive(task, "noloco", n, steps, **options)[0]
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 import torch
 
@@ -13,33 +11,15 @@ from gossamer.comm import Communicator
 from gossamer.tasks import make_task
 from gossamer.transport.sim import LinkSpec, SimNetwork
 from gossamer.verify import state_hash
+from swarm_driver import drive
 
 OPTIONS = {"lr": 0.01, "eps": 1e-3, "byte_scale": 0.5}
 
 
 def run_swarm(task, n=4, steps=40, **options):
     """``n`` simulated spsa peers driven like the runner; returns (algorithms, hashes per peer)."""
-    net = SimNetwork(LinkSpec.parse("1gbit,1ms"))
-    ids = [f"p{i}" for i in range(n)]
-    peers = []
-    for i, pid in enumerate(ids):
-        comm = Communicator(net.add_peer(pid), ids, seed=0)
-        peers.append((make_algorithm("spsa", task.make_model(0), task.loss, comm, **options), task.shard(i, n, seed=0)))
-    hashes = {pid: [] for pid in ids}
-
-    async def loop(algo, shard):
-        for step in range(steps):
-            algo.local_step(shard.next_batch())
-            if algo.wants_sync(step):
-                await algo.sync(step)
-                hashes[algo.comm.peer_id].append(state_hash(algo.shared_state()))
-            await asyncio.sleep(0)
-
-    async def main():
-        await asyncio.gather(*(loop(a, s) for a, s in peers))
-
-    asyncio.run(main())
-    return [a for a, _ in peers], hashes
+    algos, records = drive(task, "spsa", n, steps, **options)
+    return algos, {pid: r["hashes"] for pid, r in records.items()}
 
 
 @pytest.fixture(scope="module")

@@ -2,48 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 import torch
 
-from gossamer.algorithms import algorithm_config, make_algorithm
+from gossamer.algorithms import algorithm_config
 from gossamer.algorithms.streaming_diloco import layer_fragments, range_fragments
-from gossamer.comm import Communicator
 from gossamer.errors import ConfigError
 from gossamer.tasks import make_task
-from gossamer.transport.sim import LinkSpec, SimNetwork
-from gossamer.verify import state_hash
+from swarm_driver import drive
 
 
 def run_swarm(task, algorithm, n=4, steps=40, link="1gbit,1ms", compute=0.01, **options):
     """Drive ``n`` simulated peers like the runner does (end-of-run sync included);
     return the algorithms and, per peer, the state hash and bytes sent of every sync."""
-    net = SimNetwork(LinkSpec.parse(link))
-    ids = [f"p{i}" for i in range(n)]
-    peers = []
-    for i, pid in enumerate(ids):
-        comm = Communicator(net.add_peer(pid), ids, seed=0)
-        peers.append((make_algorithm(algorithm, task.make_model(0), task.loss, comm, **options), task.shard(i, n, seed=0)))
-    rec = {pid: {"hashes": [], "round_bytes": []} for pid in ids}
-
-    async def loop(pid, algo, shard):
-        tr, before = algo.comm.transport, 0
-        for step in range(steps):
-            algo.local_step(shard.next_batch())
-            tr.compute(compute)
-            if algo.wants_sync(step) or (step == steps - 1 and hasattr(algo, "outer_update")):
-                await algo.sync(step)
-                rec[pid]["hashes"].append(state_hash(algo.shared_state()))
-                rec[pid]["round_bytes"].append(tr.counters.sent.total - before)
-                before = tr.counters.sent.total
-            await asyncio.sleep(0)
-
-    async def main():
-        await asyncio.gather(*(loop(pid, a, s) for pid, (a, s) in zip(ids, peers)))
-
-    asyncio.run(main())
-    return [a for a, _ in peers], rec
+    return drive(task, algorithm, n, steps, link=link, compute=compute, **options)
 
 
 @pytest.fixture(scope="module")

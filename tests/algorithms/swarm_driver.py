@@ -12,8 +12,12 @@ from gossamer.transport.sim import LinkSpec, SimNetwork
 from gossamer.verify import state_hash
 
 
-def drive(task, algorithm, n=4, steps=40, *, seed=0, link="1gbit,1ms", compute=0.0, **options):
-    """Return the peers' algorithms and, per peer id, the state hash and bytes sent of every sync."""
+def drive(task, algorithm, n=4, steps=40, *, seed=0, link="1gbit,1ms", compute=0.0, kill_at=None, **options):
+    """Return the peers' algorithms and, per peer id, the state hash and bytes sent of every sync.
+
+    ``kill_at`` maps a step to peer ids that die after it: their loops stop and
+    the simulated network fails every message to or from them (a real crash)."""
+    kill_at = kill_at or {}
     net = SimNetwork(LinkSpec.parse(link))
     ids = [f"p{i}" for i in range(n)]
     peers = []
@@ -33,6 +37,9 @@ def drive(task, algorithm, n=4, steps=40, *, seed=0, link="1gbit,1ms", compute=0
                 records[pid]["hashes"].append(state_hash(algo.shared_state()))
                 records[pid]["round_bytes"].append(tr.counters.sent.total - before)
                 before = tr.counters.sent.total
+            if pid in kill_at.get(step, ()):
+                net.kill(pid)
+                return
             await asyncio.sleep(0)
 
     async def main():

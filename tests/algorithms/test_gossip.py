@@ -20,6 +20,18 @@ def run_swarm(task, n=8, steps=40, **options):
     return drive(task, "gossip", n, steps, **options)[0]
 
 
+def test_sampled_gossip_keeps_training_with_80_percent_of_peers_dead(quadratic):
+    n, dead_at = 10, 20
+    dead = [f"p{i}" for i in range(2, n)]  # 8 of 10 peers crash after step 20
+    before = run_swarm(quadratic, n=n, steps=dead_at + 1, sample_size=3, **COMMON)
+    algos = run_swarm(quadratic, n=n, steps=400, sample_size=3, kill_at={dead_at: dead}, **COMMON)
+    for survivor in algos[:2]:
+        at_crash = min(quadratic.evaluate(a.eval_model())[1] for a in before[:2])
+        final = quadratic.evaluate(survivor.eval_model())[1]
+        assert torch.isfinite(torch.tensor(final))
+        assert final < 0.5 * at_crash, (at_crash, final)  # training went on after the crash
+
+
 @pytest.fixture(scope="module")
 def quadratic():
     return make_task("quadratic")

@@ -54,6 +54,7 @@ runner evaluates peer 0's; with sampling it is the model peer 0 last held).
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -61,9 +62,11 @@ from typing import Any
 import torch
 
 from ..comm import flatten, unflatten
-from ..errors import AggregationError, ConfigError
+from ..errors import AggregationError, ConfigError, PeerError
 from ..seeding import derive_seed, generator
 from .base import Algorithm, make_optimizer, positive
+
+log = logging.getLogger(__name__)
 
 TOPOLOGIES = ("ring", "torus", "exponential", "random_regular")
 
@@ -285,7 +288,11 @@ class Gossip(Algorithm):
                 skip_op(self.comm)
                 continue
             pid = self.comm.group[partner]
-            data = await self.comm.exchange(pid, payload[partner], name=f"{self.name}.exchange")
+            try:
+                data = await self.comm.exchange(pid, payload[partner], name=f"{self.name}.exchange")
+            except PeerError as exc:  # a dead or unresponsive partner costs its contribution, not the round
+                log.info("gossip round %d: no answer from %s (%s); averaging without it", self.rounds, pid, exc)
+                continue
             if data:
                 got[partner] = decode_vector(data, numel, self.codec, seed=self.comm.seed, round_=self.rounds, sender=pid, what=self.name)
         return got
@@ -298,7 +305,13 @@ class Gossip(Algorithm):
         return flat, data
 
     def _mix(self, weights: dict[int, float], vectors: dict[int, torch.Tensor]) -> None:
+        """Replace the parameters by sum_j w_j x_j over the peers that answered,
+        with the weights renormalised to sum to 1 when some did not."""
         like = [p.detach() for p in self.params]
+        if any(j not in vectors for j in weights):
+            present = {j: w for j, w in weights.items() if j in vectors}
+            total = sum(present.values())
+            weights = {j: w / total for j, w in present.items()}
         order = sorted(weights)
         acc = vectors[order[0]] * weights[order[0]]
         for j in order[1:]:

@@ -110,6 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
     spsa.add_argument("--seed", type=_nonneg_int, default=0)
     spsa.add_argument("--json", dest="json_out", metavar="PATH")
 
+    eq = bsub.add_parser("equal-bytes", help="gossip with a single final merge vs diloco at equal bytes")
+    eq.add_argument("--task", default="charlm")
+    eq.add_argument("--peers", type=_positive_int, default=8)
+    eq.add_argument("--steps", type=_positive_int, default=None)
+    eq.add_argument("--inner-steps", type=_positive_int, default=None)
+    eq.add_argument("--codec", default="int4", help="codec of every exchange, the final merge included (default int4)")
+    eq.add_argument("--seed", type=_nonneg_int, default=0)
+    eq.add_argument("--json", dest="json_out", metavar="PATH")
+    eq.add_argument("--plot", metavar="PATH")
+
     tr = bsub.add_parser("transport", help="all-reduce over our TCP transport vs torch.distributed gloo, 4 processes on loopback")
     tr.add_argument("--sizes-mib", default="1,16,64", help="payload sizes in MiB, comma-separated (default 1,16,64)")
     tr.add_argument("--processes", type=_positive_int, default=4)
@@ -162,6 +172,21 @@ def cmd_bench_spsa(args: argparse.Namespace, console: Any) -> int:
                   f"{e['payload_bytes_per_peer']:,.0f}", _human_bytes(fine.bytes_sent_per_peer), str(e["state_hashes_equal"]))
     console.print(table)
     console.print(f"spsa payload: {e['payload_bytes_per_peer']:,.0f} bytes per peer = {args.finetune_steps} steps x {args.peers - 1} destinations x 1 byte")
+    _write_outputs(results, args, console)
+    return 0
+
+
+def cmd_bench_equal_bytes(args: argparse.Namespace, console: Any) -> int:
+    from .bench.algorithms import run_equal_bytes_bench
+
+    with _Steps(console, "runs") as progress:
+        results = run_equal_bytes_bench(peers=args.peers, task=args.task, steps=args.steps, inner_steps=args.inner_steps,
+                                        codec=args.codec, seed=args.seed, progress=progress)
+    x = results.extra
+    console.print(_results_table(results, title=f"bench equal-bytes: {args.task}, {args.peers} peers, {x['steps']} steps, codec {args.codec}"))
+    dil, gos = results.runs
+    console.print(f"gossip (ring, H={x['gossip_inner_steps']}, one final merge) sent {x['bytes_ratio']:.2f}x diloco's bytes (H={x['diloco_inner_steps']}); "
+                  f"validation loss {gos.final_val_loss:.4f} vs {dil.final_val_loss:.4f} ({(gos.final_val_loss / dil.final_val_loss - 1) * 100:+.1f}%)")
     _write_outputs(results, args, console)
     return 0
 
@@ -451,7 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "bench":
             handlers = {"comm": cmd_bench_comm, "codecs": cmd_bench_codecs, "compression": cmd_bench_compression,
                         "robust": cmd_bench_robust, "algorithms": cmd_bench_algorithms, "transport": cmd_bench_transport,
-                        "spsa": cmd_bench_spsa}
+                        "spsa": cmd_bench_spsa, "equal-bytes": cmd_bench_equal_bytes}
             if args.bench in handlers:
                 return handlers[args.bench](args, console)
             parser.parse_args(["bench", "--help"])

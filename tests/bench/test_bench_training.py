@@ -61,3 +61,16 @@ def test_robust_bench_rejects_an_invalid_configuration_before_running():
 
     with pytest.raises(ConfigError, match="bucketing"):
         run_robust_bench(peers=10, byzantine=3, steps=5, aggregators=("mean", "bucketing:2+cclip"), attacks=("none",))
+
+
+def test_equal_bytes_bench_matches_gossip_bytes_to_diloco(tmp_path):
+    out = tmp_path / "eq.json"
+    args = ["bench", "equal-bytes", "--task", "digits", "--peers", "4", "--steps", "60", "--inner-steps", "6", "--json", str(out)]
+    assert main(args) == 0
+    data = json.loads(out.read_text())
+    dil, gos = data["runs"]
+    assert (dil["algorithm"], gos["algorithm"]) == ("diloco", "gossip")
+    assert dil["codec"] == gos["codec"] == "int4:128"
+    # matched within the bytes of one round either way
+    assert 0.75 < data["bytes_ratio"] < 1.25
+    assert gos["final_val_metric"] > 0.5  # the merged gossip model learned

@@ -304,3 +304,56 @@ __all__ = ["BENCH_DEFAULTS", "DEFAULT_ALGORITHMS", "DEFAULT_LINKS", "SPSA_FINETU
 
 if __name__ == "__main__":
     raise SystemExit(_main())
+
+
+def run_equal_bytes_bench(
+    *,
+    peers: int = 8,
+    task: str = "charlm",
+    steps: int | None = None,
+    inner_steps: int | None = None,
+    seed: int = 0,
+    codec: str = "int4",
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Results:
+    """Gossip (ring) with a single final merge against DiLoCo at (nearly) equal bytes.
+
+    Both exchange ``codec``-encoded vectors (the merge included). DiLoCo runs
+    first with ``inner_steps``; gossip then runs once with the same H, and once
+    more with H rescaled by the measured byte ratio, so that its bytes per peer
+    match DiLoCo's (rounds are whole numbers, so the match is within a round's
+    worth of bytes). Both runs are returned; ``extra["bytes_ratio"]`` is
+    gossip's bytes over DiLoCo's for the matched run.
+    """
+    d_steps, d_inner, d_opts = BENCH_DEFAULTS.get(task, (None, None, {}))
+    steps_ = steps or d_steps
+    inner_ = inner_steps or d_inner
+
+    def scenario(algo: str, h: int | None, options: dict[str, Any]) -> Scenario:
+        return Scenario(task=task, algorithms=(algo,), peers=peers, steps=steps_, inner_steps=h, seed=seed,
+                        codec=codec, compute_time=0.02, task_options=dict(d_opts), algorithm_options={algo: options})
+
+    probe = scenario("diloco", inner_, {})
+    task_obj = task_for(probe)
+    total = 3
+    done = 0
+
+    def run(s: Scenario, algo: str) -> Any:
+        nonlocal done
+        r = run_algorithm(s, algo, task=task_obj)
+        done += 1
+        if progress is not None:
+            progress(f"{algo} H={s.inner_steps}", done, total)
+        return r
+
+    gossip_opts = {"topology": "ring", "final_merge_at": int(probe.steps), "codec": codec}  # type: ignore[arg-type]
+    diloco = run(probe, "diloco")
+    first = run(scenario("gossip", probe.inner_steps, gossip_opts), "gossip")
+    h = max(1, round(int(probe.inner_steps) * first.bytes_sent_per_peer / diloco.bytes_sent_per_peer))  # type: ignore[arg-type]
+    matched = run(scenario("gossip", h, gossip_opts), "gossip")
+    matched.extra["matched_inner_steps"] = h
+    results = Results(task=task, peers=peers, link=probe.link, seed=seed, runs=[diloco, matched])
+    results.extra.update({"bench": "equal_bytes", "bytes_ratio": matched.bytes_sent_per_peer / diloco.bytes_sent_per_peer,
+                          "codec": codec, "steps": steps_, "diloco_inner_steps": probe.inner_steps, "gossip_inner_steps": h,
+                          "task_options": dict(d_opts)})
+    return results

@@ -24,9 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..argtypes import nonneg_int as _nonneg_int, positive_float as _positive_float, positive_int as _positive_int
-from ..errors import ConfigError, GossamerError
-
-EXIT_USAGE = 2
+from ..errors import ConfigError
 
 
 def _hostport(text: str) -> str:
@@ -78,22 +76,16 @@ def _setup_logging(args: argparse.Namespace) -> None:
 
 
 def run_swarm_command(args: argparse.Namespace) -> int:
-    """Run ``args.command`` (``coordinator`` or ``peer``); returns the exit status."""
+    """Run ``args.command`` (``coordinator`` or ``peer``); returns the exit status.
+
+    Errors propagate to ``gossamer.cli.main``, which turns them into one line
+    and an exit status."""
     _setup_logging(args)
-    try:
-        if args.command == "coordinator":
-            return asyncio.run(_coordinator(args))
-        if args.command == "peer":
-            return asyncio.run(_peer(args))
-        raise ConfigError(f"unknown swarm command {args.command!r}")
-    except ConfigError as exc:
-        sys.stderr.write(f"gossamer: error: {exc}\n")
-        return EXIT_USAGE
-    except GossamerError as exc:
-        sys.stderr.write(f"gossamer: {type(exc).__name__}: {exc}\n")
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    if args.command == "coordinator":
+        return asyncio.run(_coordinator(args))
+    if args.command == "peer":
+        return asyncio.run(_peer(args))
+    raise ConfigError(f"unknown swarm command {args.command!r}")
 
 
 def _on_signals(loop: asyncio.AbstractEventLoop, fn: Any) -> None:
@@ -184,10 +176,10 @@ async def _peer(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="gossamer", description="gossamer swarm commands")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    add_swarm_commands(sub)
-    return run_swarm_command(parser.parse_args(argv))
+    """``python -m gossamer.swarm.cli ...`` is ``gossamer ...`` (same parser, same error handling)."""
+    from ..cli import main as gossamer_main
+
+    return gossamer_main(argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

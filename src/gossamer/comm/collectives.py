@@ -548,7 +548,7 @@ class Communicator:
     async def _reduce_chunk(self, stacked: torch.Tensor, op: int) -> tuple[torch.Tensor, tuple[str, ...]]:
         """Reduce this member's chunk; returns (value, dropped peer ids)."""
         if self.aggregator is None:
-            ok = [i for i in range(stacked.shape[0]) if not torch.isnan(stacked[i]).all() or stacked.shape[1] == 0]
+            ok = [i for i in range(stacked.shape[0]) if not _all_nan(stacked[i])]
             acc = stacked[ok[0]].clone()
             for i in ok[1:]:
                 acc += stacked[i]

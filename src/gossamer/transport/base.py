@@ -18,6 +18,16 @@ Contract:
   transport ignores it (real time passes by itself).
 - ``now()`` is the peer's clock: virtual seconds in the simulator, monotonic
   seconds over TCP.
+- ``lane()`` gives a view of this transport for work that runs in the
+  background (a non-blocking collective) while the peer computes: same peer,
+  same mailbox, same counters and uplink, but its own clock starting at
+  ``now()``. ``join_lane(lane)`` waits for the lane: the peer's clock becomes
+  ``max(now(), lane.now())``. On a real-time transport (TCP) a lane is the
+  transport itself and joining costs nothing, because real time passes for
+  both at once; the simulator gets the same overlap in virtual time.
+- ``discard_before(epoch)`` drops buffered, unread messages of attempt
+  namespaces older than ``epoch`` (see ``comm.collectives``); a no-op where
+  nothing is buffered for long.
 """
 
 from __future__ import annotations
@@ -113,6 +123,18 @@ class Transport(ABC):
     @abstractmethod
     def now(self) -> float:
         """This peer's clock in seconds."""
+
+    def lane(self) -> "Transport":
+        """A background view of this transport (see the module docstring)."""
+        return self
+
+    def join_lane(self, lane: "Transport") -> None:
+        """Wait for ``lane``'s work (see the module docstring)."""
+        return None
+
+    def discard_before(self, epoch: int) -> int:
+        """Drop unread messages of attempt namespaces older than ``epoch``; returns how many."""
+        return 0
 
     async def close(self) -> None:  # pragma: no cover - default no-op
         return None

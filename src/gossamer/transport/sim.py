@@ -181,12 +181,15 @@ class SimTransport(Transport):
         self.clock += seconds
 
     async def send(self, dst: str, tag: Tag, payload: Buffer) -> None:
+        self._send_at(self.clock, dst, tag, payload)
+
+    def _send_at(self, clock: float, dst: str, tag: Tag, payload: Buffer) -> None:
         data = bytes(payload)
         framing = frame_overhead(tag)
         size = len(data) + framing
         link = self._net.link(self._id, dst)
         tx = 8.0 * size / link.bandwidth_bps
-        start = max(self.clock, self.uplink_free)
+        start = max(clock, self.uplink_free)
         lost = self._net._lost_attempts(self._id, dst, link.loss)
         done = start + tx * (1 + lost) + lost * 2.0 * link.latency_s
         self.uplink_free = done
@@ -194,6 +197,15 @@ class SimTransport(Transport):
         self._net._deliver(self._id, dst, tag, data, done + link.latency_s)
 
     async def recv(self, src: str, tag: Tag, *, timeout: float | None = None) -> bytes:
+        try:
+            payload, self.clock = await self._recv_at(self.clock, src, tag, timeout)
+        except TimeoutError:
+            self.clock += timeout or 0.0
+            raise
+        return payload
+
+    async def _recv_at(self, clock: float, src: str, tag: Tag, timeout: float | None) -> tuple[bytes, float]:
+        """The payload and the receiving clock's new value (``max(clock, arrival)``)."""
         key = (src, tag)
         msg = self._mailbox.pop(key, None)
         if msg is None:
@@ -205,13 +217,18 @@ class SimTransport(Transport):
                 msg = await fut
             finally:
                 self._waiters.pop(key, None)
-        if timeout is not None and msg.arrival > self.clock + timeout:
-            self.clock += timeout
-            self._mailbox[key] = msg  # it is still in flight; a later recv may take it
+        if timeout is not None and msg.arrival > clock + timeout:
+            self._mailbox[key] = msg  # it is still in flight; a later recv may take it; the caller's clock advances by timeout
             raise TimeoutError(f"{self._id!r}: no message {tag} from {src!r} within {timeout:.3f} s")
-        self.clock = max(self.clock, msg.arrival)
         self.counters.count_received(src, len(msg.payload), frame_overhead(tag))
-        return msg.payload
+        return msg.payload, max(clock, msg.arrival)
+
+    def lane(self) -> "SimLane":
+        return SimLane(self)
+
+    def join_lane(self, lane: Transport) -> None:
+        if isinstance(lane, SimLane) and lane.parent is self:
+            self.clock = max(self.clock, lane.clock)
 
     def _accept(self, src: str, tag: Tag, msg: _Message) -> None:
         key = (src, tag)
@@ -227,3 +244,42 @@ class SimTransport(Transport):
         for (src, tag), fut in list(self._waiters.items()):
             if src == dead and not fut.done():
                 fut.set_exception(PeerError(f"peer {dead!r} is gone (waited for {tag} at {self._id!r})"))
+
+
+class SimLane(Transport):
+    """A background view of a ``SimTransport``: the same peer, mailbox,
+    counters and uplink, with its own virtual clock that starts at the
+    parent's current time. Work on a lane (a non-blocking collective)
+    therefore overlaps the parent's ``compute``; ``parent.join_lane(lane)``
+    waits for it."""
+
+    def __init__(self, parent: SimTransport) -> None:
+        self.parent = parent
+        self.clock = parent.clock
+        self.counters = parent.counters
+
+    @property
+    def peer_id(self) -> str:
+        return self.parent.peer_id
+
+    def now(self) -> float:
+        return self.clock
+
+    def compute(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError(f"compute time must be >= 0, got {seconds}")
+        self.clock += seconds
+
+    async def send(self, dst: str, tag: Tag, payload: Buffer) -> None:
+        self.parent._send_at(self.clock, dst, tag, payload)
+
+    async def recv(self, src: str, tag: Tag, *, timeout: float | None = None) -> bytes:
+        try:
+            payload, self.clock = await self.parent._recv_at(self.clock, src, tag, timeout)
+        except TimeoutError:
+            self.clock += timeout or 0.0
+            raise
+        return payload
+
+    def lane(self) -> "SimLane":
+        return SimLane(self.parent)

@@ -795,6 +795,26 @@ class TcpTransport(Transport):
             raise TimeoutError(f"{self.peer_id!r}: no message {tag} from {src!r} within {timeout} s")
         return self._count_recv(src, tag, fut.result())
 
+    def discard_before(self, epoch: int) -> int:
+        """Drop unread frames of attempt namespaces older than ``epoch`` (tags whose
+        round field is ``(e << 32) | round`` with ``0 < e < epoch``), which no
+        later attempt will read, and forget the consumed tags of namespaces
+        older than ``epoch - 1``; returns how many frames were dropped."""
+
+        def old(tag: Tag, limit: int) -> bool:
+            e = tag.round >> 32
+            return 0 < e < limit
+
+        dropped = 0
+        for key in [k for k in self._mailbox if old(k[1], epoch)]:
+            payload = self._mailbox.pop(key)
+            self._buffered[key[0]] = self._buffered.get(key[0], 0) - len(payload)
+            dropped += 1
+        for tags in self._consumed.values():
+            for t in [t for t in tags if old(t, epoch - 1)]:
+                tags.discard(t)
+        return dropped
+
     def _count_recv(self, src: str, tag: Tag, payload: bytearray) -> bytearray:
         self.counters.count_received(src, len(payload), frame_overhead(tag))
         return payload

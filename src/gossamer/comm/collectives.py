@@ -21,7 +21,16 @@ Contract:
   so results stay bit-identical. Both phases of one chunk share a seed, so
   rand-k sends the reduced chunk on the indices its contributions used.
 - ``all_gather(data)`` returns every member's bytes in rank order.
-- ``exchange(partner, data)`` swaps bytes with one partner (for gossip).
+- ``exchange(partner, data)`` swaps bytes with one partner; for tensors,
+  ``encode_tensor`` / ``exchange_encoded`` / ``decode_tensor`` put them
+  through the run's codec (gossip, NoLoCo): this module is the only place
+  that calls codecs, and the codec is the communicator's, one per run.
+- ``start_all_reduce(tensors)`` starts an all-reduce in the background and
+  returns a ``CollectiveHandle``; ``await handle.wait()`` gives the result.
+  The collective takes its op id, round, epoch and group at the start, so
+  collectives started later do not disturb it, and runs on a transport lane
+  (``Transport.lane``): real overlap over TCP, the same overlap in virtual
+  time in the simulator. No algorithm touches a clock.
 - Every byte goes through the transport, so its counters see everything.
 
 Fault tolerance (used by the swarm runtime; the simulator leaves it off):
@@ -51,6 +60,7 @@ Fault tolerance (used by the swarm runtime; the simulator leaves it off):
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -64,9 +74,6 @@ from ..seeding import derive_seed
 from ..transport.base import Tag, Transport
 
 log = logging.getLogger(__name__)
-
-
-_SAME: Any = object()  # all_reduce(codec=...) default: the communicator's own codec
 
 
 class CodecLike(Protocol):
@@ -159,6 +166,33 @@ def unflatten(flat: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Te
     return out
 
 
+class CollectiveHandle:
+    """A collective running in the background (``Communicator.start_all_reduce``)."""
+
+    def __init__(self, comm: "Communicator", lane: Transport, task: "asyncio.Future[list[torch.Tensor]]",
+                 name: str, epoch: int) -> None:
+        self._comm = comm
+        self._lane = lane
+        self._task = task
+        self.name = name
+        self.epoch = epoch
+
+    def done(self) -> bool:
+        return self._task.done()
+
+    async def wait(self) -> list[torch.Tensor]:
+        """The collective's result; raises what it raised (e.g. ``CollectiveAborted``).
+        The peer's clock waits for the collective's completion."""
+        try:
+            return await asyncio.shield(self._task)
+        finally:
+            if self._task.done():
+                self._comm.transport.join_lane(self._lane)
+
+    def cancel(self) -> None:
+        self._task.cancel()
+
+
 class CollectiveAborted(PeerError):
     """A collective did not complete (member lost, or deadline missed); its
     partial result was discarded."""
@@ -246,6 +280,8 @@ class Communicator:
         self._op = 0
         self.history: list[CollectiveStats] = []
         self.listeners: list[Callable[[CollectiveStats], None]] = []
+        #: Collectives started with ``start_all_reduce`` and not finished.
+        self.in_flight: set[CollectiveHandle] = set()
         #: Optional ``async hook(name, op, flat) -> flat`` that sees (and may
         #: replace) this member's contribution before it is sent. The simulator
         #: uses it to play Byzantine peers; honest runtimes leave it None.
@@ -330,6 +366,68 @@ class Communicator:
     async def _recv(self, src: str, op: int, phase: int) -> bytes:
         return await self.transport.recv(src, self.tag(op, phase), timeout=self.timeout)
 
+    # ------------------------------------------------------------------ non-blocking
+    def start_all_reduce(self, tensors: Sequence[torch.Tensor], *, name: str = "all_reduce") -> "CollectiveHandle":
+        """Start ``all_reduce(tensors)`` in the background and return at once.
+
+        The inputs are copied now, so the caller may keep changing them. The
+        collective takes its operation id, round, epoch and group now (so
+        later collectives may start before it finishes) and runs on a lane of
+        the transport (``Transport.lane``): over TCP it really overlaps the
+        caller's computation; in the simulator its virtual clock does. Await
+        ``handle.wait()`` for the result (the peer's clock then waits for the
+        collective, as a real peer would block on it)."""
+        frozen = [t.detach().clone() for t in tensors]
+        worker = copy.copy(self)
+        worker.transport = self.transport.lane()
+        worker._op = self._next_op()
+        worker.history = self.history
+        worker.listeners = self.listeners
+        task = asyncio.ensure_future(worker.all_reduce(frozen, name=name))
+        handle = CollectiveHandle(self, worker.transport, task, name, self.epoch)
+        self.in_flight.add(handle)
+        task.add_done_callback(lambda _t: self.in_flight.discard(handle))
+        return handle
+
+    def oldest_epoch_in_flight(self) -> int | None:
+        """The attempt namespace of the oldest collective still running in the background."""
+        live = [h.epoch for h in self.in_flight if not h.done()]
+        return min(live) if live else None
+
+    # ------------------------------------------------------------------ tensors to one peer
+    def _p2p_seed(self, sender: str) -> int:
+        return derive_seed(self.seed, "p2p", self.round, sender)
+
+    def encode_tensor(self, flat: torch.Tensor) -> bytes:
+        """This member's flat fp32 vector as it travels to single peers (the run's codec, else raw fp32)."""
+        if self.codec is None:
+            return bytes(_raw_encode(flat))
+        return self.codec.encode(flat.detach().reshape(-1), key=None, seed=self._p2p_seed(self.peer_id))
+
+    def decode_tensor(self, data: bytes, numel: int, sender: str) -> torch.Tensor:
+        """Inverse of ``encode_tensor`` for a vector of ``numel`` values from ``sender``;
+        a payload of the wrong size raises ``CodecError``/``AggregationError`` naming the sender."""
+        if self.codec is None:
+            return _raw_decode(data, numel, sender)
+        expected = self.codec.encoded_size((numel,))
+        if len(data) != expected:
+            raise CodecError(f"peer {sender!r} sent {len(data)} bytes for {numel} values, expected {expected} ({self.codec.spec})")
+        return self.codec.decode(data, (numel,), key=None, seed=self._p2p_seed(sender)).reshape(-1)
+
+    def as_sent(self, flat: torch.Tensor, data: bytes) -> torch.Tensor:
+        """What the other members decode from ``data = encode_tensor(flat)``:
+        ``flat`` itself without a codec or with a lossless one."""
+        if self.codec is None or self.codec.lossless:
+            return flat
+        return self.decode_tensor(data, flat.numel(), self.peer_id)
+
+    async def exchange_encoded(self, partner: str, data: bytes, numel: int, *, name: str = "exchange") -> torch.Tensor | None:
+        """Swap vectors of ``numel`` fp32 values with ``partner``: ``data`` is ours,
+        from ``encode_tensor`` (b"" offers nothing). Returns the partner's vector
+        decoded with the run's codec, or None when it offered nothing."""
+        got = await self.exchange(partner, data, name=name)
+        return self.decode_tensor(got, numel, partner) if got else None
+
     # ------------------------------------------------------------------ all-gather
     async def all_gather(self, data: bytes, *, name: str = "all_gather") -> list[bytes]:
         """Every member's ``data``, in rank order."""
@@ -360,10 +458,9 @@ class Communicator:
         return got
 
     # ------------------------------------------------------------------ all-reduce
-    async def all_reduce(
-        self, tensors: Sequence[torch.Tensor] | torch.Tensor, *, name: str = "all_reduce", codec: Any = _SAME
-    ) -> list[torch.Tensor]:
+    async def all_reduce(self, tensors: Sequence[torch.Tensor] | torch.Tensor, *, name: str = "all_reduce") -> list[torch.Tensor]:
         """Mean (or robust aggregate) of every member's ``tensors``; bit-identical on all members."""
+        codec = self.codec
         if self.link is None:
             return await self._all_reduce(tensors, name, codec)
         numel = tensors.numel() if isinstance(tensors, torch.Tensor) else sum(t.numel() for t in tensors)
@@ -375,7 +472,6 @@ class Communicator:
     async def _all_reduce(self, tensors: Sequence[torch.Tensor] | torch.Tensor, name: str, codec: Any) -> list[torch.Tensor]:
         single = isinstance(tensors, torch.Tensor)
         like = [tensors] if single else list(tensors)
-        codec = self.codec if codec is _SAME else codec
         if codec is None and self.aggregator is None and self.contribution_hook is None:
             return await self._plain_mean(like, name)
         flat = flatten(like)

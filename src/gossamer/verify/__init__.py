@@ -1,5 +1,5 @@
 """State hashes and parity checks."""
 
-from .hashing import state_hash
+from .hashing import combined_hash, state_hash
 
-__all__ = ["state_hash"]
+__all__ = ["combined_hash", "state_hash"]

@@ -28,7 +28,7 @@ def test_converges_on_quadratic_with_int4_and_stays_bit_identical(quadratic):
     start = quadratic.evaluate(quadratic.make_model(0))[1]
     final = quadratic.evaluate(algos[0].eval_model())[1]
     assert final < 0.05 < start, (start, final)
-    assert algos[0].codec is not None and "int4" in algos[0].codec.spec
+    assert algos[0].comm.codec is not None and "int4" in algos[0].comm.codec.spec
     first = rec["p0"]["hashes"]
     assert len(first) > 20 and all(r["hashes"] == first for r in rec.values())
 

@@ -37,9 +37,28 @@ def algorithm_config(name: str, **options: Any) -> Any:
     return config_from_options(ALGORITHMS[name][1], options, what=name)
 
 
+def run_options(name: str, *, steps: int, inner_steps: int | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The options algorithm ``name`` runs with, the same in the simulator and
+    the swarm: the run's ``inner_steps`` (where the algorithm has H), the run's
+    ``steps`` as ``total_steps`` (for learning-rate schedules), then
+    ``overrides``. Raises ``ConfigError`` for an unknown algorithm."""
+    import dataclasses
+
+    if name not in ALGORITHMS:
+        raise ConfigError(f"unknown algorithm {name!r}; accepted: {', '.join(ALGORITHM_NAMES)}")
+    fields = {f.name for f in dataclasses.fields(ALGORITHMS[name][1])}
+    opts: dict[str, Any] = {}
+    if "inner_steps" in fields and inner_steps is not None:
+        opts["inner_steps"] = inner_steps
+    if "total_steps" in fields:
+        opts["total_steps"] = steps
+    opts.update(overrides or {})
+    return opts
+
+
 def make_algorithm(name: str, model: torch.nn.Module, loss_fn: Any, comm: Communicator, **options: Any) -> Algorithm:
     config = algorithm_config(name, **options)
     return ALGORITHMS[name][0](model, loss_fn, comm, config)
 
 
-__all__ = ["ALGORITHMS", "ALGORITHM_NAMES", "Algorithm", "algorithm_config", "make_algorithm"]
+__all__ = ["ALGORITHMS", "ALGORITHM_NAMES", "Algorithm", "algorithm_config", "make_algorithm", "run_options"]

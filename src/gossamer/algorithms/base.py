@@ -1,13 +1,14 @@
 """The algorithm contract: the outer loop of one peer.
 
 An algorithm owns a peer's model and optimizers and decides what to send,
-when, and how to apply what comes back. The runtime (simulator or real peer)
-drives it identically:
+when, and how to apply what comes back. The one round loop
+(``algorithms.driver.RoundLoop``) drives it identically in the simulator, the
+swarm peer and the tests:
 
-    for step in range(steps):
-        loss = algo.local_step(batch)          # pure compute, no communication
-        if algo.wants_sync(step):
-            await algo.sync(step)              # collectives through algo.comm
+    while algo.steps < total_steps:
+        loss = algo.step(batch)                # local_step: pure compute, no communication
+        if algo.sync_due(total_steps):
+            await algo.synchronize()           # sync: collectives through algo.comm
 
 Contract:
 
@@ -20,6 +21,21 @@ Contract:
 - ``eval_model()`` returns the model that represents the swarm's current
   shared result (for DiLoCo, the outer parameters, not the drifting local
   ones).
+- ``state_dict()`` / ``load_state_dict(sd)`` hold everything a joiner, a
+  retried attempt or a restarted peer needs, as data:
+
+      {"shared": {"tensors": [...], "counters": {...}},   # equal on every honest peer (bit parity)
+       "local":  {"params": [...], "optimizers": {...}, ...}}  # this peer's own
+
+  ``shared.tensors`` are clones of ``shared_state()`` (parameters, outer
+  optimizer state); ``shared.counters`` are plain ints (local steps taken,
+  syncs done, algorithm round, schedule position, work in flight). The
+  shared part is what ``shared_hash()`` hashes and what a joiner fetches;
+  ``load_state_dict`` without ``"local"`` derives the local part from the
+  shared one (a joiner starts its local model from the shared model, and
+  its learning-rate schedule from the swarm's position). Loading and then
+  re-running ``synchronize()`` repeats the sync exactly: ``sync`` changes
+  nothing that ``state_dict`` does not hold.
 - Configs are frozen dataclasses; ``config_from_options`` rejects unknown or
   invalid options with a ``ConfigError`` naming them.
 """
@@ -28,6 +44,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -76,8 +93,6 @@ def make_schedule(opt: torch.optim.Optimizer, config: Any, *, what: str) -> torc
 
     ``None`` when the schedule is constant with no warm-up. Every peer runs the
     same schedule, so shared state stays bit-identical."""
-    import math
-
     kind = getattr(config, "schedule", "constant")
     if kind not in SCHEDULES:
         raise ConfigError(f"{what}: unknown schedule {kind!r}; accepted: {', '.join(SCHEDULES)}")
@@ -96,6 +111,14 @@ def make_schedule(opt: torch.optim.Optimizer, config: Any, *, what: str) -> torc
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * frac))
 
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def apply_schedule(schedule: torch.optim.lr_scheduler.LambdaLR) -> None:
+    """Set the optimizer's learning rates to the schedule's value at its
+    position ``last_epoch`` (after that position was loaded)."""
+    lrs = [base * fn(schedule.last_epoch) for base, fn in zip(schedule.base_lrs, schedule.lr_lambdas)]
+    for group, lr in zip(schedule.optimizer.param_groups, lrs):
+        group["lr"] = lr
 
 
 class Algorithm(ABC):
@@ -120,8 +143,114 @@ class Algorithm(ABC):
         self.comm = comm
         self.config = config
         self.params = [p for p in model.parameters() if p.requires_grad]
+        #: The algorithm's own round counter (what its collectives are tagged with).
         self.rounds = 0
+        #: Local steps taken (``step``) and syncs completed (``synchronize``).
+        self.steps = 0
+        self.syncs = 0
         self._eval_model: torch.nn.Module | None = None
+
+    # ------------------------------------------------------------------ driving
+    def step(self, batch: Any) -> float:
+        """One local step (``local_step``), counted; returns the batch loss."""
+        loss = self.local_step(batch)
+        self.steps += 1
+        return loss
+
+    def sync_due(self, total_steps: int) -> bool:
+        """Whether a sync follows the local step just taken: the algorithm
+        wants one, or it is the run's last step and the algorithm ends runs
+        with a sync (so the final model is a shared one)."""
+        last = self.steps - 1
+        return self.wants_sync(last) or (self.steps == total_steps and self.ends_with_sync)
+
+    async def synchronize(self) -> None:
+        """The sync after the local step just taken, counted."""
+        await self.sync(self.steps - 1)
+        self.syncs += 1
+
+    # ------------------------------------------------------------------ state as data
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """This peer's local optimizers by name (their state is per-peer)."""
+        inner = getattr(self, "inner", None)
+        return {"inner": inner} if inner is not None else {}
+
+    def counters(self) -> dict[str, Any]:
+        """The shared counters (see the module docstring)."""
+        out: dict[str, Any] = {"steps": self.steps, "syncs": self.syncs, "rounds": self.rounds}
+        schedule = getattr(self, "schedule", None)
+        if schedule is not None:
+            out["schedule_step"] = int(schedule.last_epoch)
+        return out
+
+    def load_counters(self, counters: dict[str, Any]) -> None:
+        self.steps, self.syncs, self.rounds = int(counters["steps"]), int(counters["syncs"]), int(counters["rounds"])
+        schedule = getattr(self, "schedule", None)
+        if schedule is not None and "schedule_step" in counters:
+            schedule.last_epoch = int(counters["schedule_step"])
+            apply_schedule(schedule)
+
+    def local_state(self) -> dict[str, Any]:
+        """This peer's own state: local parameters and local optimizer state."""
+        return {"params": [p.detach().clone() for p in self.params],
+                "optimizers": {k: copy.deepcopy(o.state_dict()) for k, o in self.optimizers().items()}}
+
+    def load_local_state(self, local: dict[str, Any] | None) -> None:
+        """Restore ``local_state()``; ``None`` (a joiner): derive it from the shared state."""
+        if local is None:
+            self.reset_local()
+            return
+        with torch.no_grad():
+            for p, t in zip(self.params, local["params"]):
+                p.copy_(t)
+        for k, opt in self.optimizers().items():
+            if k in local.get("optimizers", {}):
+                opt.load_state_dict(copy.deepcopy(local["optimizers"][k]))
+        # load_state_dict restores the learning rate the peer had; the shared schedule position wins
+        schedule = getattr(self, "schedule", None)
+        if schedule is not None:
+            apply_schedule(schedule)
+
+    def reset_local(self) -> None:
+        """Local state of a peer that only has the shared state (a joiner): by
+        default the local parameters are the shared ones and local optimizer
+        state starts empty."""
+        for opt in self.optimizers().values():
+            opt.state.clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        """See the module docstring. Tensors are copies."""
+        return {"shared": {"tensors": [t.detach().clone() for t in self.shared_state()], "counters": self.counters()},
+                "local": self.local_state()}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        """Restore ``state_dict()`` output (or only its ``"shared"`` part, for a joiner).
+
+        Raises ``ConfigError`` when the shared tensors do not match this
+        algorithm's layout (count, shapes, dtypes)."""
+        shared = sd["shared"]
+        self.load_counters(shared["counters"])
+        live = self.shared_state()
+        tensors = shared["tensors"]
+        if len(live) != len(tensors):
+            raise ConfigError(f"{self.name}: state has {len(tensors)} shared tensors, this model needs {len(live)}")
+        for i, (t, s) in enumerate(zip(live, tensors)):
+            if t.shape != s.shape or t.dtype != s.dtype:
+                raise ConfigError(f"{self.name}: shared tensor {i} is {s.dtype} {tuple(s.shape)}, expected {t.dtype} {tuple(t.shape)}")
+        with torch.no_grad():
+            for t, s in zip(live, tensors):
+                t.copy_(s)
+        self.after_load_shared()
+        self.load_local_state(sd.get("local"))
+
+    def after_load_shared(self) -> None:
+        """Hook: rebuild derived structures after the shared state changed."""
+
+    def shared_hash(self) -> str:
+        """BLAKE2b of the shared state: tensors and counters (``verify.state_hash``)."""
+        from ..verify import state_hash
+
+        return state_hash(self.shared_state(), meta=self.counters())
 
     @abstractmethod
     def local_step(self, batch: Any) -> float:
@@ -140,6 +269,11 @@ class Algorithm(ABC):
 
     def eval_model(self) -> torch.nn.Module:
         return self.model
+
+    def in_agreement(self) -> bool:
+        """Whether every honest peer holds the same shared state right now
+        (always, for algorithms with bit parity; after the final merge, for gossip)."""
+        return self.bit_parity
 
     def _model_with(self, tensors: list[torch.Tensor]) -> torch.nn.Module:
         """A private copy of the model (made once) holding ``tensors`` as its trainable parameters."""
@@ -198,6 +332,12 @@ class LocalUpdateAlgorithm(Algorithm):
             for p, s in zip(self.params, self.start):
                 p.copy_(s)
         self.rounds += 1
+
+    def reset_local(self) -> None:
+        super().reset_local()
+        with torch.no_grad():
+            for p, s in zip(self.params, self.start):
+                p.copy_(s)
 
     @abstractmethod
     def outer_update(self, avg_delta: list[torch.Tensor]) -> None:

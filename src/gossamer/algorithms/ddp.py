@@ -8,6 +8,13 @@ all-reduced (mean), and every peer applies the same optimizer step:
 Every peer sends the full fp32 gradient (or its codec encoding) every step:
 ``2 (n-1)/n * 4 * |theta|`` bytes per peer per step with the butterfly
 all-reduce. Parameters and optimizer state stay bit-identical on all peers.
+
+State. The shared state is the parameters and the optimizer state (AdamW:
+``step``, ``exp_avg``, ``exp_avg_sq`` per parameter; SGD with momentum: the
+momentum buffer), as zeros before the first step, so its layout never
+changes and a joiner can load it. The local gradient of the last step is
+per-peer state (``sync`` reads it and never overwrites it, so a retried
+sync sends the same gradient).
 """
 
 from __future__ import annotations
@@ -49,16 +56,22 @@ class DDP(Algorithm):
         self.opt = make_optimizer(config.optimizer, self.params, config.lr, config.weight_decay, what="ddp", momentum=config.momentum)
         self.schedule = make_schedule(self.opt, config, what="ddp")
 
+        self.grads = [torch.zeros_like(p) for p in self.params]
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {}  # the optimizer state is shared (see shared_state)
+
     def local_step(self, batch: Any) -> float:
-        return self._backward(batch)
+        loss = self._backward(batch)
+        self.grads = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        return loss
 
     def wants_sync(self, step: int) -> bool:
         return True
 
     async def sync(self, step: int) -> None:
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         self.comm.round = step
-        avg = await self.comm.all_reduce(grads, name="ddp.gradient")
+        avg = await self.comm.all_reduce(self.grads, name="ddp.gradient")
         for p, g in zip(self.params, avg):
             p.grad = g
         if self.config.grad_clip > 0:
@@ -68,11 +81,32 @@ class DDP(Algorithm):
             self.schedule.step()
         self.rounds += 1
 
+    def _state_keys(self) -> tuple[str, ...]:
+        if self.config.optimizer == "adamw":
+            return ("step", "exp_avg", "exp_avg_sq")
+        return ("momentum_buffer",) if self.config.momentum > 0 else ()
+
+    def _ensure_opt_state(self) -> None:
+        """Give every parameter its optimizer state (zeros, step 0) if it has none yet."""
+        for p in self.params:
+            st = self.opt.state[p]
+            for key in self._state_keys():
+                if key not in st or st[key] is None:
+                    st[key] = torch.zeros((), dtype=torch.float32) if key == "step" else torch.zeros_like(p, memory_format=torch.preserve_format)
+
     def shared_state(self) -> list[torch.Tensor]:
+        self._ensure_opt_state()
         state = [p.detach() for p in self.params]
         for p in self.params:
-            for key in ("exp_avg", "exp_avg_sq", "momentum_buffer"):
-                buf = self.opt.state.get(p, {}).get(key)
-                if buf is not None:
-                    state.append(buf)
+            for key in self._state_keys():
+                state.append(self.opt.state[p][key])
         return state
+
+    def local_state(self) -> dict[str, Any]:
+        return {"params": [], "optimizers": {}, "grads": [g.clone() for g in self.grads]}
+
+    def load_local_state(self, local: dict[str, Any] | None) -> None:
+        if local is None:
+            self.grads = [torch.zeros_like(p) for p in self.params]
+        else:
+            self.grads = [g.clone() for g in local["grads"]]

@@ -62,8 +62,8 @@ from typing import Any
 import torch
 
 from ..comm import flatten, unflatten
-from ..errors import AggregationError, ConfigError, PeerError
-from ..seeding import derive_seed, generator
+from ..errors import AggregationError, CodecError, ConfigError, PeerError
+from ..seeding import generator
 from .base import Algorithm, make_optimizer, positive
 
 log = logging.getLogger(__name__)
@@ -76,22 +76,6 @@ def skip_op(comm: Any) -> None:
     """Spend one operation id without communicating, keeping op ids aligned with
     peers that do communicate in this slot."""
     comm.skip()
-
-
-def encode_vector(x: torch.Tensor, codec: Any, *, seed: int, round_: int, sender: str) -> bytes:
-    """A flat float32 vector as raw little-endian float32 bytes, or the codec's bytes."""
-    if codec is None:
-        return x.detach().to(torch.float32).contiguous().numpy().tobytes()
-    return codec.encode(x, key=None, seed=derive_seed(seed, "p2p", round_, sender))
-
-
-def decode_vector(data: bytes, numel: int, codec: Any, *, seed: int, round_: int, sender: str, what: str) -> torch.Tensor:
-    """Inverse of ``encode_vector``; checks the length against ``numel``."""
-    if codec is None:
-        if len(data) != 4 * numel:
-            raise AggregationError(f"{what}: peer {sender!r} sent {len(data)} bytes, expected {4 * numel} ({numel} float32 values)")
-        return torch.frombuffer(bytearray(data), dtype=torch.float32) if numel else torch.zeros(0)
-    return codec.decode(data, (numel,), key=None, seed=derive_seed(seed, "p2p", round_, sender)).reshape(-1)
 
 
 # ---------------------------------------------------------------------- topologies
@@ -197,7 +181,6 @@ class GossipConfig:
     lr: float = 3e-3
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    codec: str = "none"
 
     def __post_init__(self) -> None:
         w = "gossip"
@@ -221,22 +204,49 @@ class Gossip(Algorithm):
 
     def __init__(self, model: torch.nn.Module, loss_fn: Any, comm: Any, config: GossipConfig) -> None:
         super().__init__(model, loss_fn, comm, config)
-        from .streaming_diloco import resolve_codec
-
         n = comm.size
         if config.sample_size > n:
             raise ConfigError(f"gossip: sample_size ({config.sample_size}) exceeds the number of peers ({n})")
         self.inner = make_optimizer(config.inner_optimizer, self.params, config.lr, config.weight_decay, what=self.name)
-        self.codec = resolve_codec(config.codec, comm)
-        self.edges = topology_edges(config.topology, n, degree=config.degree, seed=comm.seed)
-        self.slots = edge_colouring(self.edges)
-        self.mixing = gossip_weights(self.edges, n, config.weights)
+        self._graphs: dict[int, tuple[list[tuple[int, int]], list[list[tuple[int, int]]], list[dict[int, float]]]] = {}
         self.merged = False
         self.last_loss = float("nan")
+
+    def _graph(self) -> tuple[list[tuple[int, int]], list[list[tuple[int, int]]], list[dict[int, float]]]:
+        """Edges, slots and mixing rows for the current group size (the swarm's group may change)."""
+        n = self.comm.size
+        if n not in self._graphs:
+            edges = topology_edges(self.config.topology, n, degree=min(self.config.degree, max(n - 1, 1)), seed=self.comm.seed) if n > 1 else []
+            self._graphs[n] = (edges, edge_colouring(edges), gossip_weights(edges, n, self.config.weights))
+        return self._graphs[n]
+
+    @property
+    def edges(self) -> list[tuple[int, int]]:
+        return self._graph()[0]
+
+    @property
+    def slots(self) -> list[list[tuple[int, int]]]:
+        return self._graph()[1]
+
+    @property
+    def mixing(self) -> list[dict[int, float]]:
+        return self._graph()[2]
 
     @property
     def sampling(self) -> bool:
         return 0 < self.config.sample_size < self.comm.size
+
+    def in_agreement(self) -> bool:
+        return self.merged
+
+    def counters(self) -> dict[str, Any]:
+        out = super().counters()
+        out["merged"] = int(self.merged)
+        return out
+
+    def load_counters(self, counters: dict[str, Any]) -> None:
+        super().load_counters(counters)
+        self.merged = bool(counters.get("merged", 0))
 
     def sample(self, round_: int) -> list[int]:
         """Ranks that train in round ``round_`` (all ranks without sampling)."""
@@ -289,20 +299,23 @@ class Gossip(Algorithm):
                 continue
             pid = self.comm.group[partner]
             try:
-                data = await self.comm.exchange(pid, payload[partner], name=f"{self.name}.exchange")
+                vec = await self.comm.exchange_encoded(pid, payload[partner], numel, name=f"{self.name}.exchange")
             except PeerError as exc:  # a dead or unresponsive partner costs its contribution, not the round
                 log.info("gossip round %d: no answer from %s (%s); averaging without it", self.rounds, pid, exc)
                 continue
-            if data:
-                got[partner] = decode_vector(data, numel, self.codec, seed=self.comm.seed, round_=self.rounds, sender=pid, what=self.name)
+            except (CodecError, AggregationError) as exc:  # a malformed vector costs that contribution
+                log.warning("gossip round %d: rejected the vector of %s: %s", self.rounds, pid, exc)
+                continue
+            if vec is not None:
+                got[partner] = vec
         return got
 
     def _mine(self) -> tuple[torch.Tensor, bytes]:
+        """Our flat parameters as the others will decode them (we mix what they
+        see of us), and their encoding through the run's codec."""
         flat = flatten([p.detach() for p in self.params])
-        data = encode_vector(flat, self.codec, seed=self.comm.seed, round_=self.rounds, sender=self.comm.peer_id)
-        if self.codec is not None and not self.codec.lossless:  # mix what the others see of us
-            flat = decode_vector(data, flat.numel(), self.codec, seed=self.comm.seed, round_=self.rounds, sender=self.comm.peer_id, what=self.name)
-        return flat, data
+        data = self.comm.encode_tensor(flat)
+        return self.comm.as_sent(flat, data), data
 
     def _mix(self, weights: dict[int, float], vectors: dict[int, torch.Tensor]) -> None:
         """Replace the parameters by sum_j w_j x_j over the peers that answered,
@@ -373,9 +386,7 @@ __all__ = [
     "Gossip",
     "GossipConfig",
     "TOPOLOGIES",
-    "decode_vector",
     "edge_colouring",
-    "encode_vector",
     "gossip_weights",
     "skip_op",
     "topology_edges",

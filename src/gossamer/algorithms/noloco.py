@@ -22,8 +22,8 @@ Wire. The partner's terms enter only through
 
     delta_i <- alpha delta_i - (beta/2) (phi_i - theta_i) - (gamma/2) phi_i - (1/2) u_j
 
-so each peer sends ONE model-sized vector per outer step (fp32 or the
-``codec``) through ``comm.exchange``: ``|theta|`` bytes per peer per round,
+so each peer sends ONE model-sized vector per outer step (through the run's codec,
+raw fp32 by default) through ``comm.exchange``: ``|theta|`` bytes per peer per round,
 against ``2 (n-1)/n |theta|`` for DiLoCo's all-reduce, and no step involves
 more than two peers. The run's record holds no all-reduce.
 
@@ -41,7 +41,8 @@ also re-routes pipeline activations between replicas; gossamer trains whole
 models per peer, so that part does not apply.
 
 State. Replicas differ by design (``bit_parity = False``); ``shared_state()``
-and ``eval_model()`` are the peer's own outer weights ``phi_i``; the runner
+is the peer's own outer weights ``phi_i`` and outer momentum ``delta_i``,
+``eval_model()`` the outer weights; the runner
 evaluates peer 0's.
 """
 
@@ -53,10 +54,10 @@ from typing import Any
 import torch
 
 from ..comm import flatten, unflatten
+from ..errors import AggregationError
 from ..seeding import generator
 from .base import Algorithm, make_optimizer, positive
-from .gossip import decode_vector, encode_vector, skip_op
-from .streaming_diloco import resolve_codec
+from .gossip import skip_op
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,6 @@ class NoLoCoConfig:
     outer_lr: float = 0.7
     outer_momentum: float = 0.5
     gamma: float = 0.5
-    codec: str = "none"
 
     def __post_init__(self) -> None:
         w = "noloco"
@@ -98,7 +98,6 @@ class NoLoCo(Algorithm):
         self.phi = [p.detach().clone() for p in self.params]
         self.delta = [torch.zeros_like(p) for p in self.phi]
         self.inner = make_optimizer(config.inner_optimizer, self.params, config.lr, config.weight_decay, what=self.name)
-        self.codec = resolve_codec(config.codec, comm)
         self.partners: list[str | None] = []
 
     def local_step(self, batch: Any) -> float:
@@ -127,9 +126,9 @@ class NoLoCo(Algorithm):
         else:
             with torch.no_grad():
                 u = flatten([(b - g) * f - b * t for f, t in zip(self.phi, theta)])
-            data = encode_vector(u, self.codec, seed=self.comm.seed, round_=self.rounds, sender=self.comm.peer_id)
-            got = await self.comm.exchange(partner, data, name="noloco.pair")
-            vec = decode_vector(got, u.numel(), self.codec, seed=self.comm.seed, round_=self.rounds, sender=partner, what="noloco")
+            vec = await self.comm.exchange_encoded(partner, self.comm.encode_tensor(u), u.numel(), name="noloco.pair")
+            if vec is None:
+                raise AggregationError(f"noloco: partner {partner!r} sent an empty vector in round {self.rounds}")
             u_j = unflatten(vec, self.phi)
         with torch.no_grad():
             if u_j is None:
@@ -145,7 +144,13 @@ class NoLoCo(Algorithm):
         self.rounds += 1
 
     def shared_state(self) -> list[torch.Tensor]:
-        return list(self.phi)
+        return list(self.phi) + list(self.delta)
+
+    def reset_local(self) -> None:
+        super().reset_local()
+        with torch.no_grad():
+            for p, f in zip(self.params, self.phi):
+                p.copy_(f)
 
     def eval_model(self) -> torch.nn.Module:
         return self._model_with(self.phi)

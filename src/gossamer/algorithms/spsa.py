@@ -126,6 +126,20 @@ class SPSA(Algorithm):
             for p, zi in zip(self.params, self.direction(t, peer)):
                 p.add_(zi, alpha=coef)
 
+    def counters(self) -> dict[str, Any]:
+        return super().counters() | {"t": self.t}
+
+    def load_counters(self, counters: dict[str, Any]) -> None:
+        super().load_counters(counters)
+        self.t = int(counters.get("t", self.t))
+
+    def local_state(self) -> dict[str, Any]:
+        return super().local_state() | {"byte": self.byte}
+
+    def load_local_state(self, local: dict[str, Any] | None) -> None:
+        super().load_local_state(local)
+        self.byte = int(local.get("byte", 0)) if local is not None else 0
+
     def replay(self, log: list[tuple[int, str, int]], *, n: int | None = None) -> None:
         """Catch up from a log of ``(step, peer, byte)``: ``n`` is the number of peers
         contributing per step (default: the number of entries of the log's first step)."""

@@ -33,16 +33,21 @@ Bytes. At any sync only one fragment travels, so the peak bytes of one round
 are about ``1/P`` of DiLoCo's (measured from the transport counters in the
 tests), and the codec divides them again (int4: ~7.5x).
 
-Overlap, and what the simulator models. The collective is run to completion
-inside ``sync`` (so every peer issues its collectives in the same order, and
-op ids agree), but on the simulated transport the peer's clock is put back to
-when the collective started: the network keeps working (the uplink stays
-busy, later sends queue behind it) while the peer computes; at the merge the
-clock waits for the collective's completion time if it is later. That is
-exactly "communication overlapped by tau inner steps" in virtual time. Over
-a transport without a virtual clock (TCP) the result is the same bit for bit,
-but the collective blocks (no real overlap) until the communicator offers a
-non-blocking collective (see docs/algorithms.md, hooks).
+Overlap. A fragment's all-reduce is started with
+``comm.start_all_reduce`` (non-blocking) and awaited at the merge, ``tau``
+inner steps later: over TCP the exchange really runs while the peer trains,
+and the simulator models the same overlap through the same handle (the
+collective runs on a transport lane with its own virtual clock; the peer's
+clock waits for it at the merge if it is not done). No clock is touched here.
+
+Codec. The run's codec (``comm``'s; int4 by default, ``default_codec``)
+compresses the outer gradients, like every other algorithm's payload.
+
+State. The shared counters include the fragments in flight ``[fragment,
+merge_at]``; each peer's own pseudo-gradient of a fragment in flight is local
+state, so a retried sync (after ``load_state_dict``) starts that collective
+again from the same input. A joiner that arrives while a fragment is in flight
+contributes a zero pseudo-gradient if that collective must be restarted.
 
 Bit parity. The shared outer parameters and momenta of every fragment are
 bit-identical on every peer after every sync (butterfly all-reduce, the same
@@ -63,38 +68,12 @@ from ..errors import ConfigError
 from .base import Algorithm, make_optimizer, positive
 
 
-def resolve_codec(spec: str, comm: Any = None) -> Any | None:
-    """A codec for ``spec``: "none" -> None (raw fp32), "inherit" -> the
-    communicator's own codec (the scenario's), else
-    ``gossamer.codecs.make_codec(spec)`` when it exists, else the block
-    quantizer for "int4"/"int8" specs."""
-    if spec == "inherit":
-        return getattr(comm, "codec", None)
-    if spec in ("none", "fp32", ""):
-        return None
-    try:
-        from ..codecs import make_codec  # type: ignore[attr-defined]
-    except ImportError:
-        make_codec = None
-    if make_codec is not None:
-        return make_codec(spec)
-    parts = spec.split(":")
-    if parts[0] in ("int4", "int8"):
-        from ..codecs.quant import BlockQuantCodec
-
-        bits = 4 if parts[0] == "int4" else 8
-        block = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
-        return BlockQuantCodec(bits, block, "sr" in parts)
-    raise ConfigError(f"streaming_diloco: codec {spec!r} needs gossamer.codecs.make_codec (not available yet); accepted now: none, int4, int8")
-
-
 @dataclass(frozen=True)
 class StreamingDiLoCoConfig:
     inner_steps: int = 100
     fragments: int = 4
     tau: int = 1
     alpha: float = 0.5
-    codec: str = "int4"
     fragmenting: str = "range"
     inner_optimizer: str = "adamw"
     lr: float = 3e-3
@@ -161,17 +140,18 @@ def layer_fragments(sizes: list[int], parts: int) -> list[list[tuple[int, int, i
 class _Pending:
     fragment: int
     merge_at: int
-    avg_delta: list[torch.Tensor]
-    done_at: float
+    delta: list[torch.Tensor]
+    handle: Any = None  # a CollectiveHandle while the all-reduce runs; None after a restore
 
 
 class StreamingDiLoCo(Algorithm):
     name = "streaming_diloco"
+    #: outer gradients travel as block-wise int4 (the paper quantizes them to 4 bits)
+    default_codec = "int4"
 
     def __init__(self, model: torch.nn.Module, loss_fn: Any, comm: Any, config: StreamingDiLoCoConfig) -> None:
         super().__init__(model, loss_fn, comm, config)
         self.inner = make_optimizer(config.inner_optimizer, self.params, config.lr, config.weight_decay, what=self.name)
-        self.codec = resolve_codec(config.codec, comm)
         sizes = [p.numel() for p in self.params]
         split = range_fragments if config.fragmenting == "range" else layer_fragments
         self.fragments = split(sizes, config.fragments)
@@ -206,29 +186,27 @@ class StreamingDiLoCo(Algorithm):
         due = [x for x in self.pending if final or x.merge_at <= step]
         self.pending = [x for x in self.pending if not (final or x.merge_at <= step)]
         for x in sorted(due, key=lambda x: (x.merge_at, x.fragment)):
-            self._merge(x)
+            await self._merge(x)
         self.rounds += 1
 
     async def _start(self, p: int, step: int) -> None:
         frag = self.fragments[p]
         with torch.no_grad():
             delta = [o - self._piece(i, a, b) for o, (i, a, b) in zip(self.outer[p], frag)]
-        tr = self.comm.transport
-        t0 = tr.now()
-        avg = await self.comm.all_reduce(delta, name=f"{self.name}.fragment{p}", codec=self.codec)
-        done = tr.now()
-        if self.config.tau > 0 and _has_virtual_clock(tr):
-            tr.clock = t0  # the network keeps working while this peer computes
-        self.pending.append(_Pending(p, step + self.config.tau, avg, done))
+        self.comm.round = self.rounds
+        handle = self.comm.start_all_reduce(delta, name=f"{self.name}.fragment{p}")
+        self.pending.append(_Pending(p, step + self.config.tau, delta, handle))
 
-    def _merge(self, x: _Pending) -> None:
-        tr = self.comm.transport
-        if _has_virtual_clock(tr) and tr.clock < x.done_at:
-            tr.clock = x.done_at  # wait for the collective to have finished
+    async def _merge(self, x: _Pending) -> None:
+        if x.handle is not None:
+            avg = await x.handle.wait()
+        else:  # restored from a state_dict: run the collective again from the same input
+            self.comm.round = self.rounds
+            avg = await self.comm.all_reduce(x.delta, name=f"{self.name}.fragment{x.fragment}")
         mu, eta, alpha = self.config.outer_momentum, self.config.outer_lr, self.config.alpha
         frag = self.fragments[x.fragment]
         with torch.no_grad():
-            for k, ((i, a, b), d) in enumerate(zip(frag, x.avg_delta)):
+            for k, ((i, a, b), d) in enumerate(zip(frag, avg)):
                 s = self.outer[x.fragment][k]
                 if mu == 0:
                     s.sub_(d, alpha=eta) if eta != 1.0 else s.sub_(d)
@@ -259,8 +237,37 @@ class StreamingDiLoCo(Algorithm):
     # The runner ends local-update algorithms with a sync; this marks us as one.
     ends_with_sync = True
 
+    # ------------------------------------------------------------------ state
+    def counters(self) -> dict[str, Any]:
+        out = super().counters()
+        out["pending"] = [[x.fragment, x.merge_at] for x in self.pending]
+        return out
 
-def _has_virtual_clock(tr: Any) -> bool:
-    from ..transport.sim import SimTransport
+    def load_counters(self, counters: dict[str, Any]) -> None:
+        super().load_counters(counters)
+        for x in self.pending:
+            if x.handle is not None:
+                x.handle.cancel()
+        self.pending = []
+        for p, merge_at in counters.get("pending", []):
+            frag = self.fragments[int(p)]
+            zeros = [torch.zeros(b - a, dtype=self.params[i].dtype) for i, a, b in frag]
+            self.pending.append(_Pending(int(p), int(merge_at), zeros))
 
-    return isinstance(tr, SimTransport)
+    def local_state(self) -> dict[str, Any]:
+        out = super().local_state()
+        out["pending"] = [[t.clone() for t in x.delta] for x in self.pending]
+        return out
+
+    def load_local_state(self, local: dict[str, Any] | None) -> None:
+        super().load_local_state(local)
+        if local is not None:
+            for x, delta in zip(self.pending, local.get("pending", [])):
+                x.delta = [t.clone() for t in delta]
+
+    def reset_local(self) -> None:
+        super().reset_local()
+        with torch.no_grad():
+            for frag, outs in zip(self.fragments, self.outer):
+                for (i, a, b), s in zip(frag, outs):
+                    self._piece(i, a, b).copy_(s)

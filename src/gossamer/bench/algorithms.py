@@ -60,7 +60,7 @@ BENCH_DEFAULTS: dict[str, tuple[int | None, int | None, dict[str, Any]]] = {
 def bench_options(algorithm: str, *, steps: int, inner_steps: int) -> dict[str, Any]:
     """The bench's settings for ``algorithm`` (see the module docstring)."""
     if algorithm == "streaming_diloco":
-        return {"fragments": min(4, inner_steps), "tau": min(5, inner_steps - 1), "codec": "int4"}
+        return {"fragments": min(4, inner_steps), "tau": min(5, inner_steps - 1)}
     if algorithm == "spsa":
         return {"lr": 1e-2, "eps": 1e-3, "byte_scale": 2.0}
     if algorithm == "gossip":
@@ -346,7 +346,7 @@ def run_equal_bytes_bench(
             progress(f"{algo} H={s.inner_steps}", done, total)
         return r
 
-    gossip_opts = {"topology": "ring", "final_merge_at": int(probe.steps), "codec": codec}  # type: ignore[arg-type]
+    gossip_opts = {"topology": "ring", "final_merge_at": int(probe.steps)}  # type: ignore[arg-type]
     diloco = run(probe, "diloco")
     first = run(scenario("gossip", probe.inner_steps, gossip_opts), "gossip")
     h = max(1, round(int(probe.inner_steps) * first.bytes_sent_per_peer / diloco.bytes_sent_per_peer))  # type: ignore[arg-type]

@@ -15,7 +15,12 @@ Contract:
   largest payload + framing any peer sent in one synchronisation round.
 - After every synchronisation the shared state of every peer is hashed;
   ``state_hashes_equal`` in the result is True only if every peer's hash
-  agreed after every round.
+  agreed after every round. ``extra.final_state_hash`` is the final hash of
+  the shared state (``Algorithm.shared_hash``); for algorithms without bit
+  parity, ``verify.combined_hash`` of every peer's, in rank order
+  (``extra.final_state_hashes``). ``peer_ids`` names the peers (default
+  ``p0..p{n-1}``): a rehearsal of a real swarm uses the real ids, in the
+  swarm's rank order (sorted), so id-seeded randomness is the same.
 - The validation curve is evaluated on the shared model at ``evals`` evenly
   spaced steps; evaluation costs no simulated time.
 - ``init_state`` (optional): tensors copied into every peer's trainable
@@ -39,13 +44,13 @@ import torch
 
 from ..aggregate import make_aggregator
 from ..algorithms import make_algorithm
-from ..codecs import make_codec
-from ..comm import Communicator
+from ..algorithms.driver import RoundLoop
+from ..comm import Communicator, make_run_codec
 from ..errors import ConfigError
 from ..tasks import make_task
 from ..trace.results import CurvePoint, RunResult
 from ..transport.sim import SimNetwork
-from ..verify import state_hash
+from ..verify import combined_hash
 from .adversary import Adversary
 from .scenario import Scenario
 
@@ -79,7 +84,8 @@ class _PeerLog:
 
 
 def run_algorithm(scenario: Scenario, algorithm: str, *, task: Any = None, progress: Progress | None = None,
-                  init_state: list[torch.Tensor] | None = None, keep_state: bool = False) -> RunResult:
+                  init_state: list[torch.Tensor] | None = None, keep_state: bool = False,
+                  peer_ids: list[str] | None = None) -> RunResult:
     """Simulate ``algorithm`` on ``scenario``; see the module docstring.
 
     Torch runs with ``scenario.threads`` intra-op threads while the simulation
@@ -89,7 +95,7 @@ def run_algorithm(scenario: Scenario, algorithm: str, *, task: Any = None, progr
     threads = torch.get_num_threads()
     torch.set_num_threads(scenario.threads)
     try:
-        return asyncio.run(_run(scenario, algorithm, task or task_for(scenario), progress, init_state, keep_state))
+        return asyncio.run(_run(scenario, algorithm, task or task_for(scenario), progress, init_state, keep_state, peer_ids))
     finally:
         torch.set_num_threads(threads)
 
@@ -106,11 +112,14 @@ def _load_state(model: torch.nn.Module, init_state: list[torch.Tensor]) -> None:
 
 
 async def _run(scenario: Scenario, algorithm: str, task: Any, progress: Progress | None,
-               init_state: list[torch.Tensor] | None = None, keep_state: bool = False) -> RunResult:
+               init_state: list[torch.Tensor] | None = None, keep_state: bool = False,
+               peer_ids: list[str] | None = None) -> RunResult:
     torch.manual_seed(scenario.seed)  # only for library code that ignores our generators
     wall0 = time.perf_counter()
     net = SimNetwork(scenario.link_spec, seed=scenario.seed)
-    ids = [f"p{i}" for i in range(scenario.peers)]
+    ids = list(peer_ids) if peer_ids is not None else [f"p{i}" for i in range(scenario.peers)]
+    if len(ids) != scenario.peers or len(set(ids)) != len(ids):
+        raise ConfigError(f"peer_ids must be {scenario.peers} distinct ids, got {ids}")
     group = tuple(ids)
     options = scenario.options_for(algorithm)
     byzantine = ids[len(ids) - scenario.byzantine :] if scenario.byzantine else []
@@ -122,8 +131,7 @@ async def _run(scenario: Scenario, algorithm: str, task: Any, progress: Progress
         model = task.make_model(scenario.seed)
         if init_state is not None:
             _load_state(model, init_state)
-        spec = scenario.codec_for(algorithm)
-        codec = None if spec in ("none", "fp32") else make_codec(spec)
+        codec = make_run_codec(scenario.codec_for(algorithm))
         aggregator = make_aggregator(scenario.aggregator, scenario.tolerate, seed=scenario.seed) if robust else None
         comm = Communicator(net.add_peer(pid), group, codec=codec, aggregator=aggregator, seed=scenario.seed)
         if adversary is not None:
@@ -147,37 +155,44 @@ async def _run(scenario: Scenario, algorithm: str, task: Any, progress: Progress
         curve_eval[step] = task.evaluate(m)
         m.train(was_training)
 
-    async def peer_loop(idx: int, pid: str, algo: Any, shard: Any, comm: Communicator) -> None:
-        tr = comm.transport
-        plog = logs[pid]
-        sent_before_round = 0
-        if idx == 0:
-            evaluate(algo, 0)
-        plog.bytes_at[0], plog.time_at[0] = 0, 0.0
-        for step in range(steps):
-            batch = shard.next_batch()
-            t0 = time.perf_counter()
-            algo.local_step(batch)
-            elapsed = time.perf_counter() - t0
-            tr.compute(scenario.compute_time if scenario.compute_time is not None else elapsed)
-            if algo.wants_sync(step) or (step == steps - 1 and algo.ends_with_sync):
-                await algo.sync(step)
-                sent = tr.counters.sent.total
-                plog.round_bytes.append(sent - sent_before_round)
-                sent_before_round = sent
-                plog.hashes.append(state_hash(algo.shared_state()))
-            done = step + 1
-            if done in points:
-                plog.bytes_at[done] = tr.counters.sent.total
-                plog.time_at[done] = tr.now()
-                if idx == 0:
-                    evaluate(algo, done)
-            if idx == 0 and progress is not None:
-                progress(algorithm, done, steps)
-            # Yield so the other peers progress; real scheduling never changes results.
-            await asyncio.sleep(0)
+    class SimPeerLoop(RoundLoop):
+        """The round loop on the simulated network: compute time is charged to
+        the peer's virtual clock; bytes, time and hashes are logged."""
 
-    await asyncio.gather(*(peer_loop(i, *p) for i, p in enumerate(peers)))
+        def __init__(self, idx: int, pid: str, algo: Any, shard: Any, comm: Communicator) -> None:
+            super().__init__(algo, shard.next_batch, steps)
+            self.idx, self.pid, self.comm = idx, pid, comm
+            self.plog = logs[pid]
+            self.sent_before_round = 0
+
+        async def local_step(self, batch: Any) -> float:
+            t0 = time.perf_counter()
+            loss = self.algo.step(batch)
+            elapsed = time.perf_counter() - t0
+            self.comm.transport.compute(scenario.compute_time if scenario.compute_time is not None else elapsed)
+            return loss
+
+        def after_sync(self) -> None:
+            sent = self.comm.transport.counters.sent.total
+            self.plog.round_bytes.append(sent - self.sent_before_round)
+            self.sent_before_round = sent
+            self.plog.hashes.append(self.algo.shared_hash())
+
+        def after_step(self, loss: float) -> None:
+            done = self.algo.steps
+            if done in points:
+                self.plog.bytes_at[done] = self.comm.transport.counters.sent.total
+                self.plog.time_at[done] = self.comm.transport.now()
+                if self.idx == 0:
+                    evaluate(self.algo, done)
+            if self.idx == 0 and progress is not None:
+                progress(algorithm, done, steps)
+
+    loops = [SimPeerLoop(i, *p) for i, p in enumerate(peers)]
+    evaluate(peers[0][1], 0)
+    for pid in ids:
+        logs[pid].bytes_at[0], logs[pid].time_at[0] = 0, 0.0
+    await asyncio.gather(*(loop.run() for loop in loops))
 
     hashes_equal = all(logs[pid].hashes == logs[ids[0]].hashes for pid in honest_ids)
     if not hashes_equal and peers[0][1].bit_parity:
@@ -195,6 +210,8 @@ async def _run(scenario: Scenario, algorithm: str, task: Any, progress: Progress
             )
         )
     final = curve[-1]
+    final_hashes = [p[1].shared_hash() for p in peers]
+    final_hash = final_hashes[0] if peers[0][1].bit_parity else combined_hash(final_hashes)
     final_params = None
     if keep_state:
         final_params = [p.detach().clone() for p in peers[0][1].eval_model().parameters() if p.requires_grad]
@@ -217,7 +234,10 @@ async def _run(scenario: Scenario, algorithm: str, task: Any, progress: Progress
             "samples_per_peer": steps * task.samples_per_batch,
             "state_hashes_equal": hashes_equal,
             "bit_parity_expected": peers[0][1].bit_parity,
-            "final_state_hash": logs[ids[0]].hashes[-1] if logs[ids[0]].hashes else None,
+            "final_state_hash": final_hash,
+            "final_state_hashes": final_hashes,
+            "payload_bytes_sent_by_peer": [p[3].transport.counters.sent.payload for p in peers],
+            "peer_ids": ids,
             "messages_sent_per_peer": sum(p[3].transport.counters.sent.messages for p in peers) / len(peers),
             "payload_bytes_sent_per_peer": sum(p[3].transport.counters.sent.payload for p in peers) / len(peers),
             "options": options,

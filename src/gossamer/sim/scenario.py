@@ -157,17 +157,12 @@ class Scenario:
         return LinkSpec.parse(self.link)
 
     def options_for(self, algorithm: str) -> dict[str, Any]:
-        """Options of ``algorithm``: the scenario's inner_steps plus its own overrides."""
-        from ..algorithms import ALGORITHMS
+        """Options of ``algorithm``: the scenario's inner_steps and steps plus its
+        own overrides (``algorithms.run_options``, shared with the swarm peer)."""
+        from ..algorithms import run_options
 
-        fields = {f.name for f in dataclasses.fields(ALGORITHMS[algorithm][1])}
-        opts: dict[str, Any] = {}
-        if "inner_steps" in fields:
-            opts["inner_steps"] = self.inner_steps
-        if "total_steps" in fields:
-            opts["total_steps"] = self.steps  # for learning-rate schedules
-        opts.update(self.algorithm_options.get(algorithm, {}))
-        return opts
+        return run_options(algorithm, steps=int(self.steps), inner_steps=self.inner_steps,
+                           overrides=self.algorithm_options.get(algorithm, {}))
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> "Scenario":

@@ -121,7 +121,7 @@ def test_state_transfer_round_trip_and_layout_check():
         await send_state(a, "b", 77, blob)
         return await recv_state(b, "a", 77, dst, timeout=5)
 
-    assert asyncio.run(main()) == (3, state_hash(src))
+    assert asyncio.run(main()) == (3, state_hash(src), {})
     assert state_hash(dst) == state_hash(src)
 
     wrong = [torch.zeros(4, 4), torch.zeros(5)]

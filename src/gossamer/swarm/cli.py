@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import signal
 import sys
@@ -53,12 +54,19 @@ def add_swarm_commands(subparsers: Any) -> None:
     p.add_argument("--coordinator", type=_hostport, required=True, help="HOST:PORT of the coordinator")
     p.add_argument("--coordinator-id", default=None, help="pin the coordinator's peer id (printed when it starts)")
     p.add_argument("--task", default="digits", help="workload: digits, quadratic or charlm (default digits)")
-    p.add_argument("--algorithm", default="diloco", help="diloco or fedavg (default diloco)")
-    p.add_argument("--rounds", type=_positive_int, default=None, help="leave after the swarm's round R (rounds 0..R-1 committed)")
-    p.add_argument("--inner-steps", type=_positive_int, default=None, help="H: local steps per round")
+    p.add_argument("--algorithm", default="diloco", help="ddp, fedavg, diloco, streaming_diloco, noloco, spsa or gossip (default diloco)")
+    p.add_argument("--steps", type=_positive_int, default=None, help="local steps per peer: the run's length, as in `gossamer simulate` (default per task)")
+    p.add_argument("--rounds", type=_positive_int, default=None, help="also leave after the swarm's round R (rounds 0..R-1 committed)")
+    p.add_argument("--inner-steps", type=_positive_int, default=None, help="H: local steps between syncs (default per task, as in `gossamer simulate`)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="an algorithm option (TOML value), e.g. topology=\"torus\" or fragments=2; repeatable")
     p.add_argument("--codec", default=None, help="payload codec spec (default: the algorithm's own, as in the simulator); every peer must use the same")
-    p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the initial model (same on every peer; default 0)")
-    p.add_argument("--shard", default=None, metavar="I/N", help="train on shard I of N (default: from the peer id, N=16)")
+    p.add_argument("--aggregator", default="mean", help="aggregation rule spec, e.g. median, nnm+cclip (default mean); every peer must use the same")
+    p.add_argument("--tolerate", type=_nonneg_int, default=0, help="Byzantine peers the aggregator is configured for (default 0)")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the initial model, the shards and the collectives (same on every peer; default 0)")
+    p.add_argument("--shard", default=None, metavar="I/N", help="train on shard I of N (default: from the peer id, N=16); shard i of a `gossamer simulate` run with N peers is peer i's")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--iid", action="store_true", default=None, help="iid shards (default)")
+    g.add_argument("--alpha", type=_positive_float, default=None, help="non-iid shards: Dirichlet(alpha) by label, or by module for charlm")
     p.add_argument("--key", default=None, help="identity key file (created on first use; default ~/.gossamer/keys/peer-N.pem)")
     p.add_argument("--listen", type=_hostport, default="127.0.0.1:0", help="HOST:PORT for peer traffic (default 127.0.0.1:0)")
     p.add_argument("--advertise", type=_hostport, default=None, help="HOST:PORT other peers should dial (default: --listen)")
@@ -132,25 +140,67 @@ def _shard_of(text: str | None, peer_id: str) -> tuple[int, int]:
     return i, n
 
 
+def parse_options(items: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs with TOML values (a bare word is a string)."""
+    import tomllib
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ConfigError(f"--option must be KEY=VALUE, got {item!r}")
+        try:
+            out[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key] = value.strip()
+    return out
+
+
+def peer_run_options(algorithm: str, task: str, *, steps: int | None, inner_steps: int | None,
+                     overrides: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """The run's length and the algorithm's options, with the simulator's defaults
+    (``sim.scenario.TASK_DEFAULTS``, ``algorithms.run_options``). An option the
+    algorithm does not have raises ``ConfigError`` naming it."""
+    from ..algorithms import ALGORITHMS, algorithm_config, run_options
+    from ..sim.scenario import TASK_DEFAULTS
+    from ..tasks import TASK_NAMES
+
+    if task not in TASK_NAMES:
+        raise ConfigError(f"unknown task {task!r}; accepted: {', '.join(TASK_NAMES)}")
+    if algorithm not in ALGORITHMS:
+        raise ConfigError(f"unknown algorithm {algorithm!r}; accepted: {', '.join(ALGORITHMS)}")
+    fields = {f.name for f in dataclasses.fields(ALGORITHMS[algorithm][1])}
+    if inner_steps is not None and "inner_steps" not in fields:
+        raise ConfigError(f"--inner-steps does not apply to {algorithm} (it has no inner steps)")
+    steps = steps if steps is not None else TASK_DEFAULTS[task]["steps"]
+    h = inner_steps if inner_steps is not None else TASK_DEFAULTS[task]["inner_steps"]
+    options = run_options(algorithm, steps=steps, inner_steps=h, overrides=overrides)
+    algorithm_config(algorithm, **options)
+    return steps, options
+
+
 async def _peer(args: argparse.Namespace) -> int:
     from ..tasks import make_task
     from .keys import load_identity
     from .peer import Peer
 
-    task = make_task(args.task)
+    steps, options = peer_run_options(args.algorithm, args.task, steps=args.steps, inner_steps=args.inner_steps,
+                                      overrides=parse_options(args.option))
+    task_options: dict[str, Any] = {"iid": args.alpha is None}
+    if args.alpha is not None:
+        task_options["alpha"] = args.alpha
+    task = make_task(args.task, **task_options)
     identity = load_identity(args.key)
     model = task.make_model(args.seed)
     index, count = _shard_of(args.shard, identity.peer_id)
     shard = task.shard(index, count, seed=args.seed)
-    options: dict[str, Any] = {}
-    if args.inner_steps is not None:
-        options["inner_steps"] = args.inner_steps
 
     def progress(event: dict[str, Any]) -> None:
         kind = event.get("event")
         if kind == "commit":
-            print(f"peer {identity.peer_id}: round {event['round']} committed, group of {event['group']}, "
-                  f"hash {event['hash'][:16]}", flush=True)
+            print(f"peer {identity.peer_id}: round {event['round']} committed at step {event.get('step')}, "
+                  f"group of {event['group']}, hash {event['hash'][:16]}", flush=True)
         elif kind == "admitted":
             print(f"peer {identity.peer_id}: admitted to round {event['round']}", flush=True)
         else:
@@ -159,7 +209,8 @@ async def _peer(args: argparse.Namespace) -> int:
 
     peer = Peer(model, task.loss, coordinator=args.coordinator, algorithm=args.algorithm, identity=identity,
                 listen=args.listen, advertise=args.advertise, swarm_id=args.swarm, coordinator_id=args.coordinator_id,
-                fingerprint=f"task={args.task} seed={args.seed}", progress=progress, codec=args.codec, **options)
+                fingerprint=f"task={args.task} seed={args.seed} steps={steps}", progress=progress, codec=args.codec,
+                aggregator=args.aggregator, tolerate=args.tolerate, seed=args.seed, **options)
     _on_signals(asyncio.get_running_loop(), peer.request_stop)
 
     def batches() -> Any:
@@ -167,11 +218,12 @@ async def _peer(args: argparse.Namespace) -> int:
             yield shard.next_batch()
 
     try:
-        report = await peer.run(batches(), rounds=args.rounds)
+        report = await peer.run(batches(), steps=steps, rounds=args.rounds)
     finally:
         if args.swarm_json and peer.report is not None:
             peer.report.write(args.swarm_json)
-    print(f"peer {report.peer_id}: left after {report.rounds_completed} rounds", flush=True)
+    print(f"peer {report.peer_id}: left after {report.rounds_completed} rounds, {report.steps} steps, "
+          f"final state {str(report.final_state_hash)[:16]}", flush=True)
     return 0
 
 

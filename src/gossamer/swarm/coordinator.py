@@ -48,6 +48,7 @@ from ..errors import PeerError, ProtocolError
 from ..transport.base import Tag
 from ..transport.identity import Identity
 from ..transport.tcp import handshake
+from ..verify import combined_hash
 from ..verify.parity import majority
 from .protocol import OPS, REQUEST_PHASE, RESPONSE_PHASE, FramedStream, SwarmError, address, decode_message, encode_message, field
 
@@ -108,7 +109,10 @@ class Coordinator:
         self.attempt = 0
         self.group: tuple[str, ...] = ()
         self.reports: dict[str, str] = {}
+        self.disagree: set[str] = set()
         self.agreed: dict[int, str] = {}
+        #: Rounds committed without agreement (no parity): a joiner's state is not checked against them.
+        self.free: set[int] = set()
         self.genesis: str | None = None
         self._since = 0
         self._barrier: asyncio.Future[dict[str, Any]] | None = None
@@ -334,6 +338,7 @@ class Coordinator:
         self.group = tuple(sorted(self.members))
         self.phase = "run"
         self.reports = {}
+        self.disagree = set()
         self._decisions[self.epoch] = asyncio.get_running_loop().create_future()
         for old in [e for e in self._decisions if e < self.epoch - 64]:
             del self._decisions[old]
@@ -364,7 +369,7 @@ class Coordinator:
         self.stats["aborts"] += 1
         self._event("abort", round=self.round, epoch=self.epoch, attempt=self.attempt, reason=reason)
         self._decide({"decision": "abort", "round": self.round, "epoch": self.epoch, "hash": None,
-                      "resync": {}, "reason": reason})
+                      "agreed": True, "resync": {}, "reason": reason})
 
     def _check_commit(self) -> None:
         if self.phase != "run":
@@ -376,10 +381,26 @@ class Coordinator:
         if not all(p in self.reports for p in present):
             return
         reports = {p: self.reports[p] for p in present}
+        r = self.round
+        if self.disagree & set(present):
+            # no bit parity expected this round: commit every member's own state
+            digest = combined_hash(reports[p] for p in present)
+            self.agreed[r] = digest
+            self.agreed.pop(r - KEEP_ROUNDS, None)
+            self.free.add(r)
+            self.free.discard(r - KEEP_ROUNDS)
+            self.stats["commits"] += 1
+            self._event("commit", round=r, epoch=self.epoch, attempt=self.attempt, group=list(self.group),
+                        hash=digest, dissenters=[], agreed=False, hashes=[reports[p] for p in present])
+            self.round += 1
+            self.attempt = 0
+            self._decide({"decision": "commit", "round": r, "epoch": self.epoch, "hash": digest, "agreed": False,
+                          "resync": {}, "reason": ""})
+            return
         verdict = majority(reports, self._seniority())
         assert verdict.agreed is not None
-        r = self.round
         self.agreed[r] = verdict.agreed
+        self.free.discard(r)
         self.agreed.pop(r - KEEP_ROUNDS, None)
         resync: dict[str, dict[str, Any]] = {}
         if verdict.tie and len(reports) > 1:
@@ -397,7 +418,7 @@ class Coordinator:
         self.round += 1
         self.attempt = 0
         self._decide({"decision": "commit", "round": r, "epoch": self.epoch, "hash": verdict.agreed,
-                      "resync": resync, "reason": ""})
+                      "agreed": True, "resync": resync, "reason": ""})
 
     def _personal(self, pid: str, decision: dict[str, Any]) -> dict[str, Any]:
         out = dict(decision)
@@ -434,7 +455,7 @@ class Coordinator:
         source = sources[0]
         transfer = self._next_transfer()
         self._queue_job(source, {"to": pid, "addr": [addr[0], addr[1]], "transfer": transfer, "round": committed})
-        return {"mode": "fetch", "round": committed, "hash": self.agreed[committed], "source": source,
+        return {"mode": "fetch", "round": committed, "hash": "" if committed in self.free else self.agreed[committed], "source": source,
                 "source_addr": self._addr_of(source), "transfer": transfer}
 
     async def _op_admit(self, pid: str, msg: dict[str, Any]) -> dict[str, Any]:
@@ -459,6 +480,8 @@ class Coordinator:
                 self.agreed[want - 1] = digest
         elif expected is None:
             raise SwarmError("stale", f"no agreed state for round {want - 1}; join again")
+        elif want - 1 in self.free:
+            pass  # no parity in that round: any member's state is a valid state
         elif digest != expected:
             self._event("reject", peer=pid, reason=f"state hash {digest[:16]} != agreed {expected[:16]}", round=want)
             raise SwarmError("rejected", f"state hash {digest} of peer {pid} differs from the agreed hash {expected} "
@@ -489,6 +512,7 @@ class Coordinator:
         ok = field(msg, "ok", bool, where)
         digest = field(msg, "hash", str, where, optional=True)
         reason = field(msg, "reason", str, where, optional=True) or ""
+        agree = field(msg, "agree", bool, where, optional=True)
         fut = self._decisions.get(epoch)
         if fut is None:
             raise SwarmError("stale", f"unknown epoch {epoch}")
@@ -502,6 +526,8 @@ class Coordinator:
                 raise ProtocolError(f"done with ok from {where} lacks the state hash")
             else:
                 self.reports[pid] = digest
+                if agree is False:
+                    self.disagree.add(pid)
                 self._check_commit()
         return self._personal(pid, await asyncio.shield(fut))
 

@@ -5,30 +5,38 @@ Library use (a user's own model and loss)::
 
     from gossamer.swarm import Peer
     report = Peer(model, loss_fn, coordinator="127.0.0.1:7000", algorithm="diloco",
-                  inner_steps=50).train(batches, rounds=100)
+                  inner_steps=50).train(batches, steps=5000)
 
 Contract:
 
-- ``Peer(model, loss_fn, coordinator=..., algorithm=..., **options)`` wraps
-  any ``torch.nn.Module`` and ``loss_fn(model, batch) -> scalar``. Every peer
-  of a swarm must build the same model from the same initial values (e.g.
-  the same seed) and use the same algorithm and options: the coordinator
-  checks a fingerprint of them and of the shared state's layout.
-  Supported algorithms are the local-update ones with bit parity (``diloco``,
-  ``fedavg``); others raise ``ConfigError``.
-- ``train(batches, rounds=None)`` / ``await run(...)``: joins (state fetched
-  from a live member over the TCP transport and checked against the agreed
-  hash before any training), then per round: H local steps (in a worker
-  thread, so heartbeats and state serving go on), the round barrier, the
-  outer step (``Algorithm.sync``) under a link-derived deadline, the report
-  of the new state hash, and the coordinator's decision. Only a committed
-  result is kept: on abort every tensor the sync touched (shared state,
-  parameters, round counter) is restored and the round is retried with the
-  survivors. A dissenting hash is repaired by fetching the agreed state from
-  a majority peer. Returns a ``PeerReport``; stops after the swarm's round
-  ``rounds`` (rounds are counted from 0, so ``rounds=R`` stops once rounds
-  0..R-1 are committed), when ``batches`` runs out, or on ``request_stop()``
-  (the CLI wires SIGTERM to it), leaving the swarm cleanly.
+- ``Peer(model, loss_fn, coordinator=..., algorithm=..., codec=..., aggregator=...,
+  seed=..., **options)`` wraps any ``torch.nn.Module`` and ``loss_fn(model,
+  batch) -> scalar``, for every algorithm of ``gossamer.algorithms`` with the
+  same options and defaults as the simulator (the codec is the algorithm's
+  own unless named; ``seed`` seeds the collectives and must equal the
+  simulator's for a bit-identical rehearsal). Every peer of a swarm must build
+  the same model from the same initial values and use the same algorithm and
+  options: the coordinator checks a fingerprint of them and of the shared
+  state's layout.
+- ``train(batches, steps=None, rounds=None)`` / ``await run(...)``: joins
+  (the algorithm's shared state, tensors and counters, fetched from a live
+  member and checked against the agreed hash before any training), then runs
+  the one round loop (``algorithms.driver.RoundLoop``): local steps in a
+  worker thread (so heartbeats, state serving and collectives in flight go
+  on), and each sync the algorithm asks for is one swarm *round*: the round
+  barrier, the sync under link-derived deadlines, the report of the new state
+  hash, and the coordinator's decision. Only a committed result is kept: on
+  abort the algorithm's ``state_dict`` from before the sync is loaded back and
+  the round is retried with the survivors. A dissenting hash is repaired by
+  fetching the agreed state from a majority peer. Algorithms without bit
+  parity (gossip, noloco) report their hash with ``agree=False``: the
+  coordinator then commits without a majority and records the hash of every
+  member's state in rank order; after gossip's final merge they agree again
+  and the usual majority check applies. Returns a ``PeerReport``; stops after
+  ``steps`` local steps (the run's length, as in the simulator: algorithms
+  that end with a sync end with one), after the swarm's round ``rounds``
+  (counted from 0), when ``batches`` runs out, or on ``request_stop()`` (the
+  CLI wires SIGTERM to it), leaving the swarm cleanly.
 - Losing the coordinator raises ``PeerError``.
 - Test hooks (environment, for the integration tests only):
   ``GOSSAMER_TEST_KILL_IN_ROUND=R`` SIGKILLs this process in round R's
@@ -50,8 +58,8 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,8 +67,10 @@ from typing import Any
 
 import torch
 
-from ..algorithms import ALGORITHMS, make_algorithm
-from ..codecs import make_codec
+from ..aggregate import make_aggregator
+from ..algorithms import ALGORITHMS, Algorithm, algorithm_config, make_algorithm
+from ..algorithms.driver import RoundLoop
+from ..comm import make_run_codec
 from ..comm.collectives import CollectiveAborted, Communicator, LinkEstimator
 from ..errors import ConfigError, PeerError, ProtocolError
 from ..transport.base import Buffer, Tag, Transport
@@ -78,7 +88,6 @@ HEARTBEAT_INTERVAL = 0.5
 STATE_FLOOR = 15.0
 #: How long a peer keeps trying to reach a lost coordinator.
 RECONNECT_FOR = 60.0
-SUPPORTED = ("diloco", "fedavg")
 
 
 @dataclass
@@ -92,11 +101,21 @@ class PeerReport:
     aborts: int = 0
     resyncs: int = 0
     rejoins: int = 0
+    algorithm: str = ""
+    codec: str = ""
+    aggregator: str = "mean"
+    steps: int = 0
+    final_state_hash: str | None = None
+    payload_bytes_sent: int = 0
+    bytes_sent: int = 0
+    losses: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"peer_id": self.peer_id, "rounds_completed": self.rounds_completed,
-                "state_hashes": self.state_hashes, "joined_round": self.joined_round, "aborts": self.aborts,
-                "resyncs": self.resyncs, "rejoins": self.rejoins}
+        return {"peer_id": self.peer_id, "algorithm": self.algorithm, "codec": self.codec,
+                "aggregator": self.aggregator, "rounds_completed": self.rounds_completed, "steps": self.steps,
+                "final_state_hash": self.final_state_hash, "payload_bytes_sent": self.payload_bytes_sent,
+                "bytes_sent": self.bytes_sent, "state_hashes": self.state_hashes, "joined_round": self.joined_round,
+                "aborts": self.aborts, "resyncs": self.resyncs, "rejoins": self.rejoins, "losses": self.losses}
 
     def write(self, path: str | os.PathLike[str]) -> None:
         p = Path(path)
@@ -154,36 +173,6 @@ def _env_int(name: str) -> int | None:
     return int(value) if value not in (None, "") else None
 
 
-def purge_stale_frames(transport: Any, epoch: int) -> int:
-    """Drop frames of attempts older than ``epoch`` that will never be read.
-
-    ``TcpTransport`` keeps unread frames and the tags already consumed per
-    sender without limit in time; frames of an aborted attempt are never read,
-    so without this they would pile up (and eventually trip the per-peer
-    buffer limit). Uses the transport's private mailbox (documented
-    work-around); a no-op on other transports."""
-    mailbox = getattr(transport, "_mailbox", None)
-    buffered = getattr(transport, "_buffered", None)
-    consumed = getattr(transport, "_consumed", None)
-    if not isinstance(mailbox, dict) or not isinstance(buffered, dict) or not isinstance(consumed, dict):
-        return 0
-
-    def old(tag: Tag) -> bool:
-        e = tag.round >> 32
-        return 0 < e < epoch
-
-    dropped = 0
-    for key in [k for k in mailbox if old(k[1])]:
-        payload = mailbox.pop(key)
-        buffered[key[0]] = buffered.get(key[0], 0) - len(payload)
-        dropped += 1
-    for src, tags in consumed.items():
-        stale = [t for t in tags if 0 < (t.round >> 32) < epoch - 1]
-        for t in stale:
-            tags.discard(t)
-    return dropped
-
-
 class Peer:
     """One member of a swarm; see the module docstring."""
 
@@ -192,10 +181,10 @@ class Peer:
                  identity: Identity | None = None, listen: str = "127.0.0.1:0", advertise: str | None = None,
                  swarm_id: str = "gossamer", coordinator_id: str | None = None, fingerprint: str = "",
                  progress: Callable[[dict[str, Any]], None] | None = None, codec: str | None = None,
-                 **options: Any) -> None:
-        if algorithm not in SUPPORTED:
-            raise ConfigError(f"the swarm runtime runs local-update algorithms with bit parity; "
-                              f"got {algorithm!r}, accepted: {', '.join(SUPPORTED)}")
+                 aggregator: str = "mean", tolerate: int = 0, seed: int = 0, **options: Any) -> None:
+        if algorithm not in ALGORITHMS:
+            raise ConfigError(f"unknown algorithm {algorithm!r}; accepted: {', '.join(ALGORITHMS)}")
+        algorithm_config(algorithm, **options)  # unknown or invalid options fail here, before joining
         self.model = model
         self.loss_fn = loss_fn
         self.coordinator = parse_hostport(coordinator)
@@ -203,7 +192,13 @@ class Peer:
         self.options = options
         # The same payload codec the simulator uses for this algorithm, unless told otherwise.
         self.codec_spec = codec if codec is not None else ALGORITHMS[algorithm][0].default_codec
-        make_codec(self.codec_spec)  # a bad spec fails here, before joining
+        make_run_codec(self.codec_spec)  # a bad spec fails here, before joining
+        self.aggregator_spec = aggregator
+        self.tolerate = tolerate
+        make_aggregator(aggregator, tolerate)
+        if aggregator != "mean" and not ALGORITHMS[algorithm][0].individual_contributions:
+            raise ConfigError(f"algorithm {algorithm!r} does not carry individual contributions, so --aggregator does not apply to it")
+        self.seed = seed
         self._key = key
         self._identity = identity
         self.listen = parse_hostport(listen)
@@ -224,9 +219,9 @@ class Peer:
 
     # ------------------------------------------------------------------ public
 
-    def train(self, batches: Iterable[Any], *, rounds: int | None = None) -> PeerReport:
+    def train(self, batches: Iterable[Any], *, steps: int | None = None, rounds: int | None = None) -> PeerReport:
         """Blocking form of ``run``."""
-        return asyncio.run(self.run(batches, rounds=rounds))
+        return asyncio.run(self.run(batches, steps=steps, rounds=rounds))
 
     def request_stop(self) -> None:
         """Leave the swarm at the next safe point (thread- and signal-safe)."""
@@ -234,13 +229,14 @@ class Peer:
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
 
-    async def run(self, batches: Iterable[Any], *, rounds: int | None = None) -> PeerReport:
+    async def run(self, batches: Iterable[Any], *, steps: int | None = None, rounds: int | None = None) -> PeerReport:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         if self._stop_requested.is_set():
             self._stop.set()
         identity = self._identity or load_identity(self._key)
-        self.report = PeerReport(identity.peer_id)
+        self.report = PeerReport(identity.peer_id, algorithm=self.algorithm_name, codec=self.codec_spec,
+                                 aggregator=self.aggregator_spec)
         tcp = await TcpTransport.start(identity, self.swarm_id, *self.listen)
         self.tcp = tcp
         self.transport: Transport = _HookedTransport(tcp, self.kill_round) if self.kill_round is not None else tcp
@@ -248,22 +244,28 @@ class Peer:
         self.client: CoordinatorClient | None = None
         self._identity_obj = identity
         try:
-            codec = None if self.codec_spec in ("none", "fp32") else make_codec(self.codec_spec)
-            self.comm = Communicator(self.transport, [identity.peer_id], codec=codec)
+            aggregator = None
+            if self.aggregator_spec != "mean" or self.tolerate:
+                aggregator = make_aggregator(self.aggregator_spec, self.tolerate, seed=self.seed)
+            self.comm = Communicator(self.transport, [identity.peer_id], codec=make_run_codec(self.codec_spec),
+                                     aggregator=aggregator, seed=self.seed)
             self.comm.link = LinkEstimator()
-            self.algo: Any = make_algorithm(self.algorithm_name, self.model, self.loss_fn, self.comm, **self.options)
-            self.steps_per_round = int(getattr(self.algo.config, "inner_steps", 1))
-            self._genesis = self._snapshot()
+            self.algo: Algorithm = make_algorithm(self.algorithm_name, self.model, self.loss_fn, self.comm, **self.options)
+            self._genesis = self.algo.state_dict()
             self._fingerprint = self._make_fingerprint()
             self._blob: StateBlob | None = None
             self._committed = -2
             await self._connect_coordinator()
             bg.append(asyncio.create_task(self._heartbeats(), name="heartbeats"))
             bg.append(asyncio.create_task(self._serve(), name="serve"))
-            it = iter(batches)
+            loop = _SwarmLoop(self, iter(batches), steps, rounds)
             while True:
                 try:
-                    await self._main(it, rounds)
+                    if self.join_at_round is not None:
+                        while int((await self._c.request("hb")).get("round", 0)) < self.join_at_round:
+                            await self._interruptible(asyncio.sleep(0.05))
+                    await self._join()
+                    await loop.run()
                     break
                 except PeerError as exc:
                     if self.client is None or not self.client.closed_event.is_set():
@@ -277,6 +279,11 @@ class Peer:
             for task in bg:
                 task.cancel()
             await asyncio.gather(*bg, return_exceptions=True)
+            if hasattr(self, "algo"):
+                self.report.final_state_hash = self.algo.shared_hash()
+                self.report.steps = self.algo.steps
+            self.report.payload_bytes_sent = tcp.counters.sent.payload
+            self.report.bytes_sent = tcp.counters.sent.total
             client = self.client
             if client is not None:
                 if not client.closed_event.is_set():
@@ -329,32 +336,15 @@ class Peer:
     def _make_fingerprint(self) -> str:
         from .state import layout
 
-        desc = {"algorithm": self.algorithm_name, "codec": self.codec_spec,
+        desc = {"algorithm": self.algorithm_name, "codec": self.codec_spec, "aggregator": self.aggregator_spec,
+                "tolerate": self.tolerate, "seed": self.seed,
                 "options": {k: repr(v) for k, v in sorted(self.options.items())},
                 "layout": layout(self.algo.shared_state()), "extra": self.extra_fingerprint}
         return hashlib.blake2b(json.dumps(desc, sort_keys=True).encode(), digest_size=16).hexdigest()
 
-    def _snapshot(self) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
-        return ([t.detach().clone() for t in self.algo.shared_state()],
-                [p.detach().clone() for p in self.algo.params], self.algo.rounds)
-
-    def _restore(self, snap: tuple[list[torch.Tensor], list[torch.Tensor], int]) -> None:
-        shared, params, rounds = snap
-        with torch.no_grad():
-            for t, s in zip(self.algo.shared_state(), shared):
-                t.copy_(s)
-            for p, s in zip(self.algo.params, params):
-                p.copy_(s)
-        self.algo.rounds = rounds
-
-    def _params_from_shared(self) -> None:
-        with torch.no_grad():
-            for p, s in zip(self.algo.params, self.algo.start):
-                p.copy_(s)
-
     def _commit_state(self, round_: int, digest: str) -> None:
         self._committed = round_
-        self._blob = pack_state(self.algo.shared_state(), round_, digest)
+        self._blob = pack_state(self.algo.shared_state(), round_, digest, self.algo.counters())
 
     async def _heartbeats(self) -> None:
         while True:
@@ -418,14 +408,18 @@ class Peer:
         return max(STATE_FLOOR, self.comm.link.deadline(state_nbytes(self.algo.shared_state()), 3))
 
     async def _fetch(self, source: str, addr: Any, transfer: int) -> tuple[int, str]:
-        """Receive the state of ``source`` into our shared state and check its hash."""
+        """Receive the shared state of ``source`` (tensors and counters), check its
+        hash, and load it (the local part is derived from it, as for a joiner)."""
         self.tcp.add_peer(source, str(addr[0]), int(addr[1]))
-        like = self.algo.shared_state()
-        round_, claimed = await recv_state(self.tcp, source, transfer, like, self._state_deadline())
-        actual = state_hash(like)
+        like = [t.detach().clone() for t in self.algo.shared_state()]
+        round_, claimed, counters = await recv_state(self.tcp, source, transfer, like, self._state_deadline())
+        actual = state_hash(like, meta=counters)
         if actual != claimed:
             raise ProtocolError(f"state from {source!r} hashes to {actual}, not the {claimed} it claims")
-        self._params_from_shared()
+        try:
+            self.algo.load_state_dict({"shared": {"tensors": like, "counters": counters}})
+        except (ConfigError, KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"state from {source!r} does not load: {exc}") from None
         return round_, actual
 
     async def _join(self) -> None:
@@ -443,20 +437,17 @@ class Peer:
                 if mode == "init":
                     target = int(resp["round"])
                     if target == 0:
-                        self._restore(self._genesis)
-                    self._params_from_shared()
-                    digest = state_hash(self.algo.shared_state())
-                    state_round = target - 1
+                        self.algo.load_state_dict(self._genesis)
+                    digest = self.algo.shared_hash()
                 elif mode == "fetch":
                     state_round, digest = await self._interruptible(
                         self._fetch(resp["source"], resp["source_addr"], int(resp["transfer"])))
-                    if state_round == resp["round"] and digest != resp["hash"]:
+                    if state_round == resp["round"] and resp["hash"] and digest != resp["hash"]:
                         raise ProtocolError(f"state of round {state_round} from {resp['source']} hashes to {digest}, "
                                             f"the agreed hash is {resp['hash']}")
                     target = state_round + 1
                 else:
                     raise ProtocolError(f"unknown join mode {mode!r} from the coordinator")
-                self.algo.rounds = target
                 await self._interruptible(self._c.request("admit", round=target, hash=digest))
             except SwarmError as exc:
                 if exc.code == "rejected" and mode == "init":
@@ -477,39 +468,6 @@ class Peer:
             await asyncio.sleep(delay)
             delay = min(2 * delay, 2.0)
 
-    async def _main(self, batches: Iterator[Any], rounds: int | None) -> None:
-        assert self._stop is not None
-        if self.join_at_round is not None:
-            while int((await self._c.request("hb")).get("round", 0)) < self.join_at_round:
-                await self._interruptible(asyncio.sleep(0.05))
-        await self._join()
-        while True:
-            if self._stop.is_set() or (rounds is not None and self.round >= rounds):
-                return
-            trained = await asyncio.to_thread(self._local_phase, batches)
-            if not trained:
-                return
-            if self._stop.is_set():
-                return
-            try:
-                await self._sync_round()
-            except _Rejoin as exc:
-                assert self.report is not None
-                self.report.rejoins += 1
-                log.warning("rejoining the swarm: %s", exc)
-                await self._join()
-
-    def _local_phase(self, batches: Iterator[Any]) -> bool:
-        for _ in range(self.steps_per_round):
-            try:
-                batch = next(batches)
-            except StopIteration:
-                return False
-            self.algo.local_step(batch)
-            if self.step_sleep:
-                time.sleep(self.step_sleep)
-        return True
-
     async def _connect_group(self, group: list[str], addrs: dict[str, Any]) -> None:
         me = self.tcp.peer_id
         for pid in group:
@@ -527,10 +485,11 @@ class Peer:
         await asyncio.gather(*(dial(p) for p in missing))
 
     async def _sync_round(self) -> None:
+        """One swarm round around ``algo.synchronize()``: barrier, attempt,
+        commit or abort (restore and retry)."""
         assert self.report is not None
-        snap = self._snapshot()
+        snap = self.algo.state_dict()
         attempt = 0
-        step = (self.round + 1) * self.steps_per_round - 1
         while True:
             try:
                 start = await self._interruptible(self._c.request("ready", round=self.round))
@@ -543,26 +502,26 @@ class Peer:
             if int(start["round"]) != self.round or self.tcp.peer_id not in group:
                 raise _Rejoin(f"barrier answered round {start['round']} / group {group}")
             await self._connect_group(group, addrs)
-            purge_stale_frames(self.tcp, epoch)
+            oldest = self.comm.oldest_epoch_in_flight()
+            self.tcp.discard_before(epoch if oldest is None else min(epoch, oldest))
             self.comm.regroup(group, epoch=epoch)
             self.comm.deadline_scale = float(2 ** min(attempt, 4))
-            self.algo.rounds = self.round
             try:
-                decision = await self._attempt(step, epoch)
+                decision = await self._attempt(epoch)
             except (_Rejoin, PeerError):
-                self._restore(snap)
+                self.algo.load_state_dict(snap)
                 raise
             if decision.get("decision") == "commit":
                 await self._committed_round(decision, len(group))
                 return
-            self._restore(snap)
+            self.algo.load_state_dict(snap)
             attempt += 1
             self.report.aborts += 1
             log.warning("round %d attempt %d aborted (%s); retrying", self.round, attempt, decision.get("reason"))
             self._emit(event="abort", round=self.round, reason=decision.get("reason"))
 
-    async def _attempt(self, step: int, epoch: int) -> dict[str, Any]:
-        sync = asyncio.ensure_future(self.algo.sync(step))
+    async def _attempt(self, epoch: int) -> dict[str, Any]:
+        sync = asyncio.ensure_future(self.algo.synchronize())
         outcome = asyncio.ensure_future(self._c.request("outcome", epoch=epoch))
         try:
             await asyncio.wait({sync, outcome}, return_when=asyncio.FIRST_COMPLETED)
@@ -573,8 +532,8 @@ class Peer:
                         with torch.no_grad():
                             self.algo.shared_state()[0].view(-1)[0] += 1.0
                         log.warning("test hook: corrupted the shared state after round %d", self.round)
-                    digest = state_hash(self.algo.shared_state())
-                    req = self._c.request("done", epoch=epoch, ok=True, hash=digest)
+                    digest = self.algo.shared_hash()
+                    req = self._c.request("done", epoch=epoch, ok=True, hash=digest, agree=self.algo.in_agreement())
                 else:
                     if not isinstance(exc, (CollectiveAborted, PeerError, ProtocolError)):
                         log.error("outer step failed: %r", exc)
@@ -605,7 +564,6 @@ class Peer:
         agreed = str(decision["hash"])
         resync = decision.get("resync")
         if resync:
-            assert self.report is not None
             log.warning("our state after round %d disagrees with the majority %s; resyncing from %s",
                         self.round, agreed[:16], resync["source"])
             try:
@@ -617,11 +575,50 @@ class Peer:
             self.report.resyncs += 1
             self._emit(event="resync", round=self.round, source=resync["source"])
         else:
-            digest = state_hash(self.algo.shared_state())
-            if digest != agreed:
+            digest = self.algo.shared_hash()
+            if decision.get("agreed", True) and digest != agreed:
                 raise _Rejoin(f"our hash {digest[:16]} is not the agreed {agreed[:16]} and no resync was offered")
-        self._commit_state(self.round, agreed)
-        self.report.state_hashes.append({"round": self.round, "hash": agreed})
+        self._commit_state(self.round, digest)
+        self.report.state_hashes.append({"round": self.round, "hash": digest, "agreed": agreed})
         self.report.rounds_completed += 1
-        self._emit(event="commit", round=self.round, hash=agreed, group=group_size)
+        self._emit(event="commit", round=self.round, hash=agreed, group=group_size, step=self.algo.steps)
         self.round += 1
+
+
+class _SwarmLoop(RoundLoop):
+    """The one round loop in the swarm: local steps in a worker thread, each
+    sync wrapped in a swarm round (``Peer._sync_round``)."""
+
+    def __init__(self, peer: Peer, batches: Iterator[Any], steps: int | None, rounds: int | None) -> None:
+        super().__init__(peer.algo, self._next, steps if steps is not None else sys.maxsize)
+        self.peer = peer
+        self.batches = batches
+        self.rounds = rounds
+
+    def _next(self) -> Any:
+        return next(self.batches, None)
+
+    def stopping(self) -> bool:
+        stop = self.peer._stop
+        return (stop is not None and stop.is_set()) or (self.rounds is not None and self.peer.round >= self.rounds)
+
+    async def local_step(self, batch: Any) -> float:
+        loss = await asyncio.to_thread(self.algo.step, batch)
+        if self.peer.step_sleep:
+            await asyncio.sleep(self.peer.step_sleep)
+        return loss
+
+    async def sync(self) -> None:
+        peer = self.peer
+        assert peer.report is not None
+        try:
+            await peer._sync_round()
+        except _Rejoin as exc:
+            peer.report.rejoins += 1
+            log.warning("rejoining the swarm: %s", exc)
+            await peer._join()
+
+    def after_step(self, loss: float) -> None:
+        report = self.peer.report
+        if report is not None and (self.algo.steps % 10 == 0 or self.algo.steps == self.total_steps):
+            report.losses.append({"step": self.algo.steps, "round": self.peer.round, "loss": loss})

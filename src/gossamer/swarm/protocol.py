@@ -32,7 +32,8 @@ op          fields                                      response
 join        addr [host, port], fingerprint str          mode "init" | "fetch", round, hash, source, transfer
 admit       round int, hash str                         admitted round (long poll while a round runs)
 ready       round int                                   round, epoch, attempt, group [ids], addrs {id: addr}
-done        epoch int, ok bool, hash str, reason str    the decision (long poll until the attempt is decided)
+done        epoch int, ok bool, hash str, reason str,   the decision (long poll until the attempt is decided)
+            agree bool (default true)
 outcome     epoch int                                   the decision (long poll)
 serve       (none)                                      jobs [{to, addr, transfer, round}] (long poll, <= 5 s)
 hb          (none)                                      round, phase, members
@@ -40,7 +41,11 @@ leave       (none)                                      {}
 ==========  ==========================================  ===================================================
 
 A decision is ``{"decision": "commit" | "abort", "round", "epoch", "hash",
-"resync": None | {"source", "addr", "transfer"}}``.
+"agreed", "resync": None | {"source", "addr", "transfer"}}``. ``agreed`` is
+false when a member reported ``agree=False`` (an algorithm without bit
+parity between merges, e.g. gossip): the round then commits without a
+majority, ``hash`` is the BLAKE2b of the members' hashes in rank order, and
+nobody resyncs.
 """
 
 from __future__ import annotations

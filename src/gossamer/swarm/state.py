@@ -4,7 +4,7 @@ Contract:
 
 - ``pack_state(tensors, round, hash)`` gives a ``StateBlob``: a msgpack
   header ``{"v": 1, "round", "hash", "layout": [[dtype, shape], ...],
-  "bytes", "chunks"}`` and the tensors' raw little-endian bytes, cut into
+  "bytes", "chunks", "counters"}`` (the algorithm's shared counters) and the tensors' raw little-endian bytes, cut into
   chunks of at most ``CHUNK`` bytes. Nothing is pickled.
 - ``send_state(transport, dst, transfer, blob)`` sends the header with
   ``Tag(STATE_ROUND, transfer, 0)`` and chunk ``i`` with
@@ -26,6 +26,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 import torch
@@ -61,18 +62,19 @@ def _raw(t: torch.Tensor) -> bytes:
         return b""
     if sys.byteorder != "little" and t.element_size() > 1:  # pragma: no cover - big-endian hosts
         return t.numpy().byteswap().tobytes()
-    return t.view(torch.uint8).numpy().tobytes()
+    return t.reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
 def state_nbytes(tensors: Sequence[torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def pack_state(tensors: Sequence[torch.Tensor], round: int, digest: str) -> StateBlob:
+def pack_state(tensors: Sequence[torch.Tensor], round: int, digest: str,
+               counters: dict[str, Any] | None = None) -> StateBlob:
     data = b"".join(_raw(t) for t in tensors)
     chunks = tuple(data[i:i + CHUNK] for i in range(0, len(data), CHUNK)) or (b"",)
     header = msgpack.packb({"v": 1, "round": round, "hash": digest, "layout": layout(tensors), "bytes": len(data),
-                            "chunks": len(chunks)}, use_bin_type=True)
+                            "chunks": len(chunks), "counters": dict(counters or {})}, use_bin_type=True)
     return StateBlob(round, digest, header, chunks)
 
 
@@ -83,7 +85,7 @@ async def send_state(transport: Transport, dst: str, transfer: int, blob: StateB
 
 
 async def recv_state(transport: Transport, src: str, transfer: int, like: Sequence[torch.Tensor],
-                     timeout: float) -> tuple[int, str]:
+                     timeout: float) -> tuple[int, str, dict[str, Any]]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
 
@@ -99,10 +101,12 @@ async def recv_state(transport: Transport, src: str, transfer: int, like: Sequen
     except Exception as exc:  # msgpack raises many types on malformed input
         raise ProtocolError(f"state header from {src!r} is not valid msgpack ({type(exc).__name__})") from None
     expected_bytes = state_nbytes(like)
-    if not isinstance(head, dict) or set(head) != {"v", "round", "hash", "layout", "bytes", "chunks"}:
+    if not isinstance(head, dict) or set(head) != {"v", "round", "hash", "layout", "bytes", "chunks", "counters"}:
         raise ProtocolError(f"state header from {src!r} has the wrong fields")
     if head["v"] != 1 or type(head["round"]) is not int or not isinstance(head["hash"], str):
         raise ProtocolError(f"state header from {src!r} has a bad version, round or hash")
+    if not isinstance(head["counters"], dict) or not all(isinstance(k, str) for k in head["counters"]):
+        raise ProtocolError(f"state header from {src!r} has bad counters")
     if head["layout"] != layout(like):
         raise ProtocolError(f"state from {src!r} has a different layout than ours (another model or algorithm?)")
     if head["bytes"] != expected_bytes:
@@ -124,7 +128,7 @@ async def recv_state(transport: Transport, src: str, transfer: int, like: Sequen
             n = t.numel() * t.element_size()
             if n:
                 src_t = torch.frombuffer(bytearray(data[at:at + n]), dtype=torch.uint8)
-                t.view(torch.uint8).view(-1).copy_(src_t) if t.is_contiguous() else t.copy_(
+                t.reshape(-1).view(torch.uint8).copy_(src_t) if t.is_contiguous() else t.copy_(
                     src_t.view(t.dtype).view(t.shape))
             at += n
-    return head["round"], head["hash"]
+    return head["round"], head["hash"], head["counters"]

@@ -16,7 +16,7 @@ from .argtypes import nonneg_int as _nonneg_int
 from .argtypes import positive_float as _positive_float
 from .argtypes import positive_int as _positive_int
 from .errors import ConfigError, GossamerError
-from .swarm.cli import add_swarm_commands, run_swarm_command
+from .swarm.cli import add_swarm_commands, parse_options, run_swarm_command
 
 EXIT_USAGE = 2
 
@@ -44,6 +44,9 @@ def _add_swarm_args(p: argparse.ArgumentParser, *, task_default: str | None) -> 
     p.add_argument("--aggregator", default=None, help="aggregation rule spec, e.g. median, nnm+cclip, bucketing:2+krum (default mean)")
     p.add_argument("--byzantine", type=_nonneg_int, default=None, help="number of Byzantine peers (the last F peers)")
     p.add_argument("--attack", default=None, help="what Byzantine peers do: signflip, ipm, alie, gaussian, labelflip, mimic, freerider")
+    p.add_argument("--tolerate", type=_nonneg_int, default=None, help="Byzantine peers the aggregator is configured for (default: --byzantine)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an algorithm option (TOML value), e.g. topology=\"torus\", for every listed algorithm that has it; repeatable")
     p.add_argument("--json", dest="json_out", metavar="PATH", help="write results JSON here")
     p.add_argument("--plot", metavar="PATH", help="write a PNG: loss vs bytes and vs simulated time")
 
@@ -120,6 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
     eq.add_argument("--json", dest="json_out", metavar="PATH")
     eq.add_argument("--plot", metavar="PATH")
 
+    par = bsub.add_parser("parity", help="simulator vs real TCP processes, per algorithm: final state hash and payload bytes")
+    par.add_argument("--task", default="digits")
+    par.add_argument("--peers", type=_positive_int, default=4)
+    par.add_argument("--steps", type=_positive_int, default=12)
+    par.add_argument("--inner-steps", type=_positive_int, default=4)
+    par.add_argument("--algorithms", default=None, help="comma-separated subset (default: all seven)")
+    par.add_argument("--seed", type=_nonneg_int, default=0)
+    par.add_argument("--json", dest="json_out", metavar="PATH")
+
     tr = bsub.add_parser("transport", help="all-reduce over our TCP transport vs torch.distributed gloo, 4 processes on loopback")
     tr.add_argument("--sizes-mib", default="1,16,64", help="payload sizes in MiB, comma-separated (default 1,16,64)")
     tr.add_argument("--processes", type=_positive_int, default=4)
@@ -191,6 +203,33 @@ def cmd_bench_equal_bytes(args: argparse.Namespace, console: Any) -> int:
     return 0
 
 
+def cmd_bench_parity(args: argparse.Namespace, console: Any) -> int:
+    import json
+
+    from rich.table import Table
+
+    from .bench.parity import run_parity_bench
+
+    if args.json_out:
+        _check_writable(args.json_out)
+    with console.status("parity: simulator vs real processes ...") as status:
+        result = run_parity_bench(_split(args.algorithms), task=args.task, peers=args.peers, steps=args.steps,
+                                  inner_steps=args.inner_steps, seed=args.seed,
+                                  progress=lambda a, k, n: status.update(f"parity: {a} done ({k}/{n})"))
+    table = Table(title=f"parity: {args.task}, {args.peers} peers, {args.steps} steps, seed {args.seed} ({result['cores']} cores)")
+    for col in ("algorithm", "codec", "rounds", "sim hash", "tcp hash", "state", "payload bytes/peer", "bytes", "sim wall", "tcp wall"):
+        table.add_column(col, justify="left" if col in ("algorithm", "codec", "sim hash", "tcp hash") else "right")
+    for r in result["runs"]:
+        table.add_row(r["algorithm"], r["codec"], str(r["rounds"]), r["sim_hash"][:12], r["tcp_hash"][:12],
+                      "equal" if r["hash_equal"] else "[red]DIFFERENT[/red]", f"{sum(r['tcp_payload_bytes']) / len(r['tcp_payload_bytes']):,.0f}",
+                      "equal" if r["bytes_equal"] else "[red]DIFFERENT[/red]", f"{r['sim_wall_s']:.1f} s", f"{r['tcp_wall_s']:.1f} s")
+    console.print(table)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
+        console.print(f"wrote {args.json_out}")
+    return 0 if all(r["hash_equal"] and r["bytes_equal"] for r in result["runs"]) else 1
+
+
 def cmd_bench_transport(args: argparse.Namespace, console: Any) -> int:
     import json
 
@@ -209,6 +248,17 @@ def cmd_bench_transport(args: argparse.Namespace, console: Any) -> int:
         Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
         console.print(f"wrote {args.json_out}")
     return 0
+
+
+def _check_writable(path: str) -> None:
+    """Fail before any work when ``path`` cannot be written (missing or read-only folder)."""
+    import os
+
+    folder = Path(path).expanduser().resolve().parent
+    if not folder.is_dir():
+        raise ConfigError(f"cannot write {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"cannot write {path}: the folder {folder} is not writable")
 
 
 def _split(text: str | None) -> list[str] | None:
@@ -332,11 +382,34 @@ def _scenario_from_args(args: argparse.Namespace, *, algorithms: str | None) -> 
         "aggregator": args.aggregator,
         "byzantine": args.byzantine,
         "attack": args.attack,
+        "tolerate": args.tolerate,
     }
     scenario_path = getattr(args, "scenario", None)
     if scenario_path:
-        return Scenario.from_toml(scenario_path, **overrides)
-    return Scenario.from_dict({}, source="command line", **overrides)
+        scenario = Scenario.from_toml(scenario_path, **overrides)
+    else:
+        scenario = Scenario.from_dict({}, source="command line", **overrides)
+    if args.option:
+        scenario = _with_options(scenario, parse_options(args.option))
+    return scenario
+
+
+def _with_options(scenario: Any, options: dict[str, Any]) -> Any:
+    """``scenario`` with ``options`` added to every algorithm that has them; an
+    option no listed algorithm has raises ``ConfigError`` naming it."""
+    import dataclasses
+
+    from .algorithms import ALGORITHMS
+
+    per = {a: dict(scenario.algorithm_options.get(a, {})) for a in scenario.algorithms}
+    for key, value in options.items():
+        takers = [a for a in scenario.algorithms if key in {f.name for f in dataclasses.fields(ALGORITHMS[a][1])}]
+        if not takers:
+            raise ConfigError(f"--option {key} applies to none of {', '.join(scenario.algorithms)}")
+        for a in takers:
+            per[a][key] = value
+    merged = dict(scenario.algorithm_options) | per
+    return dataclasses.replace(scenario, algorithm_options=merged)
 
 
 def _run_scenario(scenario: Any, console: Any) -> Any:
@@ -427,6 +500,9 @@ def _write_outputs(results: Any, args: argparse.Namespace, console: Any, *, plot
 
 def cmd_simulate(args: argparse.Namespace, console: Any) -> int:
     scenario = _scenario_from_args(args, algorithms=args.algorithms)
+    for out in (args.json_out, args.plot):
+        if out:
+            _check_writable(out)
     results = _run_scenario(scenario, console)
     console.print(_results_table(results, title=f"{scenario.task}: {scenario.peers} peers, {scenario.steps} steps each, link {scenario.link}"))
     _write_outputs(results, args, console)
@@ -476,7 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "bench":
             handlers = {"comm": cmd_bench_comm, "codecs": cmd_bench_codecs, "compression": cmd_bench_compression,
                         "robust": cmd_bench_robust, "algorithms": cmd_bench_algorithms, "transport": cmd_bench_transport,
-                        "spsa": cmd_bench_spsa, "equal-bytes": cmd_bench_equal_bytes}
+                        "spsa": cmd_bench_spsa, "equal-bytes": cmd_bench_equal_bytes, "parity": cmd_bench_parity}
             if args.bench in handlers:
                 return handlers[args.bench](args, console)
             parser.parse_args(["bench", "--help"])

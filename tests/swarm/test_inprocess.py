@@ -68,3 +68,78 @@ def test_coordinator_answers_bad_requests_with_errors():
             await coord.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.timeout(180)
+def test_joiner_runs_the_swarms_learning_rate_schedule():
+    """A peer that joins a diloco swarm with a cosine schedule at round 3 takes
+    the swarm's schedule position with the state (it used to restart its
+    schedule at step 0: 1.3x to 2.8x the others' learning rate)."""
+    task = make_task("digits")
+    H, R = 3, 16
+    opts = dict(algorithm="diloco", inner_steps=H, schedule="cosine", total_steps=H * R, lr=1e-3)
+    lrs: dict[int, dict[int, float]] = {}
+
+    async def main():
+        coord = await Coordinator.start(Identity.generate(), "sched", "127.0.0.1", 0, min_peers=2)
+        addr = f"127.0.0.1:{coord.address[1]}"
+        peers = []
+
+        def watch(k):
+            def progress(event):
+                if event.get("event") == "commit":
+                    lrs.setdefault(event["round"], {})[k] = peers[k].algo.inner.param_groups[0]["lr"]
+            return progress
+
+        for k in range(3):
+            peers.append(Peer(task.make_model(0), task.loss, coordinator=addr, swarm_id="sched",
+                              identity=Identity.generate(), progress=watch(k), **opts))
+            peers[-1].step_sleep = 0.05  # rounds slow enough for the joiner to get in well before the end
+
+        async def late():
+            while coord.round < 3:
+                await asyncio.sleep(0.02)
+            return await peers[2].run(batches(task.shard(2, 3, seed=0)), steps=H * R)
+
+        try:
+            return await asyncio.gather(*(peers[k].run(batches(task.shard(k, 3, seed=0)), steps=H * R)
+                                          for k in range(2)), late())
+        finally:
+            await coord.close()
+
+    reports = asyncio.run(main())
+    joined = reports[2].joined_round
+    assert joined is not None and joined >= 3 and reports[2].rounds_completed >= 3
+    shared = [r for r in sorted(lrs) if len(lrs[r]) == 3]
+    assert len(shared) >= 3 and shared[0] == joined
+    for r in shared:
+        assert lrs[r][2] == lrs[r][0] == lrs[r][1], (r, lrs[r])
+    # the schedule really moves: the rate falls over the shared rounds
+    assert lrs[shared[-1]][0] < lrs[shared[0]][0]
+    # and the joiner's state hashes equal the others' from its first round on
+    first = {h["round"]: h["hash"] for h in reports[0].state_hashes}
+    assert all(first[h["round"]] == h["hash"] for h in reports[2].state_hashes)
+    assert reports[0].final_state_hash == reports[1].final_state_hash == reports[2].final_state_hash
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("algorithm,options", [("gossip", {"inner_steps": 2, "final_merge_at": 8}),
+                                               ("streaming_diloco", {"inner_steps": 4, "fragments": 2, "tau": 1})])
+def test_library_api_runs_non_diloco_algorithms(algorithm, options):
+    task = make_task("digits")
+
+    async def main():
+        coord = await Coordinator.start(Identity.generate(), "lib2", "127.0.0.1", 0, min_peers=3)
+        addr = f"127.0.0.1:{coord.address[1]}"
+        try:
+            peers = [Peer(task.make_model(0), task.loss, coordinator=addr, swarm_id="lib2", identity=Identity.generate(),
+                          algorithm=algorithm, **options) for _ in range(3)]
+            return await asyncio.gather(*(p.run(batches(task.shard(i, 3, seed=0)), steps=8) for i, p in enumerate(peers)))
+        finally:
+            await coord.close()
+
+    reports = asyncio.run(main())
+    assert all(r.steps == 8 and r.aborts == 0 for r in reports)
+    # gossip ends with its final merge and streaming_diloco has bit parity: every peer ends on one state
+    assert len({r.final_state_hash for r in reports}) == 1
+    assert all(r.payload_bytes_sent > 0 for r in reports)

@@ -148,6 +148,8 @@ class Algorithm(ABC):
         #: Local steps taken (``step``) and syncs completed (``synchronize``).
         self.steps = 0
         self.syncs = 0
+        #: The run's length in local steps, once the round loop has said it (``sync_due``).
+        self.run_steps: int | None = None
         self._eval_model: torch.nn.Module | None = None
 
     # ------------------------------------------------------------------ driving
@@ -161,8 +163,14 @@ class Algorithm(ABC):
         """Whether a sync follows the local step just taken: the algorithm
         wants one, or it is the run's last step and the algorithm ends runs
         with a sync (so the final model is a shared one)."""
+        self.run_steps = total_steps
         last = self.steps - 1
         return self.wants_sync(last) or (self.steps == total_steps and self.ends_with_sync)
+
+    def is_last_step(self, step: int) -> bool:
+        """Whether local step ``step`` (0-based) is the run's last (as far as the
+        round loop has told ``sync_due``): a sync there must leave nothing in flight."""
+        return self.run_steps is not None and step + 1 >= self.run_steps
 
     async def synchronize(self) -> None:
         """The sync after the local step just taken, counted."""

@@ -180,7 +180,8 @@ class StreamingDiLoCo(Algorithm):
         return bool(self.starts_at(step)) or any(p.merge_at == step for p in self.pending)
 
     async def sync(self, step: int) -> None:
-        final = not self.wants_sync(step)  # the runner's end-of-run sync
+        # the run's last sync merges everything in flight, including fragments it starts
+        final = self.is_last_step(step) or not self.wants_sync(step)
         for p in self.starts_at(step):
             await self._start(p, step)
         due = [x for x in self.pending if final or x.merge_at <= step]

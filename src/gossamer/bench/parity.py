@@ -18,7 +18,8 @@ the two runtimes. Result::
                "sim_wall_s", "tcp_wall_s"}], "task", "peers", "steps", "seed"}
 
 ``*_payload_bytes`` are per peer, in rank order. The peers run with one
-torch thread each.
+torch thread each and a 60 s deadline floor (a loaded machine must not turn
+a fault-free run into an aborted and retried one, which sends more bytes).
 """
 
 from __future__ import annotations
@@ -128,7 +129,8 @@ def run_parity(algorithm: str, *, task: str = "digits", peers: int = 4, steps: i
         for rank, i in enumerate(order):
             start(f"peer{i}", ["peer", "--coordinator", f"127.0.0.1:{port}", "--task", task, "--algorithm", algorithm,
                                "--steps", str(steps), *inner, "--seed", str(seed), "--shard", f"{rank}/{peers}",
-                               "--key", str(keys[i]), "--json", str(root / f"peer{i}.json"), *opt_args])
+                               "--key", str(keys[i]), "--json", str(root / f"peer{i}.json"),
+                               "--deadline-floor", "60", *opt_args])
         deadline = time.monotonic() + timeout
         for proc in procs[1:]:
             left = max(0.1, deadline - time.monotonic())

@@ -386,7 +386,13 @@ class Communicator:
         task = asyncio.ensure_future(worker.all_reduce(frozen, name=name))
         handle = CollectiveHandle(self, worker.transport, task, name, self.epoch)
         self.in_flight.add(handle)
-        task.add_done_callback(lambda _t: self.in_flight.discard(handle))
+
+        def finished(t: "asyncio.Future[Any]") -> None:
+            self.in_flight.discard(handle)
+            if not t.cancelled():
+                t.exception()  # retrieved: a dropped handle's failure is not "never retrieved"
+
+        task.add_done_callback(finished)
         return handle
 
     def oldest_epoch_in_flight(self) -> int | None:

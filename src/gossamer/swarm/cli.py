@@ -63,6 +63,8 @@ def add_swarm_commands(subparsers: Any) -> None:
     p.add_argument("--aggregator", default="mean", help="aggregation rule spec, e.g. median, nnm+cclip (default mean); every peer must use the same")
     p.add_argument("--tolerate", type=_nonneg_int, default=0, help="Byzantine peers the aggregator is configured for (default 0)")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the initial model, the shards and the collectives (same on every peer; default 0)")
+    p.add_argument("--deadline-floor", type=_positive_float, default=2.0, metavar="S",
+                   help="no collective is aborted for slowness before S seconds (default 2; deadlines otherwise follow the measured link)")
     p.add_argument("--shard", default=None, metavar="I/N", help="train on shard I of N (default: from the peer id, N=16); shard i of a `gossamer simulate` run with N peers is peer i's")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--iid", action="store_true", default=None, help="iid shards (default)")
@@ -210,7 +212,8 @@ async def _peer(args: argparse.Namespace) -> int:
     peer = Peer(model, task.loss, coordinator=args.coordinator, algorithm=args.algorithm, identity=identity,
                 listen=args.listen, advertise=args.advertise, swarm_id=args.swarm, coordinator_id=args.coordinator_id,
                 fingerprint=f"task={args.task} seed={args.seed} steps={steps}", progress=progress, codec=args.codec,
-                aggregator=args.aggregator, tolerate=args.tolerate, seed=args.seed, **options)
+                aggregator=args.aggregator, tolerate=args.tolerate, seed=args.seed, deadline_floor=args.deadline_floor,
+                **options)
     _on_signals(asyncio.get_running_loop(), peer.request_stop)
 
     def batches() -> Any:

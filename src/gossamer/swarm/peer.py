@@ -181,7 +181,8 @@ class Peer:
                  identity: Identity | None = None, listen: str = "127.0.0.1:0", advertise: str | None = None,
                  swarm_id: str = "gossamer", coordinator_id: str | None = None, fingerprint: str = "",
                  progress: Callable[[dict[str, Any]], None] | None = None, codec: str | None = None,
-                 aggregator: str = "mean", tolerate: int = 0, seed: int = 0, **options: Any) -> None:
+                 aggregator: str = "mean", tolerate: int = 0, seed: int = 0, deadline_floor: float = 2.0,
+                 **options: Any) -> None:
         if algorithm not in ALGORITHMS:
             raise ConfigError(f"unknown algorithm {algorithm!r}; accepted: {', '.join(ALGORITHMS)}")
         algorithm_config(algorithm, **options)  # unknown or invalid options fail here, before joining
@@ -199,6 +200,9 @@ class Peer:
         if aggregator != "mean" and not ALGORITHMS[algorithm][0].individual_contributions:
             raise ConfigError(f"algorithm {algorithm!r} does not carry individual contributions, so --aggregator does not apply to it")
         self.seed = seed
+        if not deadline_floor > 0:
+            raise ConfigError(f"deadline_floor must be > 0 seconds, got {deadline_floor}")
+        self.deadline_floor = deadline_floor
         self._key = key
         self._identity = identity
         self.listen = parse_hostport(listen)
@@ -249,7 +253,7 @@ class Peer:
                 aggregator = make_aggregator(self.aggregator_spec, self.tolerate, seed=self.seed)
             self.comm = Communicator(self.transport, [identity.peer_id], codec=make_run_codec(self.codec_spec),
                                      aggregator=aggregator, seed=self.seed)
-            self.comm.link = LinkEstimator()
+            self.comm.link = LinkEstimator(floor=self.deadline_floor)
             self.algo: Algorithm = make_algorithm(self.algorithm_name, self.model, self.loss_fn, self.comm, **self.options)
             self._genesis = self.algo.state_dict()
             self._fingerprint = self._make_fingerprint()

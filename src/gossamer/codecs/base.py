@@ -16,9 +16,11 @@ Contract (every codec in this package):
   tensor of exactly ``shape``. ``shape`` is what the receiver *expects*; the
   wire is never trusted. Any fault (truncated or oversized payload, wrong
   magic, version, codec id or parameter tag, element count that disagrees
-  with ``shape``, non-finite scales or values, bad indices) raises
-  ``CodecError`` naming the fault with expected vs found. Nothing but
-  ``CodecError`` escapes ``decode`` for any input bytes.
+  with ``shape``, non-finite scales or values, bad indices, codes the
+  encoder never emits) raises ``CodecError`` naming the fault with expected
+  vs found. Nothing but ``CodecError`` escapes ``decode`` for any input
+  bytes, and what it returns is always finite: a payload that would decode
+  to NaN or inf (say a finite scale times a code that overflows) is a fault.
 * ``seed`` is a seed both ends share (rand-k indices, stochastic rounding,
   PowerSGD initialisation): the same ``(x, seed)`` gives the same bytes.
 * ``key`` names a stream (e.g. ``(sender, slot)``) for stateful codecs;
@@ -64,6 +66,7 @@ __all__ = [
     "numel",
     "check_shape",
     "make_generator",
+    "all_finite",
     "finite_or_raise",
     "frombuffer",
     "tensor_bytes",
@@ -180,9 +183,36 @@ def as_float32_flat(x: object, name: str) -> torch.Tensor:
     return x
 
 
+_EXP_BITS: Final[dict[torch.dtype, int]] = {torch.float16: 0x7C00, torch.bfloat16: 0x7F80}
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """True if ``t`` holds no NaN or inf (vacuously true when empty).
+
+    ``torch.isfinite(t).all()`` runs at ~5 ns per element on CPU. For float32
+    this sums instead (a finite sum proves every element finite) and, only
+    when the sum is not finite, decides with numpy's min/max (NaN propagates,
+    so both are finite iff every element is); fp16/bf16 test the exponent
+    bits. Several times faster, which matters on decode paths that check a
+    whole tensor.
+    """
+    if t.numel() == 0:
+        return True
+    if t.device.type == "cpu" and t.is_contiguous() and not t.requires_grad:
+        if t.dtype == torch.float32:
+            if math.isfinite(float(t.sum())):  # a NaN or inf element makes the sum NaN or inf
+                return True
+            a = t.numpy()  # the sum may also overflow with finite elements: decide exactly
+            return bool(np.isfinite(a.min()) and np.isfinite(a.max()))
+        exp = _EXP_BITS.get(t.dtype)
+        if exp is not None:  # non-finite iff all exponent bits are set
+            return int(np.max(t.view(torch.int16).numpy() & exp)) != exp
+    return bool(torch.isfinite(t).all())
+
+
 def finite_or_raise(t: torch.Tensor, what: str, name: str) -> None:
     """Raise CodecError if ``t`` holds NaN or inf."""
-    if t.numel() and not bool(torch.isfinite(t).all()):
+    if not all_finite(t):
         raise CodecError(f"{name}: expected finite {what}, found NaN or inf")
 
 

@@ -37,8 +37,11 @@ encode, ``D`` = inner decode (same ``seed``), ``x`` the tensor handed to
 
 State is per key on each side; a key's state must keep its shape (a
 mismatch raises CodecError). A payload that fails validation leaves the
-receiver's state untouched. ``reset`` forgets state (e.g. when a peer
-leaves). Wrappers are not thread-safe per key.
+receiver's state untouched; so does one whose sum with the receiver's
+estimate would overflow float32 (CodecError): ``decode`` never returns NaN
+or inf. Likewise ``encode`` raises CodecError, leaving the sender's state as
+it was, when a state update would overflow. ``reset`` forgets state (e.g.
+when a peer leaves). Wrappers are not thread-safe per key.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ import torch
 
 from gossamer.errors import CodecError
 
-from .base import Codec, alloc_out, as_float32_flat, check_shape
+from .base import Codec, all_finite, as_float32_flat, check_shape
 
 __all__ = ["FeedbackCodec", "ErrorFeedback", "EF21", "EControl", "DEFAULT_ETA"]
 
@@ -105,6 +108,16 @@ class FeedbackCodec(Codec):
                 )
         return st
 
+    def _commit(self, st: dict[str, torch.Tensor], **new: torch.Tensor) -> None:
+        """Store the ``new`` sender state tensors; if any overflowed, raise CodecError and keep the old."""
+        for name, t in new.items():
+            if not all_finite(t):
+                raise CodecError(
+                    f"{self.spec}: sender state {name!r} would overflow float32 (input too large); "
+                    f"state left unchanged"
+                )
+        st.update(new)
+
     def _round_trip(self, v: torch.Tensor, key: Hashable, seed: int) -> tuple[bytes, torch.Tensor]:
         data = self.inner.encode(v, key=key, seed=seed)
         return data, self.inner.decode(data, tuple(v.shape), key=key, seed=seed)
@@ -118,13 +131,16 @@ class FeedbackCodec(Codec):
             )
         d = self.inner.decode(data, shape, key=key, seed=seed)  # validates before any state change
         if g is None:
-            g = d.clone()
-            self._dec[key] = g
-        else:
-            g.add_(d)
-        res = alloc_out(shape, out)
-        res.copy_(g)
-        return res
+            self._dec[key] = d.clone()
+            return d if out is None else out.copy_(d)
+        new = torch.add(g, d, out=d)  # d is ours: it becomes the new estimate
+        if not all_finite(new):
+            raise CodecError(
+                f"{self.spec}: the decoded difference added to the receiver's estimate for key {key!r} "
+                f"overflows float32; expected a finite estimate (state left unchanged)"
+            )
+        self._dec[key] = new
+        return new.clone() if out is None else out.copy_(new)
 
     @staticmethod
     def _as_input(x: torch.Tensor, spec: str) -> torch.Tensor:
@@ -144,7 +160,7 @@ class ErrorFeedback(FeedbackCodec):
         st = self._state(key, shape, ("e",))
         p = x + st["e"]
         data, d = self._round_trip(p, key, seed)
-        st["e"] = p.sub_(d)
+        self._commit(st, e=p.sub_(d))
         return data
 
     def _decode(self, data: bytes | memoryview, shape: tuple[int, ...], *, key: Hashable, seed: int,
@@ -162,7 +178,7 @@ class EF21(FeedbackCodec):
         shape = check_shape(tuple(x.shape))
         st = self._state(key, shape, ("g",))
         data, d = self._round_trip(x - st["g"], key, seed)
-        st["g"].add_(d)
+        self._commit(st, g=d.add_(st["g"]))
         return data
 
     def _decode(self, data: bytes | memoryview, shape: tuple[int, ...], *, key: Hashable, seed: int,
@@ -187,8 +203,7 @@ class EControl(FeedbackCodec):
         st = self._state(key, shape, ("e", "h"))
         diff = x - st["h"]
         data, d = self._round_trip(diff + self.eta * st["e"], key, seed)
-        st["e"].add_(diff).sub_(d)
-        st["h"].add_(d)
+        self._commit(st, e=diff.add_(st["e"]).sub_(d), h=d.add_(st["h"]))
         return data
 
     def _decode(self, data: bytes | memoryview, shape: tuple[int, ...], *, key: Hashable, seed: int,

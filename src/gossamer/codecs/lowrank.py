@@ -24,6 +24,12 @@ header. Both ends pick the same path from the shape alone. ``whole_tensors``
 is True: callers must pass the original tensors, not flattened buckets.
 
 Stateful only with ``:warm`` (encoder side, per key); decoding is stateless.
+
+Decode rejects non-finite factors and factors whose product ``P Q^T``
+overflows float32 (checked on the factors, ``r max|P| max|Q| < 2^127``, and
+on the product only when that bound fails), so it never returns NaN or inf.
+The encoder raises CodecError for finite input too large for float32 power
+iteration (``M Q0``, ``M^T P`` or the reconstruction overflow).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from gossamer.errors import CodecError
 from .base import (
     HEADER_SIZE,
     Codec,
+    all_finite,
     alloc_out,
     as_float32_flat,
     check_payload,
@@ -49,6 +56,22 @@ from .base import (
 )
 
 __all__ = ["PowerSGDCodec"]
+
+_SAFE = 2.0**127  # half of float32's max: a bound on |P Q^T| below it leaves room for rounding
+
+
+def _checked_product(p: torch.Tensor, q: torch.Tensor) -> tuple[bool, torch.Tensor | None]:
+    """``(finite, product)``: whether ``p @ q.T`` is all finite, and the product if it was computed.
+
+    Each entry is a sum of r products, so ``|(P Q^T)_ij| <= r max|P| max|Q|``
+    (float32 rounding adds at most a factor 1 + r 2^-23). When that bound is
+    below ``_SAFE`` no entry can overflow: nothing is computed (``None``).
+    """
+    r = p.shape[1]
+    if r * float(p.abs().amax()) * float(q.abs().amax()) < _SAFE:
+        return True, None
+    prod = p @ q.T
+    return all_finite(prod), prod
 
 
 class PowerSGDCodec(Codec):
@@ -112,16 +135,24 @@ class PowerSGDCodec(Codec):
         if q0 is None or tuple(q0.shape) != (cols, r):
             q0 = torch.randn(cols, r, generator=make_generator(seed, stream=3))
         p = m @ q0
-        if not bool(torch.isfinite(p).all()):
-            raise CodecError(f"{self.spec}: expected finite input, found NaN or inf")
+        if not all_finite(p):
+            self._raise_nonfinite(m)
         p = torch.linalg.qr(p, mode="reduced").Q.contiguous()
         q = (m.T @ p).contiguous()
-        if not bool(torch.isfinite(q).all()):
-            raise CodecError(f"{self.spec}: expected finite input, found NaN or inf")
+        if not all_finite(q) or not _checked_product(p, q)[0]:
+            self._raise_nonfinite(m)
         if self.warm:
             self._q[key] = q.clone()
         return b"".join((pack_header(self.codec_id, self._tag, rows * cols),
                          tensor_bytes(p).tobytes(), tensor_bytes(q).tobytes()))
+
+    def _raise_nonfinite(self, m: torch.Tensor) -> None:
+        if not all_finite(m):
+            raise CodecError(f"{self.spec}: expected finite input, found NaN or inf")
+        raise CodecError(
+            f"{self.spec}: input too large (max |x| {float(m.abs().amax()):.6g}): the float32 power "
+            f"iteration or its reconstruction overflows; scale it down or use int8"
+        )
 
     def _decode(self, data: bytes | memoryview, shape: tuple[int, ...], *, key: Hashable, seed: int,
                 out: torch.Tensor | None) -> torch.Tensor:
@@ -133,8 +164,17 @@ class PowerSGDCodec(Codec):
                            size=self.encoded_size(shape), name=self.spec)
         p = frombuffer(mv, "<f4", HEADER_SIZE, rows * r).view(rows, r)
         q = frombuffer(mv, "<f4", HEADER_SIZE + 4 * rows * r, cols * r).view(cols, r)
-        if not (bool(torch.isfinite(p).all()) and bool(torch.isfinite(q).all())):
+        if not (all_finite(p) and all_finite(q)):
             raise CodecError(f"{self.spec}: expected finite factors, found NaN or inf")
+        finite, prod = _checked_product(p, q)
+        if not finite:
+            raise CodecError(
+                f"{self.spec}: expected factors whose product P Q^T is finite, found one that overflows "
+                f"float32 (max |P| {float(p.abs().amax()):.6g}, max |Q| {float(q.abs().amax()):.6g})"
+            )
         res = alloc_out(shape, out)
-        torch.matmul(p, q.T, out=res.view(rows, cols))
+        if prod is None:
+            torch.matmul(p, q.T, out=res.view(rows, cols))
+        else:
+            res.view(rows, cols).copy_(prod)
         return res

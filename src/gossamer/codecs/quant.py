@@ -22,9 +22,20 @@ With stochastic rounding (``:sr``), ``q = floor(x/scale_b + u)`` with
 unbiased (``E[x^] = x``) and ``|x - x^| < scale_b``. Use a fresh seed per
 message (e.g. derived from the round) to keep the noise independent.
 
-Encoders raise CodecError for non-finite input (caught on the block scales);
-decoders reject non-finite or negative scales. A stray int8 -128 (or int4
-nibble 0) decodes to ``-(Q+1) * scale``: bounded, so it is not rejected.
+Encoders raise CodecError for non-finite input (caught on the block scales).
+Blocks whose absmax is so small that ``Q / absmax`` overflows float32
+(below ~1e-37) are quantized by division instead, so they still get codes in
+``[-Q, Q]`` (their scale is subnormal: the error bound holds up to an
+absolute ``(Q+1) 2^-149``). Scales are capped at ``codec.max_scale``, the
+largest float32 ``s`` with ``Q * s`` finite in float32 (only input within a
+few ulps of float32's max is affected).
+
+Decoding never yields NaN, inf or a value outside ``[-Q scale_b, Q scale_b]``:
+the decoder rejects with CodecError (naming block or element) any scale that
+is NaN, negative or above ``max_scale`` (so ``|q * scale| <= fl(Q * scale)``
+is finite for every ``|q| <= Q``), any code the encoder never emits (int8
+``-128``, int4 nibble ``0`` i.e. ``-8``) and, for int4 with odd ``n``, a
+non-zero padding nibble.
 """
 
 from __future__ import annotations
@@ -57,6 +68,20 @@ _IDS = {8: 4, 4: 5}
 _DEFAULT_BLOCK = {8: 256, 4: 128}
 
 
+def _max_scale(qmax: int) -> float:
+    """Largest float32 ``s`` with ``float32(qmax * s)`` finite."""
+    q = np.float32(qmax)
+    s = np.float32(float(np.finfo(np.float32).max) / qmax)
+    with np.errstate(over="ignore"):
+        while not np.isfinite(q * s):
+            s = np.nextafter(s, np.float32(0))
+        while np.isfinite(q * np.nextafter(s, np.float32(np.inf))):
+            s = np.nextafter(s, np.float32(np.inf))
+    return float(s)
+
+
+_SMAX = {8: _max_scale(127), 4: _max_scale(7)}
+
 _MAGIC = 12582912.0  # 1.5 * 2**23
 _LOW = 0 if sys.byteorder == "little" else 3  # index of the low byte of a float32
 _CHUNK = 1 << 20  # elements per pass: the 4 MiB float scratch stays in L3; few parallel regions
@@ -85,6 +110,7 @@ class BlockQuantCodec(Codec):
         self.block = block
         self.stochastic = bool(stochastic)
         self.qmax = 127 if bits == 8 else 7
+        self.max_scale = _SMAX[bits]  # largest block scale decode accepts: qmax * max_scale is finite
         self.spec = f"int{bits}:{block}" + (":sr" if stochastic else "")
         self.lossless = False
         self._id = _IDS[bits]
@@ -130,6 +156,9 @@ class BlockQuantCodec(Codec):
             inv.masked_fill_(amax == 0, 0.0)
             scales[b0 : b0 + rows] = amax
             torch.mul(xv, inv[:, None], out=sc)
+            if np.isinf(inv.numpy()).any():  # 0 < amax < qmax / FLT_MAX: x * inv is inf or NaN there
+                tiny = torch.isinf(inv)
+                sc[tiny] = xv[tiny].div(amax[tiny, None]).mul_(qmax)
             if gen is not None:
                 sc.add_(torch.rand((rows, width), generator=gen)).floor_().clamp_(-qmax, qmax)
             sc.add_(magic)
@@ -143,9 +172,25 @@ class BlockQuantCodec(Codec):
             parts.append((nib[0::2] | (nib[1::2] << 4)).tobytes())
         if not bool(torch.isfinite(scales).all()):  # NaN/inf anywhere in x shows in its block scale
             raise CodecError(f"{self.spec}: expected finite input, found NaN or inf")
-        scales.div_(qmax)
+        scales.div_(qmax).clamp_(max=self.max_scale)  # qmax * scale stays finite on decode
         parts[1] = tensor_bytes(scales).tobytes()
         return b"".join(parts)
+
+    def _check_nibbles(self, q: torch.Tensor, n: int) -> None:
+        """Reject int4 codes the encoder never emits: nibble 0 (-8) and a non-zero padding nibble."""
+        full = q[: n // 2]  # bytes holding two values
+        if full.numel() and (int(torch.amin(full)) < 16 or int(torch.amin(full & 15)) == 0):
+            p = int(torch.nonzero(((full & 15) == 0) | (full < 16))[0, 0])
+            i = 2 * p if int(full[p]) & 15 == 0 else 2 * p + 1
+            raise CodecError(f"{self.spec}: bad code at element {i}: expected -7..7, found -8 (nibble 0)")
+        if n & 1:
+            last = int(q[-1])
+            if last & 15 == 0:
+                raise CodecError(f"{self.spec}: bad code at element {n - 1}: expected -7..7, found -8 (nibble 0)")
+            if last >> 4:
+                raise CodecError(
+                    f"{self.spec}: expected a zero padding nibble in the last byte, found 0x{last >> 4:x}"
+                )
 
     def _decode(self, data: bytes | memoryview, shape: tuple[int, ...], *, key: Hashable, seed: int,
                 out: torch.Tensor | None) -> torch.Tensor:
@@ -158,13 +203,25 @@ class BlockQuantCodec(Codec):
         flat = res.view(-1)
         nb = self._nblocks(n)
         scales = frombuffer(mv, "<f4", HEADER_SIZE, nb)
-        if not bool((torch.isfinite(scales) & (scales >= 0)).all()):
-            raise CodecError(f"{self.spec}: expected finite non-negative block scales, found NaN, inf or < 0")
+        smax = self.max_scale
+        ok = (scales >= 0) & (scales <= smax)  # False for NaN and inf too
+        if not bool(ok.all()):
+            b = int(torch.nonzero(~ok)[0, 0])
+            raise CodecError(
+                f"{self.spec}: bad scale of block {b}: expected a finite value in [0, {smax:.9g}] "
+                f"({self.qmax} * scale must be finite), found {float(scales[b])!r}"
+            )
         off = HEADER_SIZE + 4 * nb
         if self.bits == 8:
             q = frombuffer(mv, "i1", off, n)
+            if int(torch.amin(q)) < -self.qmax:  # only -128: the encoder emits -127..127
+                i = int(torch.nonzero(q < -self.qmax)[0, 0])
+                raise CodecError(
+                    f"{self.spec}: bad code at element {i}: expected -127..127, found {int(q[i])}"
+                )
         else:
             q = frombuffer(mv, "u1", off, (n + 1) // 2)
+            self._check_nibbles(q, n)
         for start, stop, rows, width in _chunks(n, self.block):
             b0 = start // self.block
             ov = flat[start:stop]

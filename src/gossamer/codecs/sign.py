@@ -13,7 +13,9 @@ Compression ratio: ``4n / (8 + ceil(n/8) + 4 ceil(n/BLOCK))`` ->
 Error bound (exact identity, Karimireddy et al. 2019, scaled sign): per block
 ``||x_b - x^_b||^2 = ||x_b||^2 - ||x_b||_1^2 / |b| <= (1 - 1/|b|) ||x_b||^2``,
 so the codec is a contraction (suited to EF/EF21/EControl). The decoder
-rejects non-finite or negative scales and non-zero padding bits.
+rejects non-finite or negative scales and non-zero padding bits, so it only
+ever returns ``+-s_b`` with finite ``s_b``. Block means of huge finite input
+whose float32 sum overflows are taken in float64.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from gossamer.errors import CodecError
 from .base import (
     HEADER_SIZE,
     Codec,
+    all_finite,
     alloc_out,
     as_float32_flat,
     check_payload,
@@ -83,8 +86,11 @@ class SignCodec(Codec):
         if n == 0:
             return header
         scales = self._block_scales(flat.abs())
-        if not bool(torch.isfinite(scales).all()):
-            raise CodecError(f"{self.spec}: expected finite input, found NaN or inf")
+        if not all_finite(scales):
+            if not all_finite(flat):
+                raise CodecError(f"{self.spec}: expected finite input, found NaN or inf")
+            # finite input whose float32 block sums overflow: a mean of values <= FLT_MAX fits float32
+            scales = self._block_scales(flat.abs().double()).float()
         bits = np.packbits((flat >= 0).numpy(), bitorder="little")
         return b"".join((header, tensor_bytes(scales).tobytes(), bits.tobytes()))
 

@@ -21,7 +21,9 @@ Default (biased) decode puts the raw values back: kept entries exact,
 ``E||x - x^||^2 = (1 - k/n) ||x||^2`` (a contraction in expectation, suited
 to EF/EF21/EControl). With ``:unbiased`` the decoder scales by ``n/k``:
 ``E[x^] = x`` and ``E||x - x^||^2 = (n/k - 1) ||x||^2``. Use a fresh shared
-seed per message so the coordinates change every round.
+seed per message so the coordinates change every round. Its decoder rejects
+values that the ``n/k`` scaling takes beyond float32 (to inf), and its
+encoder raises CodecError for input that would be sent as such values.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from gossamer.errors import CodecError
 from .base import (
     HEADER_SIZE,
     Codec,
+    all_finite,
     alloc_out,
     as_float32_flat,
     check_payload,
@@ -113,7 +116,7 @@ class TopKCodec(Codec):
         last = int(idx[-1])
         if last >= n:
             raise CodecError(f"{self.spec}: index out of range: expected < {n}, found {last}")
-        if not bool(torch.isfinite(vals).all()):
+        if not all_finite(vals):
             raise CodecError(f"{self.spec}: expected finite values, found NaN or inf")
         res = alloc_out(shape, out)
         flat = res.view(-1)
@@ -151,9 +154,14 @@ class RandKCodec(Codec):
     def encode(self, x: torch.Tensor, *, key: Hashable = None, seed: int = 0) -> bytes:
         flat = as_float32_flat(x, self.spec)
         n = flat.numel()
-        if n and not bool(torch.isfinite(flat).all()):  # unsent values too: state built on x must stay finite
+        if not all_finite(flat):  # unsent values too: state built on x must stay finite
             raise CodecError(f"{self.spec}: expected finite input, found NaN or inf")
         vals = flat[self.indices(n, seed)]
+        if self.unbiased and n and not all_finite(vals * (n / vals.numel())):
+            raise CodecError(
+                f"{self.spec}: input too large: the decoder's n/k = {n / vals.numel():.6g} scaling of the "
+                f"kept values (max |x| {float(vals.abs().max()):.6g}) overflows float32"
+            )
         return pack_header(self.codec_id, self._tag, n) + tensor_bytes(vals).tobytes()
 
     def _decode(self, data: bytes | memoryview, shape: tuple[int, ...], *, key: Hashable, seed: int,
@@ -163,12 +171,19 @@ class RandKCodec(Codec):
         mv = check_payload(data, codec_id=self.codec_id, tag=self._tag, n=n,
                            size=self.encoded_size(shape), name=self.spec)
         vals = frombuffer(mv, "<f4", HEADER_SIZE, k)
-        if not bool(torch.isfinite(vals).all()):
+        if not all_finite(vals):
             raise CodecError(f"{self.spec}: expected finite values, found NaN or inf")
+        if self.unbiased and k:
+            vals = vals * (n / k)
+            if not all_finite(vals):
+                raise CodecError(
+                    f"{self.spec}: expected values whose n/k = {n / k:.6g} scaling stays finite, found one "
+                    f"that overflows float32"
+                )
         res = alloc_out(shape, out)
         flat = res.view(-1)
         flat.zero_()
         if k:
-            flat[self.indices(n, seed)] = vals * (n / k) if self.unbiased else vals
+            flat[self.indices(n, seed)] = vals
         return res
 

@@ -127,3 +127,45 @@ def test_byzantine_run_records_attack_and_robust_aggregator_holds(tmp_path):
     assert main([*common, "--aggregator", "mean", "--json", str(out)]) == 0
     naive = json.loads(out.read_text())["runs"][0]
     assert robust["final_val_metric"] < naive["final_val_metric"]
+
+
+def test_options_that_do_not_apply_are_one_line_exit_2(tmp_path):
+    """An option one runtime accepts, the other accepts too; one that does not
+    apply to the chosen algorithm is one line naming it, exit status 2."""
+    import subprocess
+    import sys
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "gossamer.cli", *args], capture_output=True, text=True, timeout=120,
+                              env={**__import__("os").environ, "GOSSAMER_HOME": str(tmp_path)})
+
+    for args, needle in [
+        (["peer", "--coordinator", "127.0.0.1:1", "--algorithm", "spsa", "--inner-steps", "5"], "--inner-steps does not apply to spsa"),
+        (["peer", "--coordinator", "127.0.0.1:1", "--algorithm", "gossip", "--option", "fragments=2"], "unknown option(s) fragments for gossip"),
+        (["peer", "--coordinator", "127.0.0.1:1", "--algorithm", "diloco", "--option", "oops"], "--option must be KEY=VALUE"),
+        (["simulate", "--task", "quadratic", "--algorithms", "diloco", "--option", "topology=ring"], "--option topology applies to none of diloco"),
+        (["simulate", "--task", "quadratic", "--json", str(tmp_path / "missing" / "r.json")], "does not exist"),
+    ]:
+        proc = run(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and needle in lines[0], (args, proc.stderr)
+
+
+def test_simulate_option_reaches_the_algorithm_and_codec_is_reported(tmp_path):
+    """--option sets an algorithm option in the simulator too; results report the
+    codec that travelled (streaming_diloco: int4; gossip: fp32 unless --codec)."""
+    import json
+
+    out = tmp_path / "r.json"
+    assert main(["simulate", "--task", "quadratic", "--algorithms", "gossip,streaming_diloco", "--peers", "4", "--steps", "20",
+                 "--inner-steps", "5", "--option", "topology=\"torus\"", "--option", "fragments=2", "--json", str(out)]) == 0
+    runs = {r["algorithm"]: r for r in json.loads(out.read_text())["runs"]}
+    assert runs["gossip"]["codec"] == "none" and runs["gossip"]["options"]["topology"] == "torus"
+    assert runs["streaming_diloco"]["codec"] == "int4:128" and runs["streaming_diloco"]["options"]["fragments"] == 2
+    assert runs["gossip"]["final_state_hash"] and len(runs["gossip"]["final_state_hashes"]) == 4
+    out8 = tmp_path / "r8.json"
+    assert main(["simulate", "--task", "quadratic", "--algorithms", "gossip", "--peers", "4", "--steps", "20",
+                 "--inner-steps", "5", "--codec", "int8", "--json", str(out8)]) == 0
+    g8 = json.loads(out8.read_text())["runs"][0]
+    assert g8["codec"].startswith("int8") and g8["bytes_sent_per_peer"] < 0.5 * runs["gossip"]["bytes_sent_per_peer"]

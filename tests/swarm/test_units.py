@@ -160,3 +160,24 @@ def test_decode_message_never_raises_anything_but_protocol_error(data):
         decode_message(data, "fuzz")
     except ProtocolError:
         pass
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.dictionaries(st.one_of(st.text(max_size=4), st.binary(max_size=4), st.integers()),
+                       st.one_of(st.none(), st.integers(), st.text(max_size=4), st.binary(max_size=4)), max_size=6))
+def test_protocol_messages_with_any_keys_are_protocol_errors_or_maps(obj):
+    """Issue 10.7: a map that mixes text and bytes (or int) keys is a ProtocolError, never a TypeError."""
+    import msgpack
+
+    from gossamer.errors import ProtocolError
+    from gossamer.swarm.protocol import decode_message
+
+    try:
+        data = msgpack.packb(obj, use_bin_type=True)
+    except Exception:
+        return
+    try:
+        msg = decode_message(data, "fuzz")
+    except ProtocolError:
+        return
+    assert all(isinstance(k, str) for k in msg)

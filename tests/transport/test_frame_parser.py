@@ -256,3 +256,45 @@ def test_fuzz_read_frame_only_protocol_error(case):
             seq += 1
 
     asyncio.run(asyncio.wait_for(main(), 5))
+
+
+def test_good_frames_before_a_bad_one_in_the_same_buffer_are_delivered():
+    """Issue 10.7: feed() used to drop authentic frames that arrived in the same
+    buffer as a later bad one."""
+    good = [(Tag(1, 2, 3), b"first"), (Tag(1, 2, 4), b"second")]
+    data = b"".join(frame_bytes(t, p, seq=i) for i, (t, p) in enumerate(good))
+    bad = bytearray(frame_bytes(Tag(9, 9, 9), b"third", seq=2))
+    bad[-1] ^= 1  # forged
+    parser = FrameParser(4096, KEY)
+    assert parser.feed(data + bytes(bad)) == good
+    assert parser.failed
+    with pytest.raises(ProtocolError, match="MAC mismatch"):
+        parser.feed(b"")
+    with pytest.raises(ProtocolError):
+        parser.eof()
+    # decode_frame still refuses one good frame followed by junk
+    with pytest.raises(ProtocolError, match="trailing junk"):
+        decode_frame(frame_bytes(*good[0]) + bytes(bad), mac_key=KEY)
+
+
+@FUZZ
+@given(mutated_stream(), st.integers(min_value=1, max_value=97))
+def test_fuzz_every_authentic_prefix_frame_is_delivered(case, chunk):
+    """Whatever follows, the frames of the longest unmodified prefix come out."""
+    frames, data = case
+    clean = b""
+    intact = 0
+    for i, (t, p) in enumerate(frames):
+        fb = frame_bytes(t, p, seq=i)
+        if data[len(clean):len(clean) + len(fb)] != fb:
+            break
+        clean += fb
+        intact += 1
+    parser = FrameParser(4096, KEY)
+    out: list[tuple[Tag, bytes]] = []
+    try:
+        for i in range(0, len(data), chunk):
+            out += parser.feed(data[i:i + chunk])
+    except ProtocolError:
+        pass
+    assert out[:intact] == frames[:intact]

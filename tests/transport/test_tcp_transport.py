@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 
+import msgpack
 import pytest
 
 from gossamer.errors import ConfigError, PeerError, ProtocolError
@@ -721,5 +722,36 @@ def test_real_process_killed_mid_transfer(tmp_path):
             proc.kill()
             proc.wait()
             await server.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("body", [
+    {"v": 1, b"k": b"x"},                       # text and bytes keys mixed (used to raise TypeError in sorted())
+    {1: 2, "a": 3},                              # int and text keys
+    {b"only": b"bytes"},
+])
+def test_handshake_map_with_mixed_keys_is_a_protocol_error(caplog, body):
+    """Issue 10.7: a handshake message whose map mixes key types costs that
+    connection with a named ProtocolError, not a TypeError traceback."""
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+
+    async def main():
+        server, good = await start()
+        try:
+            reader, writer = await asyncio.open_connection(*server.address)
+            raw = msgpack.packb(body, use_bin_type=True)
+            writer.write(len(raw).to_bytes(4, "little") + raw)
+            await writer.drain()
+            await eventually(lambda: "rejected inbound connection" in warnings_text(caplog))
+            writer.transport.abort()
+            text = warnings_text(caplog)
+            assert ("expected a map with keys" in text or "not valid msgpack" in text) and "TypeError" not in text
+            assert not [r for r in caplog.records if r.exc_info]
+            # still serving
+            await good.send(server.peer_id, Tag(5, 5, 5), b"ok")
+            assert await server.recv(good.peer_id, Tag(5, 5, 5), timeout=5) == b"ok"
+        finally:
+            await close_all([server, good])
 
     run(main())

@@ -105,6 +105,8 @@ def decode_message(data: bytes, where: str) -> dict[str, Any]:
         raise ProtocolError(f"message from {where} is not valid msgpack ({type(exc).__name__})") from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"message from {where} is a {type(obj).__name__}, expected a map")
+    if not all(isinstance(k, str) for k in obj):
+        raise ProtocolError(f"message from {where} has a key that is not text: {sorted(repr(k) for k in obj)[:8]}"[:300])
     return obj
 
 

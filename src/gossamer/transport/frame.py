@@ -208,7 +208,7 @@ def decode_frame(data: Buffer, *, max_frame: int = DEFAULT_MAX_FRAME, mac_key: b
     if not frames:
         parser.eof()
         raise ProtocolError("no frame in data")  # pragma: no cover - eof() raises first
-    if len(frames) > 1 or parser.buffered:
+    if len(frames) > 1 or parser.buffered or parser.failed:
         extra = parser.buffered + sum(frame_overhead(t) + len(p) for t, p in frames[1:])
         raise ProtocolError(f"trailing junk: {extra} bytes after the frame")
     return frames[0]
@@ -222,7 +222,9 @@ class FrameParser:
     any body is buffered, the header before the payload), so an oversize or
     malformed frame is refused without waiting for or storing its body. The
     first ``ProtocolError`` poisons the parser: every later call raises it
-    again. ``eof()`` raises if the stream ended inside a frame."""
+    again. Authentic frames that arrived in the same buffer before the bad
+    one are returned first (that call does not raise; the next one, and
+    ``eof()``, do). ``eof()`` raises if the stream ended inside a frame."""
 
     def __init__(self, max_frame: int, mac_key: bytes, *, seq: int = 0) -> None:
         _check_key(mac_key)
@@ -232,6 +234,11 @@ class FrameParser:
         self.seq = seq
         self._buf = bytearray()
         self._error: ProtocolError | None = None
+
+    @property
+    def failed(self) -> bool:
+        """Whether a bad frame was seen (later calls raise its error)."""
+        return self._error is not None
 
     @property
     def buffered(self) -> int:
@@ -252,6 +259,8 @@ class FrameParser:
         except ProtocolError as exc:
             self._error = exc
             self._buf = bytearray()
+            if out:
+                return out  # the authentic frames before the bad one; the next call raises
             raise
 
     def _next(self) -> tuple[Tag, bytes] | None:

@@ -199,8 +199,8 @@ async def _read_hs(reader: asyncio.StreamReader, what: str, keys: dict[str, type
                               max_bin_len=HANDSHAKE_LIMIT, max_array_len=16, max_map_len=16, max_ext_len=0)
     except Exception as exc:  # msgpack raises many types on malformed input
         raise ProtocolError(f"handshake {what} from {where} is not valid msgpack ({type(exc).__name__})") from None
-    if not isinstance(obj, dict) or set(obj) != set(keys):
-        found = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+    if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj) or set(obj) != set(keys):
+        found = sorted(repr(k) for k in obj) if isinstance(obj, dict) else type(obj).__name__
         raise ProtocolError(f"handshake {what} from {where}: expected a map with keys {sorted(keys)}, found {found}"[:300])
     for k, typ in keys.items():
         if type(obj[k]) is not typ:

@@ -205,3 +205,37 @@ def test_topk_all_reduce_resends_the_mean_without_a_second_loss():
             expected[lo + idx] += piece[idx]
     expected /= n
     assert torch.allclose(out, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("codec_spec", [None, "int4", "int8+ef", "fp16"])
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), -float("inf")])
+def test_a_non_finite_contribution_is_rejected_whole_with_any_codec(codec_spec, bad, caplog):
+    """Issue 10.2: one +inf in one peer's vector used to make int4's encode raise
+    (the round retried forever) and, raw, to enter the mean (everyone committed
+    NaN). Now that contribution is withheld whole and the mean is over the rest."""
+    from gossamer.codecs import make_codec
+
+    n = 3
+    _, comms = make_group(n, codec=make_codec(codec_spec) if codec_spec else None)
+    xs = [torch.full((40,), float(i + 1)) for i in range(n)]
+    xs[1][5] = bad
+    with caplog.at_level("WARNING"):
+        outs = gather(*(c.all_reduce(x) for c, x in zip(comms, xs)))
+    for out in outs:
+        assert torch.isfinite(out[0]).all()
+        assert torch.equal(out[0], outs[0][0])  # bit-identical everywhere
+    assert torch.allclose(outs[0][0], torch.full((40,), 2.0), atol=0.3)  # mean of 1 and 3
+    assert "non-finite" in caplog.text and "p1" in caplog.text
+
+
+def test_no_finite_contribution_at_all_is_an_error_not_a_nan_state():
+    from gossamer.errors import AggregationError
+
+    _, comms = make_group(2)
+    xs = [torch.full((8,), float("nan")) for _ in range(2)]
+
+    async def main():
+        return await asyncio.gather(*(c.all_reduce(x) for c, x in zip(comms, xs)), return_exceptions=True)
+
+    outs = asyncio.run(main())
+    assert all(isinstance(o, AggregationError) for o in outs)

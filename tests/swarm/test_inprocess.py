@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import torch
 
 from gossamer.errors import ConfigError
 from gossamer.swarm import Coordinator, Peer
@@ -143,3 +144,44 @@ def test_library_api_runs_non_diloco_algorithms(algorithm, options):
     # gossip ends with its final merge and streaming_diloco has bit parity: every peer ends on one state
     assert len({r.final_state_hash for r in reports}) == 1
     assert all(r.payload_bytes_sent > 0 for r in reports)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("codec", ["int4", "none"])
+def test_one_peers_infinite_gradient_costs_its_contribution_not_the_run(codec):
+    """Issue 10.2: one of 3 diloco peers gets +inf in its gradient in round 2.
+    int4 used to raise in encode and retry round 2 thousands of times a minute;
+    raw fp32 put the NaN in the mean and everyone committed NaN. Now its
+    contribution is withheld, every round commits, the state stays finite,
+    and the peer contributes again from the next round."""
+    task = make_task("digits")
+    H, R = 3, 6
+    step_of = {"n": 0}
+
+    def poisoned(model, batch):
+        loss = task.loss(model, batch)
+        step_of["n"] += 1
+        if step_of["n"] == 2 * H + 2:  # a step inside round 2
+            loss = loss * float("inf")
+        return loss
+
+    async def main():
+        coord = await Coordinator.start(Identity.generate(), "inf", "127.0.0.1", 0, min_peers=3)
+        addr = f"127.0.0.1:{coord.address[1]}"
+        try:
+            peers = [Peer(task.make_model(0), poisoned if k == 2 else task.loss, coordinator=addr, swarm_id="inf",
+                          identity=Identity.generate(), algorithm="diloco", inner_steps=H, codec=codec)
+                     for k in range(3)]
+            reports = await asyncio.gather(*(p.run(batches(task.shard(k, 3, seed=0)), steps=H * R)
+                                             for k, p in enumerate(peers)))
+            return reports, coord.stats, [p.algo for p in peers]
+        finally:
+            await coord.close()
+
+    reports, stats, algos = asyncio.run(asyncio.wait_for(main(), 150))
+    assert stats["commits"] == R and stats["aborts"] == 0
+    assert all(r.rounds_completed == R for r in reports)
+    assert len({r.final_state_hash for r in reports}) == 1
+    assert all(bool(torch.isfinite(t).all()) for t in algos[0].shared_state())
+    # the poisoned peer took part again after round 2: its pseudo-gradient in the last round was finite
+    assert all(bool(torch.isfinite(p).all()) for p in algos[2].params)

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
@@ -52,6 +53,8 @@ import torch
 
 from ..comm import Communicator
 from ..errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def config_from_options(cls: type, options: dict[str, Any], *, what: str) -> Any:
@@ -333,12 +336,21 @@ class LocalUpdateAlgorithm(Algorithm):
     async def sync(self, step: int) -> None:
         with torch.no_grad():
             delta = [s - p.detach() for s, p in zip(self.start, self.params)]
+        finite = all(bool(torch.isfinite(d).all()) for d in delta)
         self.comm.round = self.rounds
         avg = await self.comm.all_reduce(delta, name=f"{self.name}.pseudo_gradient")
         with torch.no_grad():
             self.outer_update(avg)
             for p, s in zip(self.params, self.start):
                 p.copy_(s)
+        if not finite:
+            # our pseudo-gradient was withheld (comm never applies a non-finite
+            # one); the inner optimizer's moments are poisoned too: start over
+            # from the shared state so the next round contributes again
+            log.warning("%s: local state went non-finite before round %d; inner optimizer state reset",
+                        self.name, self.rounds)
+            for opt in self.optimizers().values():
+                opt.state.clear()
         self.rounds += 1
 
     def reset_local(self) -> None:

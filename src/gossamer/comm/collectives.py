@@ -32,6 +32,12 @@ Contract:
   (``Transport.lane``): real overlap over TCP, the same overlap in virtual
   time in the simulator. No algorithm touches a clock.
 - Every byte goes through the transport, so its counters see everything.
+- Non-finite contributions are never applied: a member whose own
+  contribution holds a NaN or inf withholds it whole (empty payloads to
+  every owner, logged), and an owner rejects any row that is empty,
+  malformed or not all finite (logged with the sender). The mean is over
+  the rows kept; if no row of a chunk is kept the collective raises
+  ``AggregationError`` (nothing is applied).
 
 Fault tolerance (used by the swarm runtime; the simulator leaves it off):
 
@@ -69,6 +75,7 @@ from typing import Any, Protocol
 import torch
 
 from ..codecs import codec_for_mean
+from ..codecs.base import all_finite
 from ..errors import AggregationError, CodecError, ConfigError, PeerError
 from ..seeding import derive_seed
 from ..transport.base import Tag, Transport
@@ -526,33 +533,52 @@ class Communicator:
             segs = [flat[lo:hi] for lo, hi, _ in plan[owner]]
             return torch.cat(segs) if segs else torch.zeros(0)
 
-        # Phase 0: reduce-scatter. Send my part of chunk j to its owner j.
+        # Phase 0: reduce-scatter. Send my part of chunk j to its owner j. A
+        # contribution with a non-finite value is withheld whole (empty
+        # payloads): every owner then rejects it, so it is never applied.
         payloads: dict[str, bytes] = {}
         own: torch.Tensor | None = None
+        withheld = not all_finite(flat)
+        if withheld:
+            log.warning("our contribution to %s (round %d) has non-finite values: sending none, it is rejected",
+                        name, self.round)
         for j, peer in enumerate(self.group):
             vec = gather_chunk(j)
             key = (name, "rs", self.peer_id, j)
-            if peer == self.peer_id:
+            if withheld:
+                if peer == self.peer_id:
+                    own = torch.full((vec.numel(),), float("nan"))
+                else:
+                    payloads[peer] = b""
+            elif peer == self.peer_id:
                 own = decode(codec, j, encode(codec, j, vec, key, "rs"), key, "rs", peer) if lossy else vec.clone()
             else:
                 payloads[peer] = encode(codec, j, vec, key, "rs")
         sent = await self._send_all(op, 0, payloads)
 
         rows: list[torch.Tensor] = []
-        rejected: list[str] = []
+        rejected: list[str] = [self.peer_id] if withheld else []
+        assert own is not None
         for src in self.group:
             if src == self.peer_id:
-                assert own is not None
                 rows.append(own)
-            else:
-                data = await self._recv(src, op, 0)
-                try:
-                    rows.append(decode(codec, self.rank, data, (name, "rs", src, self.rank), "rs", src))
-                except (CodecError, AggregationError) as exc:
-                    # A bad contribution costs that contribution, never the run.
-                    log.warning("rejected the contribution of peer %s to %s: %s", src, name, exc)
-                    rows.append(torch.full_like(rows[0] if rows else own, float("nan")))  # type: ignore[arg-type]
-                    rejected.append(src)
+                continue
+            data = await self._recv(src, op, 0)
+            try:
+                if not data and own.numel():
+                    raise AggregationError(f"peer {src!r} sent no contribution (it withheld a non-finite one)")
+                row = decode(codec, self.rank, data, (name, "rs", src, self.rank), "rs", src)
+                if not all_finite(row):
+                    raise AggregationError(f"peer {src!r} sent non-finite values")
+                rows.append(row)
+            except (CodecError, AggregationError) as exc:
+                # A bad contribution costs that contribution, never the run.
+                log.warning("rejected the contribution of peer %s to %s: %s", src, name, exc)
+                rows.append(torch.full_like(own, float("nan")))
+                rejected.append(src)
+        if len(rejected) == len(self.group) and own.numel():
+            raise AggregationError(f"{name} (round {self.round}): every member's contribution was rejected "
+                                   f"(non-finite or malformed); nothing to apply")
         stacked = torch.stack(rows)
 
         # Reduce my chunk (fixed rank order), talking to the other owners for global statistics.
@@ -586,9 +612,10 @@ class Communicator:
         flattened). The owner accumulates its chunk in rank order as the
         rows arrive, ``acc = row_first; acc += row_i; acc /= len(ok)`` (the
         first valid row is cloned unless it is a received buffer, which is
-        ours to overwrite), skipping rows that failed to decode and all-NaN
-        rows (``_all_nan`` only scans a row whose first value is NaN). The
-        gathered chunks are written straight into the output."""
+        ours to overwrite), skipping rows that failed to decode, empty rows
+        (a member that withheld its non-finite contribution) and rows with a
+        non-finite value. The gathered chunks are written straight into the
+        output."""
         if len(like) == 1 and like[0].dtype == torch.float32 and like[0].is_contiguous():
             flat = like[0].detach().reshape(-1)
         else:
@@ -596,38 +623,49 @@ class Communicator:
         op = self._next_op()
         bounds = chunk_bounds(flat.numel(), self.size)
         sent = 0
+        withheld = not all_finite(flat)
+        if withheld:
+            log.warning("our contribution to %s (round %d) has non-finite values: sending none, it is rejected",
+                        name, self.round)
         for j, peer in enumerate(self.group):
             if peer != self.peer_id:
                 lo, hi = bounds[j]
-                data = _raw_encode(flat[lo:hi])
+                data = b"" if withheld else _raw_encode(flat[lo:hi])
                 await self.transport.send(peer, self.tag(op, 0), data)
                 sent += len(data)
 
         lo, hi = bounds[self.rank]
         acc: torch.Tensor | None = None
         count = 0
-        rejected: list[str] = []
+        rejected: list[str] = [self.peer_id] if withheld else []
         for src in self.group:
             if src == self.peer_id:
+                if withheld:
+                    continue
                 row, owned = flat[lo:hi], False
             else:
                 data = await self._recv(src, op, 0)
                 try:
+                    if not data and hi > lo:
+                        raise AggregationError(f"peer {src!r} sent no contribution (it withheld a non-finite one)")
                     row, owned = _raw_decode(data, hi - lo, src), isinstance(data, bytearray)
+                    if not all_finite(row):
+                        raise AggregationError(f"peer {src!r} sent non-finite values")
                 except AggregationError as exc:
                     # A bad contribution costs that contribution, never the run.
                     log.warning("rejected the contribution of peer %s to %s: %s", src, name, exc)
                     rejected.append(src)
                     continue
-            if _all_nan(row):
-                continue
             if acc is None:
                 acc = row if owned else row.clone()
             else:
                 acc += row
             count += 1
-        if acc is None:  # no usable row at all
-            acc = torch.full((hi - lo,), float("nan"), dtype=torch.float32)
+        if acc is None:
+            if hi > lo:
+                raise AggregationError(f"{name} (round {self.round}): every member's contribution was rejected "
+                                       f"(non-finite or malformed); nothing to apply")
+            acc = torch.zeros(0, dtype=torch.float32)
         else:
             acc /= count
         dropped = tuple(sorted(set(rejected), key=self.group.index))
@@ -650,7 +688,7 @@ class Communicator:
     async def _reduce_chunk(self, stacked: torch.Tensor, op: int) -> tuple[torch.Tensor, tuple[str, ...]]:
         """Reduce this member's chunk; returns (value, dropped peer ids)."""
         if self.aggregator is None:
-            ok = [i for i in range(stacked.shape[0]) if not _all_nan(stacked[i])]
+            ok = [i for i in range(stacked.shape[0]) if not _all_nan(stacked[i])]  # rejected rows are all-NaN
             acc = stacked[ok[0]].clone()
             for i in ok[1:]:
                 acc += stacked[i]

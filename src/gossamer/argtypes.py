@@ -35,3 +35,18 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
     return value
+
+
+def check_writable(path: str) -> None:
+    """Fail before any work when ``path`` cannot be written (missing or
+    read-only folder): ``ConfigError`` naming the folder."""
+    import os
+    from pathlib import Path
+
+    from .errors import ConfigError
+
+    folder = Path(path).expanduser().resolve().parent
+    if not folder.is_dir():
+        raise ConfigError(f"cannot write {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"cannot write {path}: the folder {folder} is not writable")

@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 
 from .argtypes import nonneg_int as _nonneg_int
 from .argtypes import positive_float as _positive_float
+from .argtypes import check_writable as _check_writable
 from .argtypes import positive_int as _positive_int
 from .errors import ConfigError, GossamerError
 from .swarm.cli import add_swarm_commands, parse_options, run_swarm_command
@@ -248,17 +249,6 @@ def cmd_bench_transport(args: argparse.Namespace, console: Any) -> int:
         Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
         console.print(f"wrote {args.json_out}")
     return 0
-
-
-def _check_writable(path: str) -> None:
-    """Fail before any work when ``path`` cannot be written (missing or read-only folder)."""
-    import os
-
-    folder = Path(path).expanduser().resolve().parent
-    if not folder.is_dir():
-        raise ConfigError(f"cannot write {path}: the folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise ConfigError(f"cannot write {path}: the folder {folder} is not writable")
 
 
 def _split(text: str | None) -> list[str] | None:
@@ -561,6 +551,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except ConfigError as exc:
         sys.stderr.write(f"gossamer: error: {exc}\n")
+        return EXIT_USAGE
+    except OSError as exc:  # an OS-level problem (a busy port, an address not on this host, a full disk): one line
+        sys.stderr.write(f"gossamer: error: {exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}\n")
         return EXIT_USAGE
     except GossamerError as exc:
         sys.stderr.write(f"gossamer: {type(exc).__name__}: {exc}\n")

@@ -169,3 +169,29 @@ def test_simulate_option_reaches_the_algorithm_and_codec_is_reported(tmp_path):
                  "--inner-steps", "5", "--codec", "int8", "--json", str(out8)]) == 0
     g8 = json.loads(out8.read_text())["runs"][0]
     assert g8["codec"].startswith("int8") and g8["bytes_sent_per_peer"] < 0.5 * runs["gossip"]["bytes_sent_per_peer"]
+
+
+def test_os_level_problems_are_one_line_exit_2_before_any_work(tmp_path):
+    """Issue 10.8: --json into a missing folder failed only after the run; a
+    --listen address not on this host gave a traceback."""
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "gossamer.cli", *args], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "GOSSAMER_HOME": str(tmp_path)})
+
+    busy = __import__("socket").socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        cases = [
+            (["peer", "--coordinator", "127.0.0.1:1", "--json", str(tmp_path / "no" / "p.json")], "does not exist"),
+            (["coordinator", "--listen", "192.0.2.1:7000"], "cannot listen on 192.0.2.1:7000"),
+            (["peer", "--coordinator", "127.0.0.1:1", "--listen", "192.0.2.1:0"], "cannot listen on 192.0.2.1:0"),
+            (["coordinator", "--listen", f"127.0.0.1:{busy.getsockname()[1]}"], "cannot listen on"),
+            (["coordinator", "--events", str(tmp_path / "no" / "e.jsonl")], "does not exist"),
+        ]
+        for args, needle in cases:
+            proc = run(*args)
+            lines = [line for line in proc.stderr.splitlines() if line.strip()]
+            assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], (args, proc.stderr)
+    finally:
+        busy.close()

@@ -104,3 +104,21 @@ def test_stalled_peer_aborts_the_collective_and_is_dropped(procs):
     assert any("no heartbeat" in ev["reason"] for ev in lost)
     commit1 = [ev for ev in procs.events("commit") if ev["round"] == 1]
     assert len(commit1) == 1 and len(commit1[0]["group"]) == 2
+
+
+@pytest.mark.timeout(180)
+def test_peer_started_before_its_coordinator_waits_for_it(procs):
+    """Issue 10.9: a peer started while its coordinator is down used to exit at
+    once, while running peers retry for 60 s. Now both have the same patience."""
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs.peer("early", port, "--inner-steps", "3", "--rounds", "2", env=FAST)
+    time.sleep(4)
+    assert procs.procs["early"].poll() is None, procs.log("early")
+    procs.coordinator("--listen", f"127.0.0.1:{port}")
+    assert procs.wait("early", 120) == 0
+    assert procs.report("early")["rounds_completed"] == 2

@@ -24,6 +24,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ..argtypes import check_writable
 from ..argtypes import nonneg_int as _nonneg_int, positive_float as _positive_float, positive_int as _positive_int
 from ..errors import ConfigError
 
@@ -112,6 +113,8 @@ async def _coordinator(args: argparse.Namespace) -> int:
     from .protocol import parse_hostport
 
     host, port = parse_hostport(args.listen)
+    if args.events:
+        check_writable(args.events)
     allowed = None
     if args.allow:
         try:
@@ -189,6 +192,8 @@ async def _peer(args: argparse.Namespace) -> int:
 
     steps, options = peer_run_options(args.algorithm, args.task, steps=args.steps, inner_steps=args.inner_steps,
                                       overrides=parse_options(args.option))
+    if args.swarm_json:
+        check_writable(args.swarm_json)
     task_options: dict[str, Any] = {"iid": args.alpha is None}
     if args.alpha is not None:
         task_options["alpha"] = args.alpha

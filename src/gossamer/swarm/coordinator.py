@@ -44,7 +44,7 @@ from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 from typing import Any
 
-from ..errors import PeerError, ProtocolError
+from ..errors import ConfigError, PeerError, ProtocolError
 from ..transport.base import Tag
 from ..transport.identity import Identity
 from ..transport.tcp import handshake
@@ -133,7 +133,11 @@ class Coordinator:
         c = cls(identity, swarm_id, **kw)
         c._changed = asyncio.Condition()
         c._barrier = asyncio.get_running_loop().create_future()
-        c._server = await asyncio.start_server(c._on_connect, host, port)
+        try:
+            c._server = await asyncio.start_server(c._on_connect, host, port)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+                              "(is the address on this host, and the port free?)") from None
         sock = c._server.sockets[0].getsockname()
         c.address = (str(sock[0]), int(sock[1]))
         c._watchdog = asyncio.get_running_loop().create_task(c._watch(), name="coordinator-watchdog")

@@ -37,7 +37,9 @@ Contract:
   that end with a sync end with one), after the swarm's round ``rounds``
   (counted from 0), when ``batches`` runs out, or on ``request_stop()`` (the
   CLI wires SIGTERM to it), leaving the swarm cleanly.
-- Losing the coordinator raises ``PeerError``.
+- The coordinator: a peer keeps trying to reach it for ``RECONNECT_FOR``
+  (60) seconds, whether it is down when the peer starts or lost later
+  (backing off from 0.25 to 4 s between tries); then ``PeerError``.
 - Test hooks (environment, for the integration tests only):
   ``GOSSAMER_TEST_KILL_IN_ROUND=R`` SIGKILLs this process in round R's
   all-reduce after it sent its first reduce-scatter chunk (with
@@ -259,7 +261,7 @@ class Peer:
             self._fingerprint = self._make_fingerprint()
             self._blob: StateBlob | None = None
             self._committed = -2
-            await self._connect_coordinator()
+            await self._reconnect()  # the same patience as a running peer that lost its coordinator
             bg.append(asyncio.create_task(self._heartbeats(), name="heartbeats"))
             bg.append(asyncio.create_task(self._serve(), name="serve"))
             loop = _SwarmLoop(self, iter(batches), steps, rounds)

@@ -594,7 +594,11 @@ class TcpTransport(Transport):
         """Listen on ``host:port`` (port 0 picks a free one, see ``address``)."""
         t = cls(identity, swarm_id, allowed=allowed, max_frame=max_frame, io_timeout=io_timeout,
                 max_buffered=max_buffered)
-        t._server = await asyncio.start_server(t._on_inbound, host, port, limit=STREAM_LIMIT)
+        try:
+            t._server = await asyncio.start_server(t._on_inbound, host, port, limit=STREAM_LIMIT)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+                              "(is the address on this host, and the port free?)") from None
         sock = t._server.sockets[0].getsockname()
         t._address = (str(sock[0]), int(sock[1]))
         logger.info("peer %s listening on %s:%d (swarm %r)", t.peer_id, *t._address, swarm_id)

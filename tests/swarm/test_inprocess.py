@@ -28,13 +28,20 @@ def test_library_peers_train_together_and_agree():
         try:
             peers = [Peer(task.make_model(0), task.loss, coordinator=addr, swarm_id="lib", identity=Identity.generate(),
                           algorithm="diloco", inner_steps=3) for _ in range(2)]
-            reports = await asyncio.gather(*(p.run(batches(task.shard(i, 2, seed=0)), rounds=4)
-                                             for i, p in enumerate(peers)))
-            # a peer with other options is refused with a clear error
-            odd = Peer(task.make_model(0), task.loss, coordinator=addr, swarm_id="lib", identity=Identity.generate(),
-                       algorithm="diloco", inner_steps=7)
-            with pytest.raises(ConfigError, match="different configuration"):
-                await odd.run(batches(task.shard(0, 2, seed=0)), rounds=5)
+            for p in peers:
+                p.step_sleep = 0.05
+
+            async def odd_peer():
+                # while the swarm has members, a peer with other options is refused with a clear error
+                while coord.round < 1:
+                    await asyncio.sleep(0.02)
+                odd = Peer(task.make_model(0), task.loss, coordinator=addr, swarm_id="lib", identity=Identity.generate(),
+                           algorithm="diloco", inner_steps=7)
+                with pytest.raises(ConfigError, match="different configuration"):
+                    await odd.run(batches(task.shard(0, 2, seed=0)), rounds=5)
+
+            *reports, _ = await asyncio.gather(*(p.run(batches(task.shard(i, 2, seed=0)), rounds=4)
+                                                 for i, p in enumerate(peers)), odd_peer())
             return reports, coord.stats
         finally:
             await coord.close()

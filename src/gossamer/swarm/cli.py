@@ -49,6 +49,8 @@ def add_swarm_commands(subparsers: Any) -> None:
     c.add_argument("--min-peers", type=_positive_int, default=1, help="members needed before round 0 starts (default 1)")
     c.add_argument("--heartbeat-timeout", type=_positive_float, default=10.0, help="seconds without a heartbeat before a member is dropped (default 10)")
     c.add_argument("--events", default=None, metavar="PATH", help="append events (join, commit, abort, resync...) as JSON lines")
+    c.add_argument("--state", default=None, metavar="PATH", help="keep the round and agreed hashes in this SQLite file, so a restarted coordinator resumes where the swarm was")
+    c.add_argument("--reset", action="store_true", help="let an empty swarm restart from the next peer's state even if it is not the last agreed one (committed work is otherwise never replaced)")
     c.add_argument("-v", "--verbose", action="count", default=0, dest="swarm_verbose", help="more log output")
 
     p = subparsers.add_parser("peer", help="join a swarm and train")
@@ -64,6 +66,9 @@ def add_swarm_commands(subparsers: Any) -> None:
     p.add_argument("--aggregator", default="mean", help="aggregation rule spec, e.g. median, nnm+cclip (default mean); every peer must use the same")
     p.add_argument("--tolerate", type=_nonneg_int, default=0, help="Byzantine peers the aggregator is configured for (default 0)")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the initial model, the shards and the collectives (same on every peer; default 0)")
+    p.add_argument("--checkpoint", default=None, metavar="DIR", help="write the committed state here (safetensors + JSON) every --checkpoint-every rounds and at the end")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=10, metavar="R", help="rounds between checkpoints (default 10)")
+    p.add_argument("--resume", default=None, metavar="DIR", help="start from the checkpoint in DIR (e.g. after every peer died); the swarm adopts it if it has no member")
     p.add_argument("--deadline-floor", type=_positive_float, default=2.0, metavar="S",
                    help="no collective is aborted for slowness before S seconds (default 2; deadlines otherwise follow the measured link)")
     p.add_argument("--shard", default=None, metavar="I/N", help="train on shard I of N (default: from the peer id, N=16); shard i of a `gossamer simulate` run with N peers is peer i's")
@@ -115,6 +120,8 @@ async def _coordinator(args: argparse.Namespace) -> int:
     host, port = parse_hostport(args.listen)
     if args.events:
         check_writable(args.events)
+    if args.state:
+        check_writable(args.state)
     allowed = None
     if args.allow:
         try:
@@ -124,7 +131,8 @@ async def _coordinator(args: argparse.Namespace) -> int:
             raise ConfigError(f"cannot read the allow-list {args.allow}: {exc}") from None
     identity = load_identity(args.key, coordinator=True)
     coord = await Coordinator.start(identity, args.swarm, host, port, min_peers=args.min_peers,
-                                    heartbeat_timeout=args.heartbeat_timeout, allowed=allowed, events_path=args.events)
+                                    heartbeat_timeout=args.heartbeat_timeout, allowed=allowed, events_path=args.events,
+                                    state_path=args.state, reset=args.reset)
     print(f"coordinator {identity.peer_id} listening on {coord.address[0]}:{coord.address[1]}", flush=True)
     loop = asyncio.get_running_loop()
     _on_signals(loop, lambda: loop.create_task(coord.close()))
@@ -210,6 +218,10 @@ async def _peer(args: argparse.Namespace) -> int:
                   f"group of {event['group']}, hash {event['hash'][:16]}", flush=True)
         elif kind == "admitted":
             print(f"peer {identity.peer_id}: admitted to round {event['round']}", flush=True)
+        elif kind == "resumed":
+            print(f"peer {identity.peer_id}: resumed from the checkpoint of round {event['round']}", flush=True)
+        elif kind == "waiting":
+            print(f"peer {identity.peer_id}: waiting: {event.get('reason')}", flush=True)
         else:
             print(f"peer {identity.peer_id}: {kind} round {event.get('round')} {event.get('reason') or event.get('source') or ''}",
                   flush=True)
@@ -218,7 +230,7 @@ async def _peer(args: argparse.Namespace) -> int:
                 listen=args.listen, advertise=args.advertise, swarm_id=args.swarm, coordinator_id=args.coordinator_id,
                 fingerprint=f"task={args.task} seed={args.seed} steps={steps}", progress=progress, codec=args.codec,
                 aggregator=args.aggregator, tolerate=args.tolerate, seed=args.seed, deadline_floor=args.deadline_floor,
-                **options)
+                checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every, resume=args.resume, **options)
     _on_signals(asyncio.get_running_loop(), peer.request_stop)
 
     def batches() -> Any:

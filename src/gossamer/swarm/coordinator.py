@@ -80,13 +80,66 @@ class _Member:
     ready: bool = False
 
 
+class _Store:
+    """The coordinator's small durable state in SQLite (standard library): the
+    round, the agreed hash of recent rounds (and which committed without
+    parity), the genesis hash, the epoch and transfer counters. Written in one
+    transaction per commit; read once at start."""
+
+    def __init__(self, path: str | Path) -> None:
+        import sqlite3
+
+        try:
+            self.db = sqlite3.connect(str(path), isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v TEXT NOT NULL)")
+            self.db.execute("CREATE TABLE IF NOT EXISTS agreed (round INTEGER PRIMARY KEY, hash TEXT NOT NULL, free INTEGER NOT NULL)")
+        except sqlite3.Error as exc:
+            raise ConfigError(f"cannot open the coordinator state {path}: {exc}") from None
+        self.path = str(path)
+
+    def load(self, c: "Coordinator") -> None:
+        kv = dict(self.db.execute("SELECT k, v FROM kv").fetchall())
+        if "round" not in kv:
+            return
+        c.round = int(kv["round"])
+        c.started = False  # wait for --min-peers again before resuming
+        c.genesis = kv.get("genesis") or None
+        c.epoch = max(c.epoch, int(kv.get("epoch", 0)) + 1)
+        c._transfer = max(c._transfer, int(kv.get("transfer", 0)) + 1)
+        for r, h, free in self.db.execute("SELECT round, hash, free FROM agreed"):
+            c.agreed[int(r)] = str(h)
+            if free:
+                c.free.add(int(r))
+        log.warning("coordinator state from %s: resuming at round %d (agreed %s)", self.path, c.round,
+                    (c.agreed.get(c.round - 1) or "-")[:16])
+
+    def save(self, c: "Coordinator") -> None:
+        rows = [("round", str(c.round)), ("genesis", c.genesis or ""), ("epoch", str(c.epoch)),
+                ("transfer", str(c._transfer))]
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.executemany("INSERT OR REPLACE INTO kv (k, v) VALUES (?, ?)", rows)
+            last = c.round - 1
+            if last in c.agreed:
+                self.db.execute("INSERT OR REPLACE INTO agreed (round, hash, free) VALUES (?, ?, ?)",
+                                (last, c.agreed[last], int(last in c.free)))
+            self.db.execute("DELETE FROM agreed WHERE round < ?", (c.round - KEEP_ROUNDS,))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+
 class Coordinator:
     """See the module docstring. ``await Coordinator.start(...)``, then
     ``await c.wait_closed()`` (or ``close()``)."""
 
     def __init__(self, identity: Identity, swarm_id: str = "gossamer", *, min_peers: int = 1,
                  heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT, allowed: frozenset[str] | None = None,
-                 events_path: str | Path | None = None, io_timeout: float = 30.0) -> None:
+                 events_path: str | Path | None = None, io_timeout: float = 30.0,
+                 state_path: str | Path | None = None, reset: bool = False) -> None:
         self.identity = identity
         self.swarm_id = swarm_id
         self.min_peers = max(1, min_peers)
@@ -124,6 +177,11 @@ class Coordinator:
         self._closed = asyncio.Event()
         self._handlers: set[asyncio.Task[Any]] = set()
         self.stats = {"commits": 0, "aborts": 0, "resyncs": 0, "lost": 0}
+        #: One-shot: an empty swarm may restart from the next peer's state whatever it is.
+        self.reset = reset
+        self._store = _Store(state_path) if state_path else None
+        if self._store is not None:
+            self._store.load(self)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -358,6 +416,8 @@ class Coordinator:
         self._notify()
 
     def _decide(self, decision: dict[str, Any]) -> None:
+        if decision.get("decision") == "commit" and self._store is not None:
+            self._store.save(self)
         fut = self._decisions.get(self.epoch)
         if fut is not None and not fut.done():
             fut.set_result(decision)
@@ -441,6 +501,12 @@ class Coordinator:
         where = f"peer {pid}"
         addr = address(msg.get("addr"), where)
         fingerprint = field(msg, "fingerprint", str, where)
+        have_round = field(msg, "have_round", int, where, optional=True)
+        have_hash = field(msg, "have_hash", str, where, optional=True) or ""
+        have_round = -1 if have_round is None or not have_hash else have_round
+        if not self.members and not [c for c in self.candidates if c != pid]:
+            # the configuration belongs to the members present: an empty swarm takes the next one's
+            self.fingerprint = None
         if self.fingerprint is None:
             self.fingerprint = fingerprint
         elif fingerprint != self.fingerprint:
@@ -451,11 +517,36 @@ class Coordinator:
         if pid in self.members:
             self._remove(pid, "rejoined", kind="leave")
         self.candidates[pid] = addr
-        self._event("join", peer=pid, addr=f"{addr[0]}:{addr[1]}", round=self.round)
-        committed = self.round - 1
+        self._event("join", peer=pid, addr=f"{addr[0]}:{addr[1]}", round=self.round, have_round=have_round)
         sources = [p for p in self._seniority() if p in self.members]
-        if self.round == 0 or not sources or committed not in self.agreed:
-            return {"mode": "init", "round": self.round, "hash": self.genesis if self.round == 0 else None}
+        if not sources and have_round >= 0 and have_round + 1 > self.round and self.phase != "run":
+            # A swarm with no member (e.g. this coordinator restarted without durable state, or
+            # every peer died and one resumes from its checkpoint) adopts the newest committed state
+            # a peer brings: committed work is never replaced by older or initial state.
+            self._event("adopt", peer=pid, round=have_round, hash=have_hash, was=self.round - 1)
+            self.round = have_round + 1
+            self.agreed[have_round] = have_hash
+            self.free.discard(have_round)
+            self.started = False  # a resumed swarm waits for --min-peers again, as at round 0
+            self.attempt = 0
+            if self._store is not None:
+                self._store.save(self)
+        committed = self.round - 1
+        if not sources:
+            if self.round == 0:
+                return {"mode": "init", "round": 0, "hash": self.genesis}
+            if (have_round == committed and (have_hash == self.agreed.get(committed) or committed in self.free)) or self.reset:
+                return {"mode": "init", "round": self.round, "hash": self.agreed.get(committed)}
+            self.candidates.pop(pid, None)
+            held = f"round {have_round} ({have_hash[:16]})" if have_round >= 0 else "no committed state"
+            raise SwarmError("stale", f"the swarm has no member; its last agreed state is round {committed} "
+                                      f"({(self.agreed.get(committed) or '?')[:16]}) and peer {pid} holds {held}: "
+                                      "waiting for a member that holds it (resume from a checkpoint with --resume, or "
+                                      "restart the coordinator with --reset to start over from this peer's state)")
+        if have_round == committed and committed in self.agreed and have_hash == self.agreed[committed]:
+            return {"mode": "init", "round": self.round, "hash": have_hash}  # it already holds the agreed state
+        if committed not in self.agreed:
+            return {"mode": "init", "round": self.round, "hash": None}
         source = sources[0]
         transfer = self._next_transfer()
         self._queue_job(source, {"to": pid, "addr": [addr[0], addr[1]], "transfer": transfer, "round": committed})
@@ -475,13 +566,23 @@ class Coordinator:
             raise SwarmError("stale", f"peer {pid} holds the state before round {want}, the swarm is at round {self.round}")
         expected = self.genesis if want == 0 else self.agreed.get(want - 1)
         if not self.members:
-            if expected is not None and digest != expected:
-                log.warning("swarm was empty: restarting round %d from peer %s's state %s (agreed was %s)",
+            if want == 0 and self.genesis is None:
+                self.genesis = digest
+            elif expected is not None and digest != expected and (want - 1) not in self.free:
+                if not self.reset:
+                    self._event("reject", peer=pid, reason=f"empty swarm: state {digest[:16]} != agreed {expected[:16]}",
+                                round=want)
+                    raise SwarmError("rejected", f"the swarm's agreed state before round {want} is {expected}; peer "
+                                                 f"{pid} offers {digest}. Committed work is never replaced: resume from "
+                                                 "a checkpoint that holds it, or restart the coordinator with --reset")
+                log.warning("--reset: restarting round %d from peer %s's state %s (agreed was %s)",
                             want, pid, digest[:16], expected[:16])
+                self._event("reset", peer=pid, round=want, hash=digest, was=expected)
             if want == 0:
                 self.genesis = digest
             else:
                 self.agreed[want - 1] = digest
+            self.reset = False
         elif expected is None:
             raise SwarmError("stale", f"no agreed state for round {want - 1}; join again")
         elif want - 1 in self.free:

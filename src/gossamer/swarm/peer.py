@@ -81,6 +81,7 @@ from ..transport.tcp import TcpTransport
 from ..verify.hashing import state_hash
 from .keys import load_identity
 from .protocol import CoordinatorClient, SwarmError, parse_hostport
+from .checkpoint import load_checkpoint, save_checkpoint
 from .state import StateBlob, pack_state, recv_state, send_state, state_nbytes
 
 log = logging.getLogger(__name__)
@@ -111,13 +112,15 @@ class PeerReport:
     payload_bytes_sent: int = 0
     bytes_sent: int = 0
     losses: list[dict[str, Any]] = field(default_factory=list)
+    resumed_round: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"peer_id": self.peer_id, "algorithm": self.algorithm, "codec": self.codec,
                 "aggregator": self.aggregator, "rounds_completed": self.rounds_completed, "steps": self.steps,
                 "final_state_hash": self.final_state_hash, "payload_bytes_sent": self.payload_bytes_sent,
                 "bytes_sent": self.bytes_sent, "state_hashes": self.state_hashes, "joined_round": self.joined_round,
-                "aborts": self.aborts, "resyncs": self.resyncs, "rejoins": self.rejoins, "losses": self.losses}
+                "aborts": self.aborts, "resyncs": self.resyncs, "rejoins": self.rejoins,
+                "resumed_round": self.resumed_round, "losses": self.losses}
 
     def write(self, path: str | os.PathLike[str]) -> None:
         p = Path(path)
@@ -184,7 +187,8 @@ class Peer:
                  swarm_id: str = "gossamer", coordinator_id: str | None = None, fingerprint: str = "",
                  progress: Callable[[dict[str, Any]], None] | None = None, codec: str | None = None,
                  aggregator: str = "mean", tolerate: int = 0, seed: int = 0, deadline_floor: float = 2.0,
-                 **options: Any) -> None:
+                 checkpoint: str | os.PathLike[str] | None = None, checkpoint_every: int = 10,
+                 resume: str | os.PathLike[str] | None = None, **options: Any) -> None:
         if algorithm not in ALGORITHMS:
             raise ConfigError(f"unknown algorithm {algorithm!r}; accepted: {', '.join(ALGORITHMS)}")
         algorithm_config(algorithm, **options)  # unknown or invalid options fail here, before joining
@@ -205,6 +209,13 @@ class Peer:
         if not deadline_floor > 0:
             raise ConfigError(f"deadline_floor must be > 0 seconds, got {deadline_floor}")
         self.deadline_floor = deadline_floor
+        if checkpoint_every <= 0:
+            raise ConfigError(f"checkpoint_every must be > 0 rounds, got {checkpoint_every}")
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.checkpoint_every = checkpoint_every
+        self.resume = Path(resume) if resume is not None else None
+        if self.resume is not None and not (self.resume / "state.json").is_file():
+            raise ConfigError(f"--resume {self.resume}: no checkpoint there (state.json is missing)")
         self._key = key
         self._identity = identity
         self.listen = parse_hostport(listen)
@@ -260,7 +271,13 @@ class Peer:
             self._genesis = self.algo.state_dict()
             self._fingerprint = self._make_fingerprint()
             self._blob: StateBlob | None = None
+            #: The last committed swarm round this peer holds (-1: the genesis state, -2: nothing yet),
+            #: its agreed hash and the full state_dict of that moment.
             self._committed = -2
+            self._committed_hash = ""
+            self._committed_sd: dict[str, Any] | None = None
+            if self.resume is not None:
+                self._resume_from(self.resume)
             await self._reconnect()  # the same patience as a running peer that lost its coordinator
             bg.append(asyncio.create_task(self._heartbeats(), name="heartbeats"))
             bg.append(asyncio.create_task(self._serve(), name="serve"))
@@ -288,6 +305,8 @@ class Peer:
             if hasattr(self, "algo"):
                 self.report.final_state_hash = self.algo.shared_hash()
                 self.report.steps = self.algo.steps
+                if self.checkpoint is not None and self._committed >= 0:
+                    await self._write_checkpoint()
             self.report.payload_bytes_sent = tcp.counters.sent.payload
             self.report.bytes_sent = tcp.counters.sent.total
             client = self.client
@@ -349,8 +368,44 @@ class Peer:
         return hashlib.blake2b(json.dumps(desc, sort_keys=True).encode(), digest_size=16).hexdigest()
 
     def _commit_state(self, round_: int, digest: str) -> None:
+        """Remember the committed state (for serving joiners, and to come back to
+        after a lost coordinator: committed work is never replaced by older)."""
         self._committed = round_
-        self._blob = pack_state(self.algo.shared_state(), round_, digest, self.algo.counters())
+        self._committed_hash = digest
+        self._committed_sd = self.algo.state_dict()
+        shared = self._committed_sd["shared"]
+        self._blob = pack_state(shared["tensors"], round_, digest, shared["counters"])
+
+    def _resume_from(self, folder: Path) -> None:
+        sd, meta = load_checkpoint(folder)
+        if meta.get("fingerprint") != self._fingerprint:
+            raise ConfigError(f"checkpoint {folder} was written by a peer with another configuration "
+                              "(algorithm, options, codec, seed or model); resume with the same ones")
+        try:
+            self.algo.load_state_dict(sd)
+        except (ConfigError, KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"checkpoint {folder} does not fit this model: {exc}") from None
+        digest = self.algo.shared_hash()
+        if digest != meta.get("hash"):
+            raise ConfigError(f"checkpoint {folder} is corrupt: its state hashes to {digest[:16]}, "
+                              f"it claims {str(meta.get('hash'))[:16]}")
+        round_ = int(meta["round"])
+        self._commit_state(round_, digest)
+        self.round = round_ + 1
+        assert self.report is not None
+        self.report.resumed_round = round_
+        log.warning("resumed from %s: committed round %d, state %s", folder, round_, digest[:16])
+        self._emit(event="resumed", round=round_, hash=digest)
+
+    async def _write_checkpoint(self) -> None:
+        if self.checkpoint is None or self._committed_sd is None:
+            return
+        meta = {"round": self._committed, "hash": self._committed_hash, "fingerprint": self._fingerprint,
+                "peer_id": self.tcp.peer_id, "algorithm": self.algorithm_name}
+        try:
+            await asyncio.to_thread(save_checkpoint, self.checkpoint, self._committed_sd, meta)
+        except (OSError, ConfigError) as exc:
+            log.error("checkpoint to %s failed: %s", self.checkpoint, exc)
 
     async def _heartbeats(self) -> None:
         while True:
@@ -431,18 +486,36 @@ class Peer:
     async def _join(self) -> None:
         assert self.report is not None
         delay = 0.2
+        waiting_logged = False
+        if self._committed_sd is not None and self._committed >= 0:
+            # back to the last committed state (a round that was interrupted is redone)
+            self.algo.load_state_dict(self._committed_sd)
         while True:
+            have = self._committed if self._committed >= 0 else -1
             try:
-                resp = await self._interruptible(self._c.request("join", addr=self.addr, fingerprint=self._fingerprint))
+                resp = await self._interruptible(self._c.request(
+                    "join", addr=self.addr, fingerprint=self._fingerprint, have_round=have,
+                    have_hash=self._committed_hash if have >= 0 else ""))
             except SwarmError as exc:
                 if exc.code == "rejected":
                     raise ConfigError(str(exc)) from None
+                if exc.code == "stale":  # an empty swarm waits for a member that holds its agreed state
+                    if not waiting_logged:
+                        log.warning("%s", exc)
+                        self._emit(event="waiting", round=self.round, reason=str(exc))
+                        waiting_logged = True
+                    await self._interruptible(asyncio.sleep(delay))
+                    delay = min(2 * delay, 2.0)
+                    continue
                 raise PeerError(str(exc)) from None
             mode = resp.get("mode")
             try:
                 if mode == "init":
                     target = int(resp["round"])
                     if target == 0:
+                        if self._committed >= 0:
+                            raise ConfigError(f"the swarm is at round 0 but this peer holds committed round "
+                                              f"{self._committed}: it belongs to another run (use another --swarm id)")
                         self.algo.load_state_dict(self._genesis)
                     digest = self.algo.shared_hash()
                 elif mode == "fetch":
@@ -459,6 +532,8 @@ class Peer:
                 if exc.code == "rejected" and mode == "init":
                     raise ConfigError(str(exc)) from None
                 log.info("admission refused (%s); joining again", exc)
+            except ConfigError:
+                raise
             except (PeerError, ProtocolError, TimeoutError, KeyError, TypeError, ValueError) as exc:
                 if self._c.closed_event.is_set():
                     raise PeerError("lost the coordinator while joining") from exc
@@ -585,6 +660,8 @@ class Peer:
             if decision.get("agreed", True) and digest != agreed:
                 raise _Rejoin(f"our hash {digest[:16]} is not the agreed {agreed[:16]} and no resync was offered")
         self._commit_state(self.round, digest)
+        if self.checkpoint is not None and (self.round + 1) % self.checkpoint_every == 0:
+            await self._write_checkpoint()
         self.report.state_hashes.append({"round": self.round, "hash": digest, "agreed": agreed})
         self.report.rounds_completed += 1
         self._emit(event="commit", round=self.round, hash=agreed, group=group_size, step=self.algo.steps)

@@ -32,7 +32,7 @@ def _add_swarm_args(p: argparse.ArgumentParser, *, task_default: str | None) -> 
     p.add_argument("--task", default=task_default, help="workload: charlm, digits or quadratic (default: charlm)")
     p.add_argument("--peers", type=_positive_int, default=None, help="number of simulated peers (default 8)")
     p.add_argument("--steps", type=_positive_int, default=None, help="local steps per peer (default per task)")
-    p.add_argument("--inner-steps", type=_positive_int, default=None, help="H: local steps between syncs for fedavg/diloco")
+    p.add_argument("--inner-steps", type=_positive_int, default=None, help="H: local steps between syncs, for the algorithms that have inner steps")
     p.add_argument("--link", default=None, help="link model BANDWIDTH,LATENCY[,LOSS], e.g. 100mbit,50ms (default)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--iid", action="store_true", default=None, help="iid shards (default)")
@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulate", help="run a simulated swarm and compare algorithms")
     sim.add_argument("scenario", nargs="?", help="scenario TOML file (flags override its values)")
-    sim.add_argument("--algorithms", default=None, help="comma-separated: ddp, fedavg, diloco (default ddp,diloco)")
+    sim.add_argument("--algorithms", default=None, help="comma-separated: ddp, fedavg, diloco, streaming_diloco, noloco, spsa, gossip (default ddp,diloco)")
+    sim.add_argument("--peer-ids", default=None, help="comma-separated peer ids in rank order, to rehearse a real swarm bit for bit (default p0..pN-1)")
     _add_swarm_args(sim, task_default=None)
 
     bench = sub.add_parser("bench", help="benchmarks that print ratios against a baseline measured in the same run")
@@ -358,7 +359,7 @@ def _scenario_from_args(args: argparse.Namespace, *, algorithms: str | None) -> 
     overrides = {
         "task": args.task,
         "algorithms": algorithms,
-        "peers": args.peers,
+        "peers": args.peers if args.peers is not None or not getattr(args, "peer_ids", None) else len(_split(args.peer_ids) or []),
         "steps": args.steps,
         "inner_steps": args.inner_steps,
         "link": args.link,
@@ -373,6 +374,7 @@ def _scenario_from_args(args: argparse.Namespace, *, algorithms: str | None) -> 
         "byzantine": args.byzantine,
         "attack": args.attack,
         "tolerate": args.tolerate,
+        "peer_ids": tuple(_split(getattr(args, "peer_ids", None)) or ()) or None,
     }
     scenario_path = getattr(args, "scenario", None)
     if scenario_path:
@@ -380,7 +382,10 @@ def _scenario_from_args(args: argparse.Namespace, *, algorithms: str | None) -> 
     else:
         scenario = Scenario.from_dict({}, source="command line", **overrides)
     if args.option:
-        scenario = _with_options(scenario, parse_options(args.option))
+        options = parse_options(args.option)
+        if "inner_steps" in options and args.inner_steps is not None:
+            raise ConfigError("inner_steps given twice (--inner-steps and --option inner_steps=...): give it once")
+        scenario = _with_options(scenario, options)
     return scenario
 
 

@@ -145,6 +145,15 @@ def test_options_that_do_not_apply_are_one_line_exit_2(tmp_path):
         (["peer", "--coordinator", "127.0.0.1:1", "--algorithm", "diloco", "--option", "oops"], "--option must be KEY=VALUE"),
         (["simulate", "--task", "quadratic", "--algorithms", "diloco", "--option", "topology=ring"], "--option topology applies to none of diloco"),
         (["simulate", "--task", "quadratic", "--json", str(tmp_path / "missing" / "r.json")], "does not exist"),
+        (["simulate", "--task", "quadratic", "--algorithms", "diloco", "--option", "lr=abc"], "option lr must be a float"),
+        (["peer", "--coordinator", "127.0.0.1:1", "--algorithm", "streaming_diloco", "--option", "fragments=2.5"], "option fragments must be an int"),
+        (["peer", "--coordinator", "127.0.0.1:1", "--algorithm", "diloco", "--option", "nesterov=maybe"], "option nesterov must be a bool"),
+        (["peer", "--coordinator", "127.0.0.1:1", "--algorithm", "spsa", "--codec", "int8"], "--codec does not apply to spsa"),
+        (["simulate", "--task", "quadratic", "--algorithms", "spsa", "--codec", "int8"], "--codec does not apply to spsa"),
+        (["simulate", "--task", "quadratic", "--algorithms", "gossip", "--aggregator", "median"], "--aggregator does not apply"),
+        (["simulate", "--task", "quadratic", "--inner-steps", "10", "--option", "inner_steps=5"], "inner_steps given twice"),
+        (["peer", "--coordinator", "127.0.0.1:1", "--inner-steps", "10", "--option", "inner_steps=5"], "inner_steps given twice"),
+        (["simulate", "--task", "quadratic", "--peers", "3", "--peer-ids", "a,b"], "peer_ids must be 3 distinct ids"),
     ]:
         proc = run(*args)
         assert proc.returncode == 2, (args, proc.stderr)

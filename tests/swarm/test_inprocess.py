@@ -37,8 +37,9 @@ def test_library_peers_train_together_and_agree():
                     await asyncio.sleep(0.02)
                 odd = Peer(task.make_model(0), task.loss, coordinator=addr, swarm_id="lib", identity=Identity.generate(),
                            algorithm="diloco", inner_steps=7)
-                with pytest.raises(ConfigError, match="different configuration"):
+                with pytest.raises(ConfigError, match="different configuration") as info:
                     await odd.run(batches(task.shard(0, 2, seed=0)), rounds=5)
+                assert "option inner_steps: 7 (swarm: 3)" in str(info.value)  # it names what differs
 
             *reports, _ = await asyncio.gather(*(p.run(batches(task.shard(i, 2, seed=0)), rounds=4)
                                                  for i, p in enumerate(peers)), odd_peer())
@@ -192,3 +193,27 @@ def test_one_peers_infinite_gradient_costs_its_contribution_not_the_run(codec):
     assert all(bool(torch.isfinite(t).all()) for t in algos[0].shared_state())
     # the poisoned peer took part again after round 2: its pseudo-gradient in the last round was finite
     assert all(bool(torch.isfinite(p).all()) for p in algos[2].params)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("aggregator,tolerate", [("krum", 0), ("median", 1), ("nnm+cclip", 1)])
+def test_robust_aggregators_run_over_tcp(aggregator, tolerate):
+    """A peer starts alone, so its aggregator used to be checked against a group
+    of one (krum: n > 2f + 2, got n=1) and every peer exited. Now the coordinator
+    starts no round smaller than the aggregator needs."""
+    task = make_task("digits")
+
+    async def main():
+        coord = await Coordinator.start(Identity.generate(), "agg", "127.0.0.1", 0, min_peers=1)
+        addr = f"127.0.0.1:{coord.address[1]}"
+        try:
+            peers = [Peer(task.make_model(0), task.loss, coordinator=addr, swarm_id="agg", identity=Identity.generate(),
+                          algorithm="ddp", aggregator=aggregator, tolerate=tolerate) for _ in range(3)]
+            return await asyncio.gather(*(p.run(batches(task.shard(i, 3, seed=0)), steps=4) for i, p in enumerate(peers))), coord.stats
+        finally:
+            await coord.close()
+
+    reports, stats = asyncio.run(main())
+    assert all(r.rounds_completed == 4 and r.aggregator == aggregator for r in reports)
+    assert len({r.final_state_hash for r in reports}) == 1
+    assert stats["aborts"] == 0

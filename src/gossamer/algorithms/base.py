@@ -58,12 +58,31 @@ log = logging.getLogger(__name__)
 
 
 def config_from_options(cls: type, options: dict[str, Any], *, what: str) -> Any:
-    """Build the frozen dataclass ``cls`` from ``options``, rejecting unknown keys."""
+    """Build the frozen dataclass ``cls`` from ``options``, rejecting unknown keys
+    and values of the wrong type (an int is accepted for a float; a bool is
+    never a number) with a ``ConfigError`` naming the option."""
+    import typing
+
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(options) - names)
     if unknown:
         raise ConfigError(f"unknown option(s) {', '.join(unknown)} for {what}; accepted: {', '.join(sorted(names))}")
-    return cls(**options)
+    hints = typing.get_type_hints(cls)
+    for key, value in options.items():
+        want = hints.get(key)
+        ok = True
+        if want is bool:
+            ok = isinstance(value, bool)
+        elif want is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif want is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif want is str:
+            ok = isinstance(value, str)
+        if not ok:
+            kind = getattr(want, "__name__", str(want))
+            raise ConfigError(f"{what}: option {key} must be {'a' if kind != 'int' else 'an'} {kind}, got {value!r}")
+    return cls(**{k: float(v) if hints.get(k) is float else v for k, v in options.items()})
 
 
 def positive(name: str, value: float, *, what: str, allow_zero: bool = False) -> None:
@@ -139,6 +158,8 @@ class Algorithm(ABC):
     ends_with_sync: ClassVar[bool] = False
     #: Codec spec of the communicator when the run names none ("none": raw fp32).
     default_codec: ClassVar[str] = "none"
+    #: False when no payload of the algorithm goes through a codec (spsa's byte).
+    uses_codec: ClassVar[bool] = True
 
     def __init__(self, model: torch.nn.Module, loss_fn: Any, comm: Communicator, config: Any) -> None:
         self.model = model

@@ -72,6 +72,8 @@ class SPSA(Algorithm):
     #: the bytes are applied as they come (no aggregator sees them), so robust
     #: aggregation and the simulator's attacks do not apply
     individual_contributions = False
+    #: the byte is its own quantizer: no codec applies
+    uses_codec = False
 
     def __init__(self, model: torch.nn.Module, loss_fn: Any, comm: Any, config: SPSAConfig) -> None:
         super().__init__(model, loss_fn, comm, config)

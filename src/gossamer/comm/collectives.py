@@ -293,8 +293,8 @@ class Communicator:
         #: replace) this member's contribution before it is sent. The simulator
         #: uses it to play Byzantine peers; honest runtimes leave it None.
         self.contribution_hook: Callable[[str, int, torch.Tensor], Awaitable[torch.Tensor]] | None = None
-        if aggregator is not None and hasattr(aggregator, "check"):
-            aggregator.check(len(self.group))
+        if aggregator is not None and hasattr(aggregator, "check") and len(self.group) > 1:
+            aggregator.check(len(self.group))  # a swarm peer starts alone: its groups are checked when used
 
     @property
     def size(self) -> int:
@@ -316,8 +316,6 @@ class Communicator:
         self.rank = self.group.index(self.peer_id)
         self.epoch = epoch
         self._op = 0
-        if self.aggregator is not None and hasattr(self.aggregator, "check"):
-            self.aggregator.check(len(self.group))
 
     def skip(self) -> int:
         """Consume one op id without communicating (a member that sits an
@@ -487,6 +485,11 @@ class Communicator:
         like = [tensors] if single else list(tensors)
         if codec is None and self.aggregator is None and self.contribution_hook is None:
             return await self._plain_mean(like, name)
+        if self.aggregator is not None and hasattr(self.aggregator, "check"):
+            try:
+                self.aggregator.check(self.size)
+            except ConfigError as exc:
+                raise AggregationError(f"{name}: the aggregator cannot run in a group of {self.size}: {exc}") from None
         flat = flatten(like)
         op = self._next_op()
         if self.contribution_hook is not None:

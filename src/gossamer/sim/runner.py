@@ -117,6 +117,8 @@ async def _run(scenario: Scenario, algorithm: str, task: Any, progress: Progress
     torch.manual_seed(scenario.seed)  # only for library code that ignores our generators
     wall0 = time.perf_counter()
     net = SimNetwork(scenario.link_spec, seed=scenario.seed)
+    if peer_ids is None and scenario.peer_ids is not None:
+        peer_ids = list(scenario.peer_ids)
     ids = list(peer_ids) if peer_ids is not None else [f"p{i}" for i in range(scenario.peers)]
     if len(ids) != scenario.peers or len(set(ids)) != len(ids):
         raise ConfigError(f"peer_ids must be {scenario.peers} distinct ids, got {ids}")

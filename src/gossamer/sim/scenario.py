@@ -22,6 +22,7 @@ TOML keys are the field names below, e.g.::
     attack = "alie"       # ... and do this (required when byzantine > 0)
     tolerate = 0          # f the aggregator is configured for (default: byzantine)
     threads = 1           # torch intra-op threads (1: fastest for many small peers, and exactly repeatable)
+    peer_ids = ["..."]    # the peers' ids in rank order (default p0..pN-1): rehearse a real swarm bit for bit
     [task_options]        # passed to the task (batch_size, layers, ...)
     [algorithm_options.diloco]
     outer_lr = 0.7
@@ -69,6 +70,7 @@ class Scenario:
     attack: str | None = None
     tolerate: int | None = None
     threads: int = 1
+    peer_ids: tuple[str, ...] | None = None
     task_options: dict[str, Any] = field(default_factory=dict)
     algorithm_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -87,6 +89,11 @@ class Scenario:
         _positive_int("peers", self.peers)
         if self.peers < 2:
             raise ConfigError(f"peers must be >= 2 for a swarm, got {self.peers}")
+        if self.peer_ids is not None:
+            ids = tuple(str(x) for x in self.peer_ids)
+            object.__setattr__(self, "peer_ids", ids)
+            if len(ids) != self.peers or len(set(ids)) != len(ids):
+                raise ConfigError(f"peer_ids must be {self.peers} distinct ids (one per peer, in rank order), got {len(ids)}")
         defaults = TASK_DEFAULTS[self.task]
         if self.steps is None:
             object.__setattr__(self, "steps", defaults["steps"])
@@ -139,6 +146,11 @@ class Scenario:
         for a in self.algorithms:
             if self.byzantine and not ALGORITHMS[a][0].individual_contributions:
                 raise ConfigError(f"algorithm {a!r} does not carry individual contributions, so --byzantine does not apply to it")
+            if self.aggregator != "mean" and not ALGORITHMS[a][0].individual_contributions:
+                raise ConfigError(f"algorithm {a!r} does not carry individual contributions, so --aggregator does not apply to it")
+        if self.codec is not None and all(not ALGORITHMS[a][0].uses_codec for a in self.algorithms):
+            raise ConfigError(f"--codec does not apply to {', '.join(self.algorithms)}: "
+                              "spsa sends one quantized byte per step, not a codec payload")
 
     def make_attack(self) -> Any:
         """The scenario's attack object (``None`` without one)."""
@@ -150,7 +162,10 @@ class Scenario:
         """The codec spec ``algorithm`` runs with: the scenario's, else the algorithm's default."""
         from ..algorithms import ALGORITHMS
 
-        return self.codec if self.codec is not None else ALGORITHMS[algorithm][0].default_codec
+        cls = ALGORITHMS[algorithm][0]
+        if not cls.uses_codec:
+            return "none"
+        return self.codec if self.codec is not None else cls.default_codec
 
     @property
     def link_spec(self) -> LinkSpec:

@@ -56,7 +56,7 @@ def add_swarm_commands(subparsers: Any) -> None:
     p = subparsers.add_parser("peer", help="join a swarm and train")
     p.add_argument("--coordinator", type=_hostport, required=True, help="HOST:PORT of the coordinator")
     p.add_argument("--coordinator-id", default=None, help="pin the coordinator's peer id (printed when it starts)")
-    p.add_argument("--task", default="digits", help="workload: digits, quadratic or charlm (default digits)")
+    p.add_argument("--task", default="charlm", help="workload: charlm, digits or quadratic (default charlm, as in `gossamer simulate`)")
     p.add_argument("--algorithm", default="diloco", help="ddp, fedavg, diloco, streaming_diloco, noloco, spsa or gossip (default diloco)")
     p.add_argument("--steps", type=_positive_int, default=None, help="local steps per peer: the run's length, as in `gossamer simulate` (default per task)")
     p.add_argument("--rounds", type=_positive_int, default=None, help="also leave after the swarm's round R (rounds 0..R-1 committed)")
@@ -186,6 +186,8 @@ def peer_run_options(algorithm: str, task: str, *, steps: int | None, inner_step
     fields = {f.name for f in dataclasses.fields(ALGORITHMS[algorithm][1])}
     if inner_steps is not None and "inner_steps" not in fields:
         raise ConfigError(f"--inner-steps does not apply to {algorithm} (it has no inner steps)")
+    if inner_steps is not None and "inner_steps" in overrides:
+        raise ConfigError("inner_steps given twice (--inner-steps and --option inner_steps=...): give it once")
     steps = steps if steps is not None else TASK_DEFAULTS[task]["steps"]
     h = inner_steps if inner_steps is not None else TASK_DEFAULTS[task]["inner_steps"]
     options = run_options(algorithm, steps=steps, inner_steps=h, overrides=overrides)

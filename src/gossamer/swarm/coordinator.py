@@ -153,6 +153,9 @@ class Coordinator:
         self.members: dict[str, _Member] = {}
         self.candidates: dict[str, tuple[str, int]] = {}
         self.fingerprint: str | None = None
+        self.config: dict[str, str] = {}
+        #: Per member: the smallest group its aggregator can run in; no attempt starts smaller.
+        self.min_group: dict[str, int] = {}
         self.round = 0
         self.phase = "collect"
         self.started = False
@@ -356,6 +359,7 @@ class Coordinator:
     def _remove(self, pid: str, reason: str, *, kind: str) -> None:
         was_member = self.members.pop(pid, None) is not None
         was_candidate = self.candidates.pop(pid, None) is not None
+        self.min_group.pop(pid, None)
         self._jobs.pop(pid, None)
         if not (was_member or was_candidate):
             return
@@ -393,6 +397,10 @@ class Coordinator:
         if not all(m.ready for m in self.members.values()):
             return
         if not self.started and len(self.members) < self.min_peers:
+            return
+        need = max((self.min_group.get(p, 1) for p in self.members), default=1)
+        if len(self.members) < need:
+            log.info("round %d waits: %d member(s), the aggregator needs a group of %d", self.round, len(self.members), need)
             return
         self.started = True
         self.epoch += 1
@@ -504,16 +512,23 @@ class Coordinator:
         have_round = field(msg, "have_round", int, where, optional=True)
         have_hash = field(msg, "have_hash", str, where, optional=True) or ""
         have_round = -1 if have_round is None or not have_hash else have_round
+        min_group = field(msg, "min_group", int, where, optional=True) or 1
+        config = msg.get("config") if isinstance(msg.get("config"), dict) else {}
+        config = {str(k)[:100]: str(v)[:200] for k, v in list(config.items())[:256]}
         if not self.members and not [c for c in self.candidates if c != pid]:
             # the configuration belongs to the members present: an empty swarm takes the next one's
             self.fingerprint = None
         if self.fingerprint is None:
             self.fingerprint = fingerprint
+            self.config = config
         elif fingerprint != self.fingerprint:
-            self._event("reject", peer=pid, reason="fingerprint mismatch")
-            raise SwarmError("rejected", f"peer {pid} runs a different configuration (fingerprint {fingerprint[:16]}, "
-                                         f"swarm has {self.fingerprint[:16]}): task, algorithm, options, seed and "
-                                         "model shapes must match")
+            differs = sorted(k for k in set(config) | set(self.config) if config.get(k) != self.config.get(k))
+            detail = "; ".join(f"{k}: {config.get(k, '-')} (swarm: {self.config.get(k, '-')})" for k in differs[:6])
+            self._event("reject", peer=pid, reason=f"configuration differs: {', '.join(differs) or 'fingerprint'}")
+            raise SwarmError("rejected", f"peer {pid} runs a different configuration than the swarm: "
+                                         f"{detail or 'fingerprint ' + fingerprint[:16] + ' vs ' + self.fingerprint[:16]}. "
+                                         "Task, algorithm, options, codec, aggregator, seed and model must match")
+        self.min_group[pid] = max(1, min_group)
         if pid in self.members:
             self._remove(pid, "rejoined", kind="leave")
         self.candidates[pid] = addr

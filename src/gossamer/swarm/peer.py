@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -129,6 +130,15 @@ class PeerReport:
         os.replace(tmp, p)
 
 
+def _group_ok(aggregator: Any, n: int) -> bool:
+    try:
+        if hasattr(aggregator, "check"):
+            aggregator.check(n)
+    except ConfigError:
+        return False
+    return True
+
+
 class _Stopping(Exception):
     pass
 
@@ -198,11 +208,17 @@ class Peer:
         self.algorithm_name = algorithm
         self.options = options
         # The same payload codec the simulator uses for this algorithm, unless told otherwise.
-        self.codec_spec = codec if codec is not None else ALGORITHMS[algorithm][0].default_codec
-        make_run_codec(self.codec_spec)  # a bad spec fails here, before joining
+        cls = ALGORITHMS[algorithm][0]
+        if codec is not None and codec not in ("none", "fp32") and not cls.uses_codec:
+            raise ConfigError(f"--codec does not apply to {algorithm}: it sends one quantized byte per step")
+        spec = codec if codec is not None else (cls.default_codec if cls.uses_codec else "none")
+        resolved = make_run_codec(spec)  # a bad spec fails here, before joining
+        self.codec_spec = resolved.spec if resolved is not None else "none"
         self.aggregator_spec = aggregator
         self.tolerate = tolerate
-        make_aggregator(aggregator, tolerate)
+        agg = make_aggregator(aggregator, tolerate)
+        #: the smallest group the aggregator can run in: the coordinator starts no smaller round
+        self.min_group = next((n for n in range(1, 257) if _group_ok(agg, n)), 257)
         if aggregator != "mean" and not ALGORITHMS[algorithm][0].individual_contributions:
             raise ConfigError(f"algorithm {algorithm!r} does not carry individual contributions, so --aggregator does not apply to it")
         self.seed = seed
@@ -359,12 +375,17 @@ class Peer:
             self.progress(event)
 
     def _make_fingerprint(self) -> str:
+        """A digest of everything every member must share, and (``_config_desc``)
+        the same as a short text map so a refusal can name what differs."""
         from .state import layout
 
+        config = algorithm_config(self.algorithm_name, **self.options)
         desc = {"algorithm": self.algorithm_name, "codec": self.codec_spec, "aggregator": self.aggregator_spec,
-                "tolerate": self.tolerate, "seed": self.seed,
-                "options": {k: repr(v) for k, v in sorted(self.options.items())},
-                "layout": layout(self.algo.shared_state()), "extra": self.extra_fingerprint}
+                "tolerate": str(self.tolerate), "seed": str(self.seed),
+                **{f"option {f.name}": repr(getattr(config, f.name)) for f in dataclasses.fields(config)},
+                "model": hashlib.blake2b(json.dumps(layout(self.algo.shared_state())).encode(), digest_size=8).hexdigest(),
+                "extra": self.extra_fingerprint}
+        self._config_desc = {k: str(v)[:200] for k, v in desc.items()}
         return hashlib.blake2b(json.dumps(desc, sort_keys=True).encode(), digest_size=16).hexdigest()
 
     def _commit_state(self, round_: int, digest: str) -> None:
@@ -494,7 +515,8 @@ class Peer:
             have = self._committed if self._committed >= 0 else -1
             try:
                 resp = await self._interruptible(self._c.request(
-                    "join", addr=self.addr, fingerprint=self._fingerprint, have_round=have,
+                    "join", addr=self.addr, fingerprint=self._fingerprint, have_round=have, min_group=self.min_group,
+                    config=self._config_desc,
                     have_hash=self._committed_hash if have >= 0 else ""))
             except SwarmError as exc:
                 if exc.code == "rejected":

@@ -217,3 +217,45 @@ def test_robust_aggregators_run_over_tcp(aggregator, tolerate):
     assert all(r.rounds_completed == 4 and r.aggregator == aggregator for r in reports)
     assert len({r.final_state_hash for r in reports}) == 1
     assert stats["aborts"] == 0
+
+
+@pytest.mark.timeout(180)
+def test_a_straggler_misses_the_round_and_rejoins_instead_of_stalling_everyone():
+    """Issue 10.3: a peer whose training thread blocks in round 2 (heartbeats
+    still alive) used to keep every other peer waiting forever. Now, once a
+    majority is ready, the barrier waits the straggler deadline and starts
+    without it; it rejoins from the committed state afterwards."""
+    import time
+
+    task = make_task("digits")
+    H, R = 3, 14
+    calls = {"n": 0}
+
+    def stuck(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 2 * H + 1:
+            time.sleep(3.0)  # the worker thread blocks; the event loop (heartbeats) does not
+        return task.loss(model, batch)
+
+    async def main():
+        coord = await Coordinator.start(Identity.generate(), "strag", "127.0.0.1", 0, min_peers=3, straggler_grace=1.0)
+        addr = f"127.0.0.1:{coord.address[1]}"
+        try:
+            peers = [Peer(task.make_model(0), stuck if k == 2 else task.loss, coordinator=addr, swarm_id="strag",
+                          identity=Identity.generate(), algorithm="diloco", inner_steps=H) for k in range(3)]
+            for p in peers:
+                p.step_sleep = 0.1  # rounds of ~0.3 s: the stall spans several of them
+            t0 = time.monotonic()
+            reports = await asyncio.gather(*(p.run(batches(task.shard(k, 3, seed=0)), steps=H * R)
+                                             for k, p in enumerate(peers)))
+            return reports, coord, time.monotonic() - t0
+        finally:
+            await coord.close()
+
+    reports, coord, wall = asyncio.run(main())
+    assert coord.round == R
+    # the two healthy peers did not wait for the 6 s stall in every round: they committed every round
+    assert [reports[0].rounds_completed, reports[1].rounds_completed] == [R, R]
+    assert reports[2].rejoins >= 1 and 0 < reports[2].rounds_completed < R
+    assert len({r.final_state_hash for r in reports}) == 1
+    assert wall < 60

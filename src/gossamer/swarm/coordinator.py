@@ -13,8 +13,19 @@ Contract (one swarm, one coordinator process):
   ``heartbeat_timeout`` seconds (a stall); a peer that reconnects with the
   same key replaces its old registration.
 - Rounds. Round ``r`` starts once every member is ``ready`` for ``r`` (round
-  0 waits for ``min_peers`` members too). Each start is one *attempt* with a
-  fresh global ``epoch`` and the group ``sorted(members)``. The attempt
+  0 waits for ``min_peers`` members too), or, after round 0, once a quorum
+  (a majority, and at least the aggregator's smallest group) is ready and the
+  straggler deadline ``max(grace, median + k MAD)`` of recent barrier spreads
+  has passed since the first ``ready``: the late members sit the round out
+  (event ``straggler``) and rejoin from the committed state. Each start is one
+  *attempt* with a fresh global ``epoch`` and the group ``sorted(ready members)``.
+- Durability. With ``state_path`` the round, recent agreed hashes, genesis,
+  epoch and transfer counters live in SQLite (one transaction per commit)
+  and a restarted coordinator resumes from them. Without it, a coordinator
+  with no member adopts the newest committed ``(have_round, have_hash)`` a
+  joining peer reports. An empty swarm admits only its last agreed state,
+  unless ``reset`` (one-shot). The configuration fingerprint belongs to the
+  members present: it is forgotten when the swarm is empty. The attempt
   commits when every group member still present has reported ``done`` with
   ok; it aborts at once when any member reports a failure or any group
   member is lost. On abort every member is told so (``outcome``/``done``)
@@ -37,7 +48,9 @@ Contract (one swarm, one coordinator process):
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
+import statistics
 import logging
 import time
 from dataclasses import dataclass, field as dc_field
@@ -57,6 +70,7 @@ log = logging.getLogger(__name__)
 MAX_OUTSTANDING = 16
 SERVE_POLL = 5.0
 DEFAULT_HEARTBEAT_TIMEOUT = 10.0
+DEFAULT_STRAGGLER_GRACE = 10.0
 #: Agreed hashes kept (older rounds are forgotten).
 KEEP_ROUNDS = 4096
 
@@ -139,7 +153,8 @@ class Coordinator:
     def __init__(self, identity: Identity, swarm_id: str = "gossamer", *, min_peers: int = 1,
                  heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT, allowed: frozenset[str] | None = None,
                  events_path: str | Path | None = None, io_timeout: float = 30.0,
-                 state_path: str | Path | None = None, reset: bool = False) -> None:
+                 state_path: str | Path | None = None, reset: bool = False,
+                 straggler_grace: float = DEFAULT_STRAGGLER_GRACE, straggler_k: float = 4.0) -> None:
         self.identity = identity
         self.swarm_id = swarm_id
         self.min_peers = max(1, min_peers)
@@ -182,6 +197,13 @@ class Coordinator:
         self.stats = {"commits": 0, "aborts": 0, "resyncs": 0, "lost": 0}
         #: One-shot: an empty swarm may restart from the next peer's state whatever it is.
         self.reset = reset
+        #: Straggler barrier: once a quorum is ready, the others get
+        #: max(grace, median + k * MAD of recent barrier spreads) seconds.
+        self.straggler_grace = straggler_grace
+        self.straggler_k = straggler_k
+        self.spreads: collections.deque[float] = collections.deque(maxlen=32)
+        self._first_ready: float | None = None
+        self._straggler_timer: asyncio.TimerHandle | None = None
         self._store = _Store(state_path) if state_path else None
         if self._store is not None:
             self._store.load(self)
@@ -391,21 +413,55 @@ class Coordinator:
         if ev is not None:
             ev.set()
 
+    def straggler_deadline(self) -> float:
+        """Seconds the barrier waits for the rest once a quorum is ready:
+        ``max(grace, median(s) + k * MAD(s))`` over recent spreads ``s`` (time
+        from a round's first ``ready`` to its last, in rounds where all came)."""
+        if len(self.spreads) < 3:
+            return self.straggler_grace
+        med = statistics.median(self.spreads)
+        mad = statistics.median(abs(x - med) for x in self.spreads)
+        return max(self.straggler_grace, med + self.straggler_k * mad)
+
     def _check_barrier(self) -> None:
         if self.phase != "collect" or not self.members:
             return
-        if not all(m.ready for m in self.members.values()):
+        ready = sorted(p for p, m in self.members.items() if m.ready)
+        if not ready:
             return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._first_ready is None:
+            self._first_ready = now
         if not self.started and len(self.members) < self.min_peers:
             return
         need = max((self.min_group.get(p, 1) for p in self.members), default=1)
-        if len(self.members) < need:
-            log.info("round %d waits: %d member(s), the aggregator needs a group of %d", self.round, len(self.members), need)
+        late: list[str] = []
+        if len(ready) < len(self.members):
+            quorum = max(len(self.members) // 2 + 1, need)
+            if not self.started or len(ready) < quorum:
+                return  # round 0 waits for everyone; later rounds for a quorum first
+            deadline = self._first_ready + self.straggler_deadline()
+            if now < deadline:
+                if self._straggler_timer is None:
+                    self._straggler_timer = loop.call_at(deadline, self._straggler_due)
+                return
+            late = sorted(set(self.members) - set(ready))
+            self._event("straggler", round=self.round, late=late, waited=round(now - self._first_ready, 3),
+                        deadline=round(self.straggler_deadline(), 3))
+        elif len(ready) < need:
+            log.info("round %d waits: %d member(s), the aggregator needs a group of %d", self.round, len(ready), need)
             return
+        else:
+            self.spreads.append(now - self._first_ready)
+        self._first_ready = None
+        if self._straggler_timer is not None:
+            self._straggler_timer.cancel()
+            self._straggler_timer = None
         self.started = True
         self.epoch += 1
         self.attempt += 1
-        self.group = tuple(sorted(self.members))
+        self.group = tuple(ready)
         self.phase = "run"
         self.reports = {}
         self.disagree = set()
@@ -422,6 +478,10 @@ class Coordinator:
         if barrier is not None and not barrier.done():
             barrier.set_result(start)
         self._notify()
+
+    def _straggler_due(self) -> None:
+        self._straggler_timer = None
+        self._check_barrier()
 
     def _decide(self, decision: dict[str, Any]) -> None:
         if decision.get("decision") == "commit" and self._store is not None:

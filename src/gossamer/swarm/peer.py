@@ -63,6 +63,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -508,6 +509,7 @@ class Peer:
         assert self.report is not None
         delay = 0.2
         waiting_logged = False
+        waiting_since = 0.0
         if self._committed_sd is not None and self._committed >= 0:
             # back to the last committed state (a round that was interrupted is redone)
             self.algo.load_state_dict(self._committed_sd)
@@ -526,6 +528,9 @@ class Peer:
                         log.warning("%s", exc)
                         self._emit(event="waiting", round=self.round, reason=str(exc))
                         waiting_logged = True
+                        waiting_since = time.monotonic()
+                    elif time.monotonic() - waiting_since > RECONNECT_FOR:
+                        raise PeerError(f"gave up after {RECONNECT_FOR:g} s: {exc}") from None
                     await self._interruptible(asyncio.sleep(delay))
                     delay = min(2 * delay, 2.0)
                     continue

@@ -755,3 +755,33 @@ def test_handshake_map_with_mixed_keys_is_a_protocol_error(caplog, body):
             await close_all([server, good])
 
     run(main())
+
+
+def test_bookkeeping_of_peers_that_left_is_freed():
+    """Issue 10.11: per-peer bookkeeping for every peer id ever seen (~3.4 KB
+    each) was never freed. ``forget`` drops it for peers gone and not kept."""
+    async def main():
+        server, keeper = await start()
+        try:
+            for _ in range(12):
+                visitor = await TcpTransport.start(Identity.generate(), SWARM, "127.0.0.1", 0)
+                visitor.add_peer(server.peer_id, *server.address)
+                await visitor.send(server.peer_id, Tag(1, 0, 0), b"hello")
+                assert await server.recv(visitor.peer_id, Tag(1, 0, 0), timeout=5) == b"hello"
+                await visitor.close()
+            await keeper.send(server.peer_id, Tag(2, 0, 0), b"stay")
+            assert await server.recv(keeper.peer_id, Tag(2, 0, 0), timeout=5) == b"stay"
+            await eventually(lambda: len(server.connected_peers()) == 1)
+            before = server.peer_tables()
+            assert server.forget({keeper.peer_id}) == 12
+            after = server.peer_tables()
+            assert after < before and after <= 9  # at most one entry per table: the keeper's
+            total = server.counters.received.payload
+            assert total == 12 * 5 + 4  # totals survive
+            # the kept peer still works
+            await keeper.send(server.peer_id, Tag(2, 0, 1), b"again")
+            assert await server.recv(keeper.peer_id, Tag(2, 0, 1), timeout=5) == b"again"
+        finally:
+            await close_all([server, keeper])
+
+    run(main())

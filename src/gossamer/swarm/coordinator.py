@@ -382,6 +382,7 @@ class Coordinator:
         was_member = self.members.pop(pid, None) is not None
         was_candidate = self.candidates.pop(pid, None) is not None
         self.min_group.pop(pid, None)
+        self._job_events.pop(pid, None)
         self._jobs.pop(pid, None)
         if not (was_member or was_candidate):
             return

@@ -612,6 +612,7 @@ class Peer:
             await self._connect_group(group, addrs)
             oldest = self.comm.oldest_epoch_in_flight()
             self.tcp.discard_before(epoch if oldest is None else min(epoch, oldest))
+            self.tcp.forget(set(group).union(self.comm.group, *(h.group for h in self.comm.in_flight)))
             self.comm.regroup(group, epoch=epoch)
             self.comm.deadline_scale = float(2 ** min(attempt, 4))
             try:

@@ -617,6 +617,32 @@ class TcpTransport(Transport):
         """Record where ``peer_id`` listens; the first ``send`` to it dials."""
         self._book[peer_id] = (host, int(port))
 
+    def forget(self, keep: Iterable[str]) -> int:
+        """Drop the bookkeeping of every peer not in ``keep`` that has no live
+        connection: its address, unread frames, consumed-tag sets, the reason
+        it is gone and its per-peer counters (the totals stay). Per-peer state
+        then grows with the peers a run talks to now, not with every peer id
+        ever seen. Returns how many peers were forgotten."""
+        keep = set(keep) | {p for p, conns in self._conns.items() if conns}
+        known = set(self._book) | set(self._buffered) | set(self._consumed) | set(self._gone) | set(self._conns)
+        known |= set(self.counters.sent_to) | set(self.counters.received_from)
+        known |= set(self.handshake_counters.sent_to) | set(self.handshake_counters.received_from)
+        gone = known - keep
+        for pid in gone:
+            for table in (self._book, self._buffered, self._consumed, self._gone, self._conns,
+                          self.counters.sent_to, self.counters.received_from,
+                          self.handshake_counters.sent_to, self.handshake_counters.received_from):
+                table.pop(pid, None)
+        for key in [k for k in self._mailbox if k[0] in gone]:
+            del self._mailbox[key]
+        return len(gone)
+
+    def peer_tables(self) -> int:
+        """Entries in the per-peer tables (for tests and leak checks)."""
+        return sum(len(t) for t in (self._book, self._buffered, self._consumed, self._gone, self._conns,
+                                    self.counters.sent_to, self.counters.received_from,
+                                    self.handshake_counters.sent_to, self.handshake_counters.received_from))
+
     def connected_peers(self) -> set[str]:
         """Ids of the peers with at least one live connection."""
         return {p for p, conns in self._conns.items() if conns}

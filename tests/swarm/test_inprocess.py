@@ -259,3 +259,44 @@ def test_a_straggler_misses_the_round_and_rejoins_instead_of_stalling_everyone()
     assert reports[2].rejoins >= 1 and 0 < reports[2].rounds_completed < R
     assert len({r.final_state_hash for r in reports}) == 1
     assert wall < 60
+
+
+class _FailsFrom:
+    """A fault plan: every sync of this peer from round ``r`` on raises a local error."""
+
+    def __init__(self, r):
+        self.r = r
+
+    def before_sync(self, round_):
+        if round_ >= self.r:
+            raise RuntimeError("disk on fire")
+
+
+@pytest.mark.timeout(180)
+def test_a_member_failing_for_a_local_reason_is_evicted_not_retried_forever():
+    """Issue 10.2: local, deterministic failures were retried thousands of times a
+    minute. Now K failures in a row for the same local reason evict the member
+    (it exits with that reason) and the others go on."""
+    from gossamer.errors import PeerError
+
+    task = make_task("digits")
+    H, R = 3, 6
+
+    async def main():
+        coord = await Coordinator.start(Identity.generate(), "evict", "127.0.0.1", 0, min_peers=3, max_failures=3)
+        addr = f"127.0.0.1:{coord.address[1]}"
+        try:
+            peers = [Peer(task.make_model(0), task.loss, coordinator=addr, swarm_id="evict", identity=Identity.generate(),
+                          algorithm="diloco", inner_steps=H, faults=_FailsFrom(2) if k == 2 else None) for k in range(3)]
+            results = await asyncio.gather(*(p.run(batches(task.shard(k, 3, seed=0)), steps=H * R)
+                                             for k, p in enumerate(peers)), return_exceptions=True)
+            return results, coord
+        finally:
+            await coord.close()
+
+    results, coord = asyncio.run(main())
+    bad = results[2]
+    assert isinstance(bad, PeerError) and "evicted after 3 failed attempts in a row" in str(bad) and "disk on fire" in str(bad)
+    assert [r.rounds_completed for r in results[:2]] == [R, R]
+    assert coord.stats["aborts"] == 3
+    assert results[0].final_state_hash == results[1].final_state_hash

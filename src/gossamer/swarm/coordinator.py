@@ -154,7 +154,8 @@ class Coordinator:
                  heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT, allowed: frozenset[str] | None = None,
                  events_path: str | Path | None = None, io_timeout: float = 30.0,
                  state_path: str | Path | None = None, reset: bool = False,
-                 straggler_grace: float = DEFAULT_STRAGGLER_GRACE, straggler_k: float = 4.0) -> None:
+                 straggler_grace: float = DEFAULT_STRAGGLER_GRACE, straggler_k: float = 4.0,
+                 max_failures: int = 3) -> None:
         self.identity = identity
         self.swarm_id = swarm_id
         self.min_peers = max(1, min_peers)
@@ -204,6 +205,10 @@ class Coordinator:
         self.spreads: collections.deque[float] = collections.deque(maxlen=32)
         self._first_ready: float | None = None
         self._straggler_timer: asyncio.TimerHandle | None = None
+        #: Local failures in a row per member (reason, count); evicted and refused at max_failures.
+        self.max_failures = max(1, max_failures)
+        self.failures: dict[str, tuple[str, int]] = {}
+        self.banned: dict[str, str] = {}
         self._store = _Store(state_path) if state_path else None
         if self._store is not None:
             self._store.load(self)
@@ -247,7 +252,7 @@ class Coordinator:
         await self._closed.wait()
 
     def _event(self, kind: str, **fields: Any) -> None:
-        level = logging.WARNING if kind in ("abort", "lost", "resync", "reject") else logging.INFO
+        level = logging.WARNING if kind in ("abort", "lost", "resync", "reject", "evict", "straggler") else logging.INFO
         log.log(level, "%s %s", kind, " ".join(f"{k}={v}" for k, v in fields.items()))
         if self._events is not None:
             self._events.write(json.dumps({"t": round(time.time(), 3), "event": kind, **fields}) + "\n")
@@ -383,6 +388,7 @@ class Coordinator:
         was_candidate = self.candidates.pop(pid, None) is not None
         self.min_group.pop(pid, None)
         self._job_events.pop(pid, None)
+        self.failures.pop(pid, None)
         self._jobs.pop(pid, None)
         if not (was_member or was_candidate):
             return
@@ -480,6 +486,22 @@ class Coordinator:
             barrier.set_result(start)
         self._notify()
 
+    def _local_failure(self, pid: str, reason: str) -> None:
+        """Count a member's failures for a local reason (its own exception, not a
+        lost peer or a deadline); ``max_failures`` in a row for the same reason
+        evict it, and it may not join again: it ends with that reason instead of
+        the swarm retrying forever."""
+        key = reason.split(":", 1)[0][:120]
+        last, count = self.failures.get(pid, ("", 0))
+        count = count + 1 if key == last else 1
+        self.failures[pid] = (key, count)
+        if count >= self.max_failures:
+            self.banned[pid] = f"evicted after {count} failed attempts in a row: {reason}"[:400]
+            self._event("evict", peer=pid, reason=reason[:300], failures=count, round=self.round)
+            # removed once this attempt is decided (its abort is under way)
+            reason_text = self.banned[pid]
+            asyncio.get_running_loop().call_soon(lambda: self._remove(pid, reason_text, kind="evict"))
+
     def _straggler_due(self) -> None:
         self._straggler_timer = None
         self._check_barrier()
@@ -523,6 +545,8 @@ class Coordinator:
             self.free.add(r)
             self.free.discard(r - KEEP_ROUNDS)
             self.stats["commits"] += 1
+            for p in self.group:
+                self.failures.pop(p, None)
             self._event("commit", round=r, epoch=self.epoch, attempt=self.attempt, group=list(self.group),
                         hash=digest, dissenters=[], agreed=False, hashes=[reports[p] for p in present])
             self.round += 1
@@ -546,6 +570,8 @@ class Coordinator:
             self.stats["resyncs"] += 1
             self._event("resync", round=r, peer=pid, source=source, hash=reports[pid], agreed=verdict.agreed)
         self.stats["commits"] += 1
+        for p in self.group:
+            self.failures.pop(p, None)
         self._event("commit", round=r, epoch=self.epoch, attempt=self.attempt, group=list(self.group),
                     hash=verdict.agreed, dissenters=list(verdict.dissenters))
         self.round += 1
@@ -576,6 +602,8 @@ class Coordinator:
         min_group = field(msg, "min_group", int, where, optional=True) or 1
         config = msg.get("config") if isinstance(msg.get("config"), dict) else {}
         config = {str(k)[:100]: str(v)[:200] for k, v in list(config.items())[:256]}
+        if pid in self.banned:
+            raise SwarmError("banned", self.banned[pid])
         if not self.members and not [c for c in self.candidates if c != pid]:
             # the configuration belongs to the members present: an empty swarm takes the next one's
             self.fingerprint = None
@@ -702,6 +730,9 @@ class Coordinator:
             if pid not in self.group:
                 raise SwarmError("evicted", f"peer {pid} is not in the group of epoch {epoch}")
             if not ok:
+                local = field(msg, "local", bool, where, optional=True)
+                if local:
+                    self._local_failure(pid, reason)
                 self._abort(f"peer {pid} failed: {reason}"[:500])
             elif digest is None:
                 raise ProtocolError(f"done with ok from {where} lacks the state hash")

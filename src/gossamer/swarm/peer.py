@@ -199,7 +199,7 @@ class Peer:
                  progress: Callable[[dict[str, Any]], None] | None = None, codec: str | None = None,
                  aggregator: str = "mean", tolerate: int = 0, seed: int = 0, deadline_floor: float = 2.0,
                  checkpoint: str | os.PathLike[str] | None = None, checkpoint_every: int = 10,
-                 resume: str | os.PathLike[str] | None = None, **options: Any) -> None:
+                 resume: str | os.PathLike[str] | None = None, faults: Any = None, **options: Any) -> None:
         if algorithm not in ALGORITHMS:
             raise ConfigError(f"unknown algorithm {algorithm!r}; accepted: {', '.join(ALGORITHMS)}")
         algorithm_config(algorithm, **options)  # unknown or invalid options fail here, before joining
@@ -246,6 +246,9 @@ class Peer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._stop_requested = threading.Event()
+        #: Fault injection for tests (a fault plan object): ``faults.before_sync(round)``, if it
+        #: exists, runs inside every attempt just before the sync and may raise.
+        self.faults = faults
         self.kill_round = _env_int("GOSSAMER_TEST_KILL_IN_ROUND")
         self.corrupt_round = _env_int("GOSSAMER_TEST_CORRUPT_ROUND")
         self.join_at_round = _env_int("GOSSAMER_TEST_JOIN_AT_ROUND")
@@ -523,6 +526,8 @@ class Peer:
             except SwarmError as exc:
                 if exc.code == "rejected":
                     raise ConfigError(str(exc)) from None
+                if exc.code == "banned":
+                    raise PeerError(str(exc)) from None
                 if exc.code == "stale":  # an empty swarm waits for a member that holds its agreed state
                     if not waiting_logged:
                         log.warning("%s", exc)
@@ -628,9 +633,16 @@ class Peer:
             self.report.aborts += 1
             log.warning("round %d attempt %d aborted (%s); retrying", self.round, attempt, decision.get("reason"))
             self._emit(event="abort", round=self.round, reason=decision.get("reason"))
+            await self._interruptible(asyncio.sleep(min(0.05 * 2 ** attempt, 2.0)))  # retries back off
+
+    async def _synchronize(self) -> None:
+        hook = getattr(self.faults, "before_sync", None)
+        if hook is not None:
+            hook(self.round)
+        await self.algo.synchronize()
 
     async def _attempt(self, epoch: int) -> dict[str, Any]:
-        sync = asyncio.ensure_future(self.algo.synchronize())
+        sync = asyncio.ensure_future(self._synchronize())
         outcome = asyncio.ensure_future(self._c.request("outcome", epoch=epoch))
         try:
             await asyncio.wait({sync, outcome}, return_when=asyncio.FIRST_COMPLETED)
@@ -644,9 +656,11 @@ class Peer:
                     digest = self.algo.shared_hash()
                     req = self._c.request("done", epoch=epoch, ok=True, hash=digest, agree=self.algo.in_agreement())
                 else:
-                    if not isinstance(exc, (CollectiveAborted, PeerError, ProtocolError)):
-                        log.error("outer step failed: %r", exc)
-                    req = self._c.request("done", epoch=epoch, ok=False, reason=str(exc)[:400])
+                    local = not isinstance(exc, (CollectiveAborted, PeerError, ProtocolError))
+                    if local:
+                        log.error("sync failed here: %r", exc)
+                    req = self._c.request("done", epoch=epoch, ok=False, local=local,
+                                          reason=f"{type(exc).__name__}: {exc}"[:400])
                 try:
                     return await req
                 except SwarmError as err:

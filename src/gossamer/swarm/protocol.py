@@ -33,7 +33,7 @@ join        addr [host, port], fingerprint str          mode "init" | "fetch", r
 admit       round int, hash str                         admitted round (long poll while a round runs)
 ready       round int                                   round, epoch, attempt, group [ids], addrs {id: addr}
 done        epoch int, ok bool, hash str, reason str,   the decision (long poll until the attempt is decided)
-            agree bool (default true)
+            agree bool (default true), local bool        (local: the failure is the member's own, e.g. its encode raised)
 outcome     epoch int                                   the decision (long poll)
 serve       (none)                                      jobs [{to, addr, transfer, round}] (long poll, <= 5 s)
 hb          (none)                                      round, phase, members
@@ -80,7 +80,7 @@ RESPONSE_PHASE = 1
 
 class SwarmError(GossamerError):
     """The coordinator refused a request; ``code`` says why (``evicted``,
-    ``stale``, ``rejected``, ``bad_request``, ``busy``)."""
+    ``stale``, ``rejected``, ``bad_request``, ``busy``, ``banned``)."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)

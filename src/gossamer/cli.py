@@ -134,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     par.add_argument("--seed", type=_nonneg_int, default=0)
     par.add_argument("--json", dest="json_out", metavar="PATH")
 
+    soak = bsub.add_parser("soak", help="a loopback swarm under random faults: divergent, lost, livelocked rounds and memory")
+    soak.add_argument("--faults", type=_positive_int, default=100)
+    soak.add_argument("--peers", type=_positive_int, default=4)
+    soak.add_argument("--interval", type=_positive_float, default=1.5, help="mean seconds between faults (default 1.5)")
+    soak.add_argument("--codec", default="int8+ef", help="payload codec of the swarm (default int8+ef: error feedback under churn)")
+    soak.add_argument("--seed", type=_nonneg_int, default=0)
+    soak.add_argument("--json", dest="json_out", metavar="PATH")
+
     tr = bsub.add_parser("transport", help="all-reduce over our TCP transport vs torch.distributed gloo, 4 processes on loopback")
     tr.add_argument("--sizes-mib", default="1,16,64", help="payload sizes in MiB, comma-separated (default 1,16,64)")
     tr.add_argument("--processes", type=_positive_int, default=4)
@@ -230,6 +238,36 @@ def cmd_bench_parity(args: argparse.Namespace, console: Any) -> int:
         Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
         console.print(f"wrote {args.json_out}")
     return 0 if all(r["hash_equal"] and r["bytes_equal"] for r in result["runs"]) else 1
+
+
+def cmd_bench_soak(args: argparse.Namespace, console: Any) -> int:
+    import json
+
+    from rich.table import Table
+
+    from .bench.soak import run_soak
+    from .codecs import make_codec
+
+    if args.json_out:
+        _check_writable(args.json_out)
+    make_codec(args.codec)
+    with console.status("soak ...") as status:
+        r = run_soak(faults=args.faults, peers=args.peers, interval=args.interval, codec=args.codec, seed=args.seed,
+                     progress=lambda kind, k, n: status.update(f"soak: fault {k}/{n} ({kind})"))
+    table = Table(title=f"soak: {r['faults']} faults, {r['peers']} peers, {r['codec']}, {r['wall_s']:.0f} s ({r['cores']} cores)")
+    for col, target in (("faults", ""), ("coordinator restarts", ""), ("rounds committed", ""), ("divergent", "0"),
+                        ("lost", "0"), ("livelocks", "0"), ("max gap", ""), ("rss growth", "~0")):
+        table.add_column(col + (f" (target {target})" if target else ""), justify="right")
+    table.add_row(str(r["faults"]), str(r["coordinator_restarts"]), str(r["rounds_committed"]), str(r["divergent_rounds"]),
+                  str(r["lost_rounds"]), str(r["livelocks"]), f"{r['max_round_gap_s']} s", f"{r['rss_growth_mb']} MB")
+    console.print(table)
+    console.print(f"fault kinds: {r['fault_kinds']}; aborts {r['aborts']}, evictions {r['evictions']}, "
+                  f"stragglers {r['stragglers']}, adoptions {r['adopts']}; logs in {r['workdir']}")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(r, indent=2) + "\n")
+        console.print(f"wrote {args.json_out}")
+    ok = r["divergent_rounds"] == 0 and r["lost_rounds"] == 0 and r["livelocks"] == 0
+    return 0 if ok else 1
 
 
 def cmd_bench_transport(args: argparse.Namespace, console: Any) -> int:
@@ -547,7 +585,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "bench":
             handlers = {"comm": cmd_bench_comm, "codecs": cmd_bench_codecs, "compression": cmd_bench_compression,
                         "robust": cmd_bench_robust, "algorithms": cmd_bench_algorithms, "transport": cmd_bench_transport,
-                        "spsa": cmd_bench_spsa, "equal-bytes": cmd_bench_equal_bytes, "parity": cmd_bench_parity}
+                        "spsa": cmd_bench_spsa, "equal-bytes": cmd_bench_equal_bytes, "parity": cmd_bench_parity,
+                        "soak": cmd_bench_soak}
             if args.bench in handlers:
                 return handlers[args.bench](args, console)
             parser.parse_args(["bench", "--help"])

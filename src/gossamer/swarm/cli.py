@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import os
 import logging
 import signal
 import sys
@@ -215,6 +216,15 @@ async def _peer(args: argparse.Namespace) -> int:
     task = make_task(args.task, **task_options)
     identity = load_identity(args.key)
     model = task.make_model(args.seed)
+    loss = task.loss
+    poison_at = os.environ.get("GOSSAMER_TEST_NONFINITE_STEP")
+    if poison_at:  # test-only fault, injected here rather than in the runtime: one +inf loss at local step N
+        calls = {"n": 0}
+
+        def loss(model: Any, batch: Any) -> Any:  # noqa: F811 - the poisoned variant
+            calls["n"] += 1
+            value = task.loss(model, batch)
+            return value * float("inf") if calls["n"] == int(poison_at) else value
     index, count = _shard_of(args.shard, identity.peer_id)
     shard = task.shard(index, count, seed=args.seed)
 
@@ -233,7 +243,7 @@ async def _peer(args: argparse.Namespace) -> int:
             print(f"peer {identity.peer_id}: {kind} round {event.get('round')} {event.get('reason') or event.get('source') or ''}",
                   flush=True)
 
-    peer = Peer(model, task.loss, coordinator=args.coordinator, algorithm=args.algorithm, identity=identity,
+    peer = Peer(model, loss, coordinator=args.coordinator, algorithm=args.algorithm, identity=identity,
                 listen=args.listen, advertise=args.advertise, swarm_id=args.swarm, coordinator_id=args.coordinator_id,
                 fingerprint=f"task={args.task} seed={args.seed} steps={steps}", progress=progress, codec=args.codec,
                 aggregator=args.aggregator, tolerate=args.tolerate, seed=args.seed, deadline_floor=args.deadline_floor,

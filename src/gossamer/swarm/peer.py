@@ -681,6 +681,8 @@ class Peer:
                     task.cancel()
                     with contextlib.suppress(BaseException):
                         await task
+                elif not task.cancelled():
+                    task.exception()  # retrieved: a failure here was already acted on
 
     async def _committed_round(self, decision: dict[str, Any], group_size: int) -> None:
         assert self.report is not None

@@ -202,12 +202,31 @@ def test_recv_timeout_and_unknown_destination(caplog):
     run(main())
 
 
-def test_oversize_send_refused_locally():
+@pytest.mark.parametrize("size", [1000, 2000, 10_000, 65_537])
+def test_payloads_over_the_frame_limit_are_split_and_reassembled(size):
+    """Issue 10.2: a payload over the frame limit used to be refused, and the
+    round retried forever. Now it goes as several frames and arrives whole,
+    both when the receiver waits already and when it reads later; the byte
+    counters equal the simulator's formula."""
+    from gossamer.transport.frame import message_overhead, split_sizes
+
     async def main() -> None:
         a, b = await start(max_frame=1024)
         try:
-            with pytest.raises(ProtocolError, match="exceeds max_frame"):
-                await a.send(b.peer_id, Tag(0, 0, 0), bytes(2000))
+            data = os.urandom(size)
+            waiting = asyncio.ensure_future(b.recv(a.peer_id, Tag(0, 0, 0), timeout=10))
+            await asyncio.sleep(0.05)
+            await a.send(b.peer_id, Tag(0, 0, 0), data)
+            assert bytes(await waiting) == data
+            await a.send(b.peer_id, Tag(0, 0, 1), data[::-1])  # read later: buffered
+            await asyncio.sleep(0.1)
+            assert bytes(await b.recv(a.peer_id, Tag(0, 0, 1), timeout=10)) == data[::-1]
+            assert a.counters.sent.messages == 2
+            framing = message_overhead(Tag(0, 0, 0), size, 1024) + message_overhead(Tag(0, 0, 1), size, 1024)
+            assert a.counters.sent.framing - a.handshake_counters.sent.framing == framing
+            assert b.counters.received.framing - b.handshake_counters.received.framing == framing
+            sizes = split_sizes(Tag(0, 0, 0), size, 1024)
+            assert sum(sizes) == size and (len(sizes) == 1) == (size <= 1024 - 28)
         finally:
             await close_all([a, b])
 

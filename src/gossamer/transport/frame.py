@@ -82,14 +82,45 @@ _FIELDS = ("r", "o", "p")
 READ_CHUNK = 8 << 20
 
 
-def encode_header(tag: Tag) -> bytes:
-    """msgpack header for ``tag``."""
-    return msgpack.packb({"r": tag.round, "o": tag.op, "p": tag.phase})
+def encode_header(tag: Tag, part: tuple[int, int] | None = None) -> bytes:
+    """msgpack header for ``tag``; a part of a split message also carries
+    ``"c": [index, count]``."""
+    if part is None:
+        return msgpack.packb({"r": tag.round, "o": tag.op, "p": tag.phase})
+    return msgpack.packb({"r": tag.round, "o": tag.op, "p": tag.phase, "c": [part[0], part[1]]})
 
 
-def frame_overhead(tag: Tag) -> int:
-    """Bytes a frame carrying ``tag`` adds to its payload."""
-    return LENGTH.size + HEADER_LENGTH.size + len(encode_header(tag)) + MAC_BYTES
+def frame_overhead(tag: Tag, part: tuple[int, int] | None = None) -> int:
+    """Bytes a frame carrying ``tag`` (and ``part``) adds to its payload."""
+    return LENGTH.size + HEADER_LENGTH.size + len(encode_header(tag, part)) + MAC_BYTES
+
+
+#: Most parts one message may be split into.
+MAX_PARTS = 1 << 16
+
+
+def split_sizes(tag: Tag, size: int, max_frame: int = DEFAULT_MAX_FRAME) -> list[int]:
+    """Payload bytes of each frame of a ``size``-byte message: ``[size]`` when it
+    fits one frame of at most ``max_frame`` body bytes, else the parts of a
+    split message (each part frame's header carries ``[index, count]``)."""
+    if frame_overhead(tag) - LENGTH.size + size <= max_frame:
+        return [size]
+    room = max_frame - (frame_overhead(tag, (MAX_PARTS, MAX_PARTS)) - LENGTH.size)
+    if room <= 0:
+        raise ProtocolError(f"max_frame {max_frame} leaves no room for a payload")
+    count = -(-size // room)
+    if count > MAX_PARTS:
+        raise ProtocolError(f"a {size}-byte message needs {count} frames of {max_frame} bytes, over the limit of {MAX_PARTS}")
+    return [min(room, size - i * room) for i in range(count)]
+
+
+def message_overhead(tag: Tag, size: int, max_frame: int = DEFAULT_MAX_FRAME) -> int:
+    """Framing bytes of a ``size``-byte message, split or not (the simulator
+    counts this, so its byte counts equal TCP's)."""
+    sizes = split_sizes(tag, size, max_frame)
+    if len(sizes) == 1:
+        return frame_overhead(tag)
+    return sum(frame_overhead(tag, (i, len(sizes))) for i in range(len(sizes)))
 
 
 def check_tag(tag: Tag) -> None:
@@ -121,7 +152,8 @@ def new_mac(mac_key: bytes, seq: int, prefix: Buffer) -> Poly1305:
     return h
 
 
-def encode_frame(tag: Tag, payload: Buffer, mac_key: bytes, seq: int = 0, *, max_frame: int | None = None) -> list[Buffer]:
+def encode_frame(tag: Tag, payload: Buffer, mac_key: bytes, seq: int = 0, *, max_frame: int | None = None,
+                 part: tuple[int, int] | None = None) -> list[Buffer]:
     """The frame for ``payload`` as buffers to write in order, without copying
     the payload: ``[length + header length + header + MAC, memoryview(payload)]``.
 
@@ -133,7 +165,7 @@ def encode_frame(tag: Tag, payload: Buffer, mac_key: bytes, seq: int = 0, *, max
     view = memoryview(payload)
     if view.ndim != 1 or view.itemsize != 1:
         view = view.cast("B")
-    header = encode_header(tag)
+    header = encode_header(tag, part)
     body = HEADER_LENGTH.size + len(header) + MAC_BYTES + view.nbytes
     limit = MAX_BODY if max_frame is None else min(max_frame, MAX_BODY)
     if body > limit:
@@ -146,7 +178,18 @@ def encode_frame(tag: Tag, payload: Buffer, mac_key: bytes, seq: int = 0, *, max
 
 def decode_header(header: Buffer) -> Tag:
     """The ``Tag`` in a header; ``ProtocolError`` unless it is the canonical
-    msgpack map of exactly the int fields r, o, p in range."""
+    msgpack map of exactly the int fields r, o, p in range (a part of a split
+    message is refused here: only the TCP transport reassembles those)."""
+    tag, part = decode_header_part(header)
+    if part is not None:
+        raise ProtocolError(f"unexpected part {part} of a split message for {tag}")
+    return tag
+
+
+def decode_header_part(header: Buffer) -> tuple[Tag, tuple[int, int] | None]:
+    """Like ``decode_header``, also accepting the header of a part of a split
+    message, ``"c": [index, count]`` with ``0 <= index < count``,
+    ``2 <= count <= MAX_PARTS``; returns ``(tag, part or None)``."""
     raw = bytes(header)
     try:
         obj = msgpack.unpackb(raw, raw=False, strict_map_key=False, use_list=True,
@@ -159,7 +202,14 @@ def decode_header(header: Buffer) -> Tag:
         raise ProtocolError(f"header is not valid msgpack ({type(exc).__name__}: {exc})") from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"header is not a msgpack map but {type(obj).__name__}")
-    if len(obj) != 3 or set(obj) != set(_FIELDS):
+    part: tuple[int, int] | None = None
+    if len(obj) == 4 and set(obj) == {*_FIELDS, "c"}:
+        c = obj["c"]
+        if (not isinstance(c, list) or len(c) != 2 or any(type(x) is not int for x in c)
+                or not (2 <= c[1] <= MAX_PARTS and 0 <= c[0] < c[1])):
+            raise ProtocolError(f"header part field 'c' must be [index, count] with 0 <= index < count <= {MAX_PARTS}")
+        part = (c[0], c[1])
+    elif len(obj) != 3 or set(obj) != set(_FIELDS):
         found = repr(list(obj)[:8])[:120]
         raise ProtocolError(f"header map must have exactly the keys 'r', 'o', 'p', found {found}")
     values = []
@@ -171,9 +221,9 @@ def decode_header(header: Buffer) -> Tag:
             raise ProtocolError(f"header field {name!r} = {value} is outside the signed 64-bit range")
         values.append(value)
     tag = Tag(*values)
-    if encode_header(tag) != raw:
+    if encode_header(tag, part) != raw:
         raise ProtocolError(f"non-canonical header encoding for {tag}")
-    return tag
+    return tag, part
 
 
 def check_body_length(body: int, max_frame: int) -> None:

@@ -35,7 +35,7 @@ import torch
 from ..errors import ConfigError, PeerError
 from ..seeding import generator
 from .base import Buffer, ByteCounters, Tag, Transport
-from .frame import frame_overhead
+from .frame import message_overhead
 
 _RATE_UNITS = {"bit": 1.0, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "tbit": 1e12}
 _TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
@@ -185,7 +185,7 @@ class SimTransport(Transport):
 
     def _send_at(self, clock: float, dst: str, tag: Tag, payload: Buffer) -> None:
         data = bytes(payload)
-        framing = frame_overhead(tag)
+        framing = message_overhead(tag, len(data))
         size = len(data) + framing
         link = self._net.link(self._id, dst)
         tx = 8.0 * size / link.bandwidth_bps
@@ -220,7 +220,7 @@ class SimTransport(Transport):
         if timeout is not None and msg.arrival > clock + timeout:
             self._mailbox[key] = msg  # it is still in flight; a later recv may take it; the caller's clock advances by timeout
             raise TimeoutError(f"{self._id!r}: no message {tag} from {src!r} within {timeout:.3f} s")
-        self.counters.count_received(src, len(msg.payload), frame_overhead(tag))
+        self.counters.count_received(src, len(msg.payload), message_overhead(tag, len(msg.payload)))
         return msg.payload, max(clock, msg.arrival)
 
     def lane(self) -> "SimLane":

@@ -66,17 +66,25 @@ Contract:
   it logs a WARNING, counts nothing (no frame reached the wire) and marks
   the peer gone, so recvs from it raise ``PeerError`` with the reason.
   ``send`` raises only for local faults: ``PeerError`` once this transport
-  is closed, ``ProtocolError`` for a tag out of range or a payload over
-  ``max_frame``. ``connect`` raises (``PeerError``/``ProtocolError``).
+  is closed, ``ProtocolError`` for a tag out of range (or a message that
+  would need more than ``MAX_PARTS`` frames). ``connect`` raises
+  (``PeerError``/``ProtocolError``).
+- Messages of any size: a payload that does not fit one frame of
+  ``max_frame`` body bytes is sent as consecutive frames whose headers carry
+  ``[index, count]`` (``frame.split_sizes``); the receiver reassembles them
+  (parts must arrive in order on one connection; a cut-off message is
+  dropped with its connection) and delivers one message. Unread parts count
+  against ``max_buffered`` unless a ``recv`` waits for that message.
 - Byte counters are exactly the simulator's: ``send`` counts
-  ``len(payload)`` and ``frame_overhead(tag)`` once it has written the
-  frame (unlike the simulator, nothing for an unreachable peer); ``recv``
+  ``len(payload)`` and ``message_overhead(tag, size, max_frame)`` (one
+  frame's ``frame_overhead(tag)`` unless the message was split) once it has
+  written the frames (unlike the simulator, nothing for an unreachable peer); ``recv``
   counts them when it returns the payload. In addition, every
   completed handshake adds the bytes it sent and received (length prefixes
   included) to the framing counts of that peer and direction without counting
   a message; ``handshake_counters`` holds those bytes alone (one "message"
   per handshake) so that ``counters.*.framing - handshake_counters.*.framing``
-  is the sum of ``frame_overhead`` of the counted messages. Nothing beyond
+  is the sum of ``message_overhead`` of the counted messages. Nothing beyond
   the handshakes and frames is ever written.
 - Limits and deadlines: frames over ``max_frame`` body bytes are refused on
   both sides; handshake messages over ``HANDSHAKE_LIMIT``; a whole handshake
@@ -127,7 +135,9 @@ from .frame import (
     check_body_length,
     check_header_length,
     check_tag,
-    decode_header,
+    decode_header_part,
+    message_overhead,
+    split_sizes,
     encode_frame,
     forged,
     frame_overhead,
@@ -365,6 +375,7 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         self._view: memoryview | None = None
         self._got = 0
         self._tag: Tag | None = None
+        self._part: tuple[int, int] | None = None
         self._mac = b""
         self._h: Any = None
         self._last = 0.0
@@ -427,8 +438,8 @@ class _FrameProtocol(asyncio.BufferedProtocol):
             at = start + hlen + MAC_BYTES
             if len(buf) < at:
                 return
-            tag = decode_header(buf[start:start + hlen])
-            self._tag, self._mac = tag, bytes(buf[start + hlen:at])
+            tag, part = decode_header_part(buf[start:start + hlen])
+            self._tag, self._mac, self._part = tag, bytes(buf[start + hlen:at]), part
             self._h = new_mac(self._conn.recv_key, self._conn.recv_seq, bytes(buf[:start + hlen]))
             total = body - HEADER_LENGTH.size - hlen - MAC_BYTES
             have = min(len(buf) - at, total)
@@ -450,7 +461,10 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         if not hmac.compare_digest(self._h.finalize(), self._mac):
             raise forged(conn.recv_seq)
         conn.recv_seq += 1
-        self._owner._deliver(conn.peer_id, tag, payload)
+        if self._part is not None:
+            self._owner._deliver_part(conn.peer_id, tag, self._part, payload)
+        else:
+            self._owner._deliver(conn.peer_id, tag, payload)
 
     def _mid_frame(self) -> bool:
         return self._view is not None or bool(self._pending)
@@ -568,7 +582,7 @@ class TcpTransport(Transport):
         self.allowed: frozenset[str] | None = None if allowed is None else frozenset(allowed)
         self.max_frame = max_frame
         self.io_timeout = io_timeout
-        self.max_buffered = 4 * max_frame if max_buffered is None else max_buffered
+        self.max_buffered = max(4 * max_frame, 64 << 20) if max_buffered is None else max_buffered
         self.counters = ByteCounters()
         self.handshake_counters = ByteCounters()
         self._server: asyncio.Server | None = None
@@ -581,6 +595,8 @@ class TcpTransport(Transport):
         self._consumed: dict[str, set[Tag]] = {}
         self._waiters: dict[tuple[str, Tag], asyncio.Future[bytearray]] = {}
         self._gone: dict[str, str] = {}
+        #: Parts received so far of split messages, by (src, tag): (count, parts).
+        self._partial: dict[tuple[str, Tag], tuple[int, list[bytearray]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pending_handshakes = 0
         self._closed = False
@@ -635,6 +651,8 @@ class TcpTransport(Transport):
                 table.pop(pid, None)
         for key in [k for k in self._mailbox if k[0] in gone]:
             del self._mailbox[key]
+        for key in [k for k in self._partial if k[0] in gone]:
+            del self._partial[key]
         return len(gone)
 
     def peer_tables(self) -> int:
@@ -790,6 +808,30 @@ class TcpTransport(Transport):
         self._buffered[src] = held
         self._mailbox[key] = payload
 
+    def _deliver_part(self, src: str, tag: Tag, part: tuple[int, int], payload: bytearray) -> None:
+        """One part of a split message: parts arrive in order on one connection
+        (frames are sequenced); the whole message is delivered with its last part."""
+        key = (src, tag)
+        index, count = part
+        held = self._partial.get(key)
+        if held is None:
+            if index != 0:
+                raise ProtocolError(f"part {index} of {count} of {tag} from {src!r} arrived before part 0")
+            held = self._partial[key] = (count, [])
+        if held[0] != count or len(held[1]) != index:
+            raise ProtocolError(f"part {index}/{count} of {tag} from {src!r} is out of order "
+                                f"(expected {len(held[1])}/{held[0]})")
+        pending = self._buffered.get(src, 0) + len(payload)
+        if pending > self.max_buffered and key not in self._waiters:
+            raise ProtocolError(f"peer holds {pending} unread payload bytes here, over the limit of {self.max_buffered}")
+        self._buffered[src] = pending
+        held[1].append(payload)
+        if index + 1 == count:
+            del self._partial[key]
+            whole = bytearray(b"".join(held[1]))
+            self._buffered[src] -= len(whole)
+            self._deliver(src, tag, whole)
+
     async def recv(self, src: str, tag: Tag, *, timeout: float | None = None) -> bytearray:
         key = (src, tag)
         payload = self._mailbox.pop(key, None)
@@ -846,7 +888,7 @@ class TcpTransport(Transport):
         return dropped
 
     def _count_recv(self, src: str, tag: Tag, payload: bytearray) -> bytearray:
-        self.counters.count_received(src, len(payload), frame_overhead(tag))
+        self.counters.count_received(src, len(payload), message_overhead(tag, len(payload), self.max_frame))
         return payload
 
     def _fail_waiters(self, peer: str, reason: str) -> None:
@@ -869,6 +911,9 @@ class TcpTransport(Transport):
         if not conns:
             self._conns.pop(conn.peer_id, None)
             self._gone[conn.peer_id] = reason
+            for key in [k for k in self._partial if k[0] == conn.peer_id]:  # a split message cut off: never completes
+                _, parts = self._partial.pop(key)
+                self._buffered[conn.peer_id] = self._buffered.get(conn.peer_id, 0) - sum(len(x) for x in parts)
             self._fail_waiters(conn.peer_id, reason)
 
     # ----------------------------------------------------------------- sending
@@ -919,9 +964,8 @@ class TcpTransport(Transport):
         if view.ndim != 1 or view.itemsize != 1:
             view = view.cast("B")
         size = view.nbytes
-        framing = frame_overhead(tag)
-        if framing - 4 + size > self.max_frame:
-            raise ProtocolError(f"payload of {size} bytes for {tag} to {dst!r} exceeds max_frame {self.max_frame}")
+        sizes = split_sizes(tag, size, self.max_frame)  # a message over max_frame goes as several frames
+        framing = message_overhead(tag, size, self.max_frame)
         try:
             conn = await self._connection_to(dst)
         except PeerError as exc:
@@ -931,14 +975,19 @@ class TcpTransport(Transport):
             if conn.closed:
                 self._undeliverable(dst, tag, f"connection closed ({self._gone.get(dst, 'closed')})")
                 return
-            seq = conn.send_seq
-            conn.send_seq += 1
             try:
-                if size >= THREAD_MAC_BYTES:
-                    parts = await asyncio.to_thread(encode_frame, tag, view, conn.send_key, seq)
-                else:
-                    parts = encode_frame(tag, view, conn.send_key, seq)
-                await self._write(conn, parts)
+                at = 0
+                for i, n in enumerate(sizes):
+                    piece = view[at:at + n]
+                    at += n
+                    part = (i, len(sizes)) if len(sizes) > 1 else None
+                    seq = conn.send_seq
+                    conn.send_seq += 1
+                    if n >= THREAD_MAC_BYTES:
+                        parts = await asyncio.to_thread(encode_frame, tag, piece, conn.send_key, seq, part=part)
+                    else:
+                        parts = encode_frame(tag, piece, conn.send_key, seq, part=part)
+                    await self._write(conn, parts)
             except (ConnectionError, OSError, TimeoutError) as exc:
                 what = "write stalled" if isinstance(exc, TimeoutError) else f"write failed: {exc or type(exc).__name__}"
                 self._drop(conn, what, abort=True)

@@ -41,31 +41,91 @@ async def _advance(algos, shards, steps):
             await asyncio.gather(*(a.synchronize() for a in algos))
 
 
+async def _restored_sync_repeats(algos, shards, reload=lambda sd: sd):
+    """Advance, snapshot right before a sync, sync, load the snapshot (passed
+    through ``reload``), sync again; returns the shared hashes of both syncs."""
+    await _advance(algos, shards, 5)
+    # step until a sync is due, then snapshot before it
+    while True:
+        for a, s in zip(algos, shards):
+            a.step(s.next_batch())
+        if algos[0].sync_due(10_000):
+            break
+    snaps = [a.state_dict() for a in algos]
+    await asyncio.gather(*(a.synchronize() for a in algos))
+    first = [a.shared_hash() for a in algos]
+    first_local = [a.state_dict()["local"] for a in algos]
+    for a, sd in zip(algos, snaps):
+        a.load_state_dict(reload(sd))
+    assert [a.state_dict()["shared"]["counters"] for a in algos] == [sd["shared"]["counters"] for sd in snaps]
+    await asyncio.gather(*(a.synchronize() for a in algos))
+    # the local state (codec memory included) repeats too
+    assert all(_same(x, a.state_dict()["local"]) for x, a in zip(first_local, algos))
+    return first, [a.shared_hash() for a in algos]
+
+
+def _same(a, b) -> bool:
+    """Structural equality, tensors compared bit for bit (lists and tuples alike)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
 @pytest.mark.parametrize("name", ALGORITHM_NAMES)
 def test_a_restored_sync_repeats_exactly(name):
     """Snapshot, sync, load the snapshot, sync again: the same shared state (what
     the swarm does when an attempt aborts)."""
     algos, shards = _peers(name)
-
-    async def main():
-        await _advance(algos, shards, 5)
-        # step until a sync is due, then snapshot before it
-        while True:
-            for a, s in zip(algos, shards):
-                a.step(s.next_batch())
-            if algos[0].sync_due(10_000):
-                break
-        snaps = [a.state_dict() for a in algos]
-        await asyncio.gather(*(a.synchronize() for a in algos))
-        first = [a.shared_hash() for a in algos]
-        for a, sd in zip(algos, snaps):
-            a.load_state_dict(sd)
-        assert [a.state_dict()["shared"]["counters"] for a in algos] == [sd["shared"]["counters"] for sd in snaps]
-        await asyncio.gather(*(a.synchronize() for a in algos))
-        return first, [a.shared_hash() for a in algos]
-
-    first, again = asyncio.run(main())
+    first, again = asyncio.run(_restored_sync_repeats(algos, shards))
     assert first == again
+
+
+FEEDBACK_CASES = [("diloco", "int8+ef"), ("diloco", "topk:0.1+ef21"), ("fedavg", "int8+econtrol"),
+                  ("ddp", "int8+ef"), ("streaming_diloco", "int8+ef"), ("streaming_diloco", "topk:0.1+ef21"),
+                  ("diloco", "powersgd:2:warm+ef")]
+
+
+@pytest.mark.parametrize("name,codec", FEEDBACK_CASES)
+def test_a_restored_sync_repeats_exactly_with_error_feedback(name, codec):
+    """Issue 10.2: the codec's error-feedback memory is part of the local state,
+    so loading the snapshot also rolls it back and the retried sync repeats."""
+    algos, shards = _peers(name, n=3, codec=codec)
+    first, again = asyncio.run(_restored_sync_repeats(algos, shards))
+    assert len(set(first)) == 1  # bit parity
+    assert first == again
+    assert "comm" in algos[0].state_dict()["local"]
+
+
+@pytest.mark.parametrize("name,codec", [("diloco", "int8+ef"), ("ddp", "topk:0.1+econtrol")])
+def test_error_feedback_memory_survives_a_checkpoint(name, codec, tmp_path):
+    """The memory is plain data: a peer checkpoint (safetensors + JSON) holds it
+    and a resumed peer repeats the sync exactly."""
+    from gossamer.swarm.checkpoint import load_checkpoint, save_checkpoint
+
+    algos, shards = _peers(name, n=2, codec=codec)
+
+    def through_disk(sd):
+        folder = tmp_path / str(len(list(tmp_path.iterdir())))
+        save_checkpoint(folder, sd, {"round": 0})
+        return load_checkpoint(folder)[0]
+
+    first, again = asyncio.run(_restored_sync_repeats(algos, shards, reload=through_disk))
+    assert first == again
+
+
+def test_a_joiner_starts_with_fresh_codec_memory():
+    """A peer that loads only the shared part (a joiner) forgets any codec
+    memory it had: its communicator equals a fresh one."""
+    algos, shards = _peers("diloco", n=2, codec="int8+ef21")
+    asyncio.run(_advance(algos, shards, 6))
+    fresh = _peers("diloco", n=2, codec="int8+ef21")[0][0]
+    assert algos[1].comm.state_dict() != fresh.comm.state_dict()
+    algos[1].load_state_dict({"shared": algos[0].state_dict()["shared"]})
+    assert repr(algos[1].comm.state_dict()) == repr(fresh.comm.state_dict())
 
 
 @pytest.mark.parametrize("name", ALGORITHM_NAMES)

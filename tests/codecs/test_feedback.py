@@ -139,3 +139,90 @@ def test_feedback_fixes_biased_compression_on_least_squares() -> None:
     assert ef21 < 1e-6
     assert econtrol < 1e-6
     assert _least_squares(None, iters) < 1e-6  # the budget suffices uncompressed
+
+
+# ---------------------------------------------------------------- segments of one vector, state as data
+@pytest.mark.parametrize("spec", ["int8:16+ef", "topk:0.2+ef21", "sign:8+econtrol:0.1"])
+def test_encode_segments_equals_per_segment_encode(spec) -> None:
+    """One state over the vector gives the bytes that one state per segment gives."""
+    whole, parts = make_codec(spec), make_codec(spec)
+    segments = [(0, 20, (20,)), (20, 20, (0,)), (20, 50, (5, 6))]
+    for t in range(4):
+        x = vec(t)
+        got = whole.encode_segments(x, segments, key="v", seeds=[t, t + 1, t + 2])
+        want = [parts.encode(x[lo:hi].view(shape), key=("v", i), seed=t + i) if hi > lo else b""
+                for i, (lo, hi, shape) in enumerate(segments)]
+        assert got == want
+    names = whole.state_names
+    for name in names:
+        st = whole.sender_state("v")[name]
+        assert torch.equal(st, torch.cat([parts.sender_state(("v", i)).get(name, torch.zeros(0)).reshape(-1)
+                                          for i in range(3)]))
+
+
+def test_segment_state_is_rekeyed_by_element() -> None:
+    """New chunk bounds keep each element's memory; elements no longer named lose theirs."""
+    ef = make_codec("int8:16+ef")
+    ef.encode_segments(vec(0, 30), [(0, 10, (10,)), (10, 30, (20,))], key="v", seeds=[0, 0])
+    e = ef.sender_state("v")["e"]
+    assert float(e.abs().max()) > 0
+    # the same 30 elements cut elsewhere, listed in another order: the memory follows the elements
+    x = vec(1, 30)
+    a = make_codec("int8:16+ef")
+    got = ef.encode_segments(torch.cat([x[15:], x[:15]]), [(15, 30, (15,)), (0, 15, (15,))], key="v", seeds=[0, 0])
+    assert got == [a.inner.encode(x[15:] + e[15:]), a.inner.encode(x[:15] + e[:15])]
+    # only elements 5..12 remain: they keep their memory, the rest is dropped
+    e2 = ef.sender_state("v")["e"]  # in the order of the last call: elements 15..29, then 0..14
+    e2 = torch.cat([e2[15:], e2[:15]])
+    assert ef.encode_segments(torch.zeros(7), [(5, 12, (7,))], key="v", seeds=[0]) == [a.inner.encode(e2[5:12])]
+    assert ef.sender_state("v")["e"].numel() == 7
+    with pytest.raises(CodecError, match="overlap"):
+        ef.encode_segments(torch.zeros(10), [(0, 6, (6,)), (4, 8, (4,))], key="w", seeds=[0, 0])
+    with pytest.raises(CodecError, match="values"):
+        ef.encode_segments(torch.zeros(9), [(0, 10, (10,))], key="w", seeds=[0])
+
+
+def test_reset_estimates_keeps_error_memory() -> None:
+    ec, ef21 = make_codec("topk:0.2+econtrol"), make_codec("topk:0.2+ef21")
+    for c in (ec, ef21):
+        c.decode(c.encode(vec(0), key=("a", 1)), (50,), key=("a", 1))
+        c.encode(vec(1), key=("b", 1))
+        c.reset_estimates(lambda k: k[0] == "a")
+    assert float(ec.sender_state(("a", 1))["e"].abs().max()) > 0
+    assert float(ec.sender_state(("a", 1))["h"].abs().max()) == 0
+    assert ec.receiver_state(("a", 1)) is None and ef21.receiver_state(("a", 1)) is None
+    assert ef21.sender_state(("a", 1)) == {}
+    assert ef21.sender_state(("b", 1)) != {} and float(ec.sender_state(("b", 1))["h"].abs().max()) > 0
+
+
+@pytest.mark.parametrize("spec", ["int8:16+ef", "topk:0.2+ef21", "sign:8+econtrol:0.1", "powersgd:2:warm+ef"])
+def test_state_dict_round_trips_through_json(spec) -> None:
+    """State is data: a JSON round trip (lists for tuples) restores it exactly,
+    and the restored codec continues bit for bit."""
+    import json
+
+    a, b = make_codec(spec), make_codec(spec)
+    shape = (40, 40)  # big enough for powersgd's low-rank path (a warm Q)
+    for t in range(3):
+        a.decode(a.encode(vec(t, 1600).view(shape), key=("n", "rs", "p0", 0, 0), seed=t), shape,
+                 key=("n", "rs", "p1", 0, 0), seed=t)
+        a.encode_segments(vec(t, 1600), [(0, 1600, shape)], key=("n", "rs", "p0"), seeds=[t])
+    sd = a.state_dict()
+    if "powersgd" in spec:
+        assert sd["inner"]["q"]  # the warm Q is part of the state
+    tensors: list[torch.Tensor] = []
+
+    def out(t):
+        tensors.append(t)
+        return {"__t": len(tensors) - 1}
+
+    def back(d):
+        return tensors[d["__t"]] if set(d) == {"__t"} else d
+
+    b.load_state_dict(json.loads(json.dumps(sd, default=out), object_hook=back))
+    x = vec(9, 1600).view(shape)
+    assert a.encode(x, key=("n", "rs", "p0", 0, 0), seed=5) == b.encode(x, key=("n", "rs", "p0", 0, 0), seed=5)
+    assert a.encode_segments(vec(9, 1600), [(0, 1600, shape)], key=("n", "rs", "p0"), seeds=[5]) == \
+        b.encode_segments(vec(9, 1600), [(0, 1600, shape)], key=("n", "rs", "p0"), seeds=[5])
+    with pytest.raises(CodecError, match="cannot load"):
+        make_codec("int8:32+ef").load_state_dict(sd)

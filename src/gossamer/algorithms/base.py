@@ -223,12 +223,18 @@ class Algorithm(ABC):
             apply_schedule(schedule)
 
     def local_state(self) -> dict[str, Any]:
-        """This peer's own state: local parameters and local optimizer state."""
+        """This peer's own state: local parameters, local optimizer state and
+        the communicator's codec state (error-feedback memory: ``"comm"``)."""
         return {"params": [p.detach().clone() for p in self.params],
-                "optimizers": {k: copy.deepcopy(o.state_dict()) for k, o in self.optimizers().items()}}
+                "optimizers": {k: copy.deepcopy(o.state_dict()) for k, o in self.optimizers().items()},
+                "comm": self.comm.state_dict()}
 
     def load_local_state(self, local: dict[str, Any] | None) -> None:
-        """Restore ``local_state()``; ``None`` (a joiner): derive it from the shared state."""
+        """Restore ``local_state()``; ``None`` (a joiner): derive it from the shared
+        state. The communicator's codec state is restored with it (and
+        forgotten for a joiner); ``load_state_dict`` makes sure of that even
+        for a subclass whose override does not call this one."""
+        self._load_comm_state(local)
         if local is None:
             self.reset_local()
             return
@@ -250,10 +256,31 @@ class Algorithm(ABC):
         for opt in self.optimizers().values():
             opt.state.clear()
 
+    #: While ``load_state_dict`` runs: whether the codec state was restored already.
+    _comm_state_loaded = False
+    _loading_state = False
+
+    def _load_comm_state(self, local: dict[str, Any] | None) -> None:
+        """Restore the communicator's codec state from ``local["comm"]``; forget
+        it when there is none (a joiner, or a state saved without it). Done
+        once per ``load_state_dict``."""
+        if self._comm_state_loaded:
+            return
+        self._comm_state_loaded = self._loading_state
+        if local is not None and "comm" in local:
+            self.comm.load_state_dict(local["comm"])
+        else:
+            self.comm.reset_state()
+
     def state_dict(self) -> dict[str, Any]:
-        """See the module docstring. Tensors are copies."""
+        """See the module docstring. Tensors are copies. ``local["comm"]`` is the
+        communicator's codec state (error-feedback memory), also for a
+        subclass whose ``local_state`` leaves it out."""
+        local = self.local_state()
+        if "comm" not in local:
+            local["comm"] = self.comm.state_dict()
         return {"shared": {"tensors": [t.detach().clone() for t in self.shared_state()], "counters": self.counters()},
-                "local": self.local_state()}
+                "local": local}
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         """Restore ``state_dict()`` output (or only its ``"shared"`` part, for a joiner).
@@ -273,7 +300,12 @@ class Algorithm(ABC):
             for t, s in zip(live, tensors):
                 t.copy_(s)
         self.after_load_shared()
-        self.load_local_state(sd.get("local"))
+        self._loading_state, self._comm_state_loaded = True, False
+        try:
+            self.load_local_state(sd.get("local"))
+            self._load_comm_state(sd.get("local"))  # if the subclass's load_local_state did not
+        finally:
+            self._loading_state = self._comm_state_loaded = False
 
     def after_load_shared(self) -> None:
         """Hook: rebuild derived structures after the shared state changed."""

@@ -25,6 +25,12 @@ Contract (every codec in this package):
   PowerSGD initialisation): the same ``(x, seed)`` gives the same bytes.
 * ``key`` names a stream (e.g. ``(sender, slot)``) for stateful codecs;
   ``None`` is an ordinary key (the default stream).
+* State as data: ``state_dict(match=None)`` returns a stateful codec's
+  per-key state (plain values and tensor copies; ``{}`` for a stateless
+  codec) and ``load_state_dict(sd, match=None)`` restores it; ``match``
+  limits both to the keys it accepts. ``reset(key)`` / ``reset(all_keys=True)``
+  forget state. Keys are restored with lists turned back into tuples
+  (``plain_key``), so a JSON round trip of the state is harmless.
 
 Wire header (8 bytes, little-endian, ``struct`` format ``<BBBBI``)::
 
@@ -44,8 +50,8 @@ import sys
 import warnings
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Hashable
-from typing import Final
+from collections.abc import Callable, Hashable
+from typing import Any, Final
 
 import numpy as np
 import torch
@@ -71,6 +77,7 @@ __all__ = [
     "frombuffer",
     "tensor_bytes",
     "alloc_out",
+    "plain_key",
 ]
 
 MAGIC: Final[int] = 0x47
@@ -227,6 +234,13 @@ def alloc_out(shape: tuple[int, ...], out: torch.Tensor | None) -> torch.Tensor:
     return torch.from_numpy(np.empty(shape, dtype=np.float32))
 
 
+def plain_key(key: object) -> object:
+    """``key`` with every list turned into a tuple (a state key after a JSON round trip)."""
+    if isinstance(key, (list, tuple)):
+        return tuple(plain_key(k) for k in key)
+    return key
+
+
 def make_generator(seed: int, stream: int = 0) -> torch.Generator:
     """A CPU generator seeded from the shared ``seed`` (and a per-use stream id)."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
@@ -323,6 +337,16 @@ class Codec(ABC):
                 MemoryError, BufferError) as exc:
             raise CodecError(f"{self.spec}: malformed payload ({type(exc).__name__}: {exc})") from exc
         return out
+
+    def reset(self, key: Hashable = None, *, all_keys: bool = False) -> None:
+        """Forget the state of ``key`` (or of every key); stateless codecs have none."""
+
+    def state_dict(self, match: Callable[[Hashable], bool] | None = None) -> dict[str, Any]:
+        """Per-key state as data (see the module docstring); ``{}`` when stateless."""
+        return {}
+
+    def load_state_dict(self, sd: dict[str, Any], match: Callable[[Hashable], bool] | None = None) -> None:
+        """Restore ``state_dict()`` output; stateless codecs have nothing to restore."""
 
     def __repr__(self) -> str:
         return f"<codec {self.spec}>"

@@ -34,7 +34,8 @@ iteration (``M Q0``, ``M^T P`` or the reconstruction overflow).
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
+from typing import Any
 
 import torch
 
@@ -51,6 +52,7 @@ from .base import (
     make_generator,
     numel,
     pack_header,
+    plain_key,
     spec_tag,
     tensor_bytes,
 )
@@ -121,6 +123,21 @@ class PowerSGDCodec(Codec):
             self._q.clear()
         else:
             self._q.pop(key, None)
+
+    def state_dict(self, match: Callable[[Hashable], bool] | None = None) -> dict[str, Any]:
+        """The warm-start Qs (``:warm``) of the keys ``match`` accepts, as data."""
+        if not self._q:
+            return {}
+        return {"spec": self.spec, "q": [[k, q.clone()] for k, q in self._q.items() if match is None or match(k)]}
+
+    def load_state_dict(self, sd: dict[str, Any], match: Callable[[Hashable], bool] | None = None) -> None:
+        """Restore ``state_dict()`` output (only the keys ``match`` accepts, when given)."""
+        if sd.get("spec", self.spec) != self.spec:
+            raise CodecError(f"{self.spec}: cannot load the state of codec {sd.get('spec')!r}")
+        for k in [k for k in self._q if match is None or match(k)]:
+            del self._q[k]
+        for k, q in sd.get("q", []):
+            self._q[plain_key(k)] = q.detach().to(torch.float32).clone()
 
     def encode(self, x: torch.Tensor, *, key: Hashable = None, seed: int = 0) -> bytes:
         if not isinstance(x, torch.Tensor):

@@ -20,6 +20,37 @@ Contract:
   everyone, the owner included, decodes those same bytes under the same key,
   so results stay bit-identical. Both phases of one chunk share a seed, so
   rand-k sends the reduced chunk on the indices its contributions used.
+- Error feedback (``+ef``, ``+ef21``, ``+econtrol``) survives regroups,
+  aborts and resyncs:
+
+  * Sender memory is per collective name over the *whole* flat vector, not
+    per chunk: a member encodes all its chunks in one
+    ``codec.encode_segments`` call (state key ``(name, "rs", me)``), i.e.
+    ``c_j = C(x_j + e_j)`` per chunk and ``e <- x + e - D(c)`` over the
+    vector. Chunk bounds (which move when the group size changes) therefore
+    never change the memory's shape; within one group the bytes equal the
+    old per-chunk memory's. The owner's memory of the reduced chunk it
+    re-sends (key ``(name, "ag")``) is re-keyed by element: an element keeps
+    it while the member still owns it, and it is dropped (one step's
+    rounding of the mean) when the element moves to another owner.
+  * Estimates (EF21's ``g``, EControl's ``h``) have a copy at the receiver
+    (the owner of a chunk, per sender; and everyone, for the all-gathered
+    chunks), which a new member or a new owner does not have. They are
+    bound to the layout ``(group, shapes)`` of their collective name: the
+    first collective of a name under another group (a member left or
+    joined, or the order changed) makes every member forget that name's
+    estimates, sender and receiver copies alike, before encoding
+    (``codec.reset_estimates``). Error memory (``+ef``'s and EControl's
+    ``e``) is kept. Every member of a group sees the same change at the same
+    call, so all decode the same bytes to bit-identical values.
+  * ``state_dict()`` / ``load_state_dict()`` hold all of it (codec state and
+    the layouts) as tensors and plain values; algorithms keep it in their
+    local state, so an aborted attempt that reloads the algorithm's
+    ``state_dict`` also rolls the memory back, and the retry repeats bit for
+    bit. A background collective whose handle was not collected yet is
+    recorded as not started (its name's state from before it started),
+    because a restored algorithm runs it again. ``reset_state()`` forgets
+    everything (a joiner).
 - ``all_gather(data)`` returns every member's bytes in rank order.
 - ``exchange(partner, data)`` swaps bytes with one partner; for tensors,
   ``encode_tensor`` / ``exchange_encoded`` / ``decode_tensor`` put them
@@ -122,6 +153,11 @@ def _all_nan(row: torch.Tensor) -> bool:
     return first != first and bool(torch.isnan(row).all())
 
 
+def _key_name(key: Any) -> Any:
+    """The collective name a codec state key belongs to (its first field), else None."""
+    return key[0] if isinstance(key, tuple) and key else None
+
+
 def chunk_bounds(total: int, parts: int) -> list[tuple[int, int]]:
     """Split ``range(total)`` into ``parts`` contiguous chunks, sizes differing by at most one."""
     base, extra = divmod(total, parts)
@@ -183,6 +219,7 @@ class CollectiveHandle:
         self._task = task
         self.name = name
         self.epoch = epoch
+        self.group: tuple[str, ...] = comm.group
 
     def done(self) -> bool:
         return self._task.done()
@@ -195,9 +232,11 @@ class CollectiveHandle:
         finally:
             if self._task.done():
                 self._comm.transport.join_lane(self._lane)
+                self._comm._collected(self)
 
     def cancel(self) -> None:
         self._task.cancel()
+        self._comm._collected(self)
 
 
 class CollectiveAborted(PeerError):
@@ -289,6 +328,12 @@ class Communicator:
         self.listeners: list[Callable[[CollectiveStats], None]] = []
         #: Collectives started with ``start_all_reduce`` and not finished.
         self.in_flight: set[CollectiveHandle] = set()
+        #: Per collective name, the (group, shapes) its codec estimates were
+        #: built in; a different one resets them (see "Error feedback").
+        self._layouts: dict[str, tuple[tuple[str, ...], tuple[tuple[int, ...], ...]]] = {}
+        #: Background collectives whose result was not collected yet, with the
+        #: codec state of their name from before they started (``state_dict``).
+        self._uncollected: dict[CollectiveHandle, tuple[str, dict[str, Any], Any]] = {}
         #: Optional ``async hook(name, op, flat) -> flat`` that sees (and may
         #: replace) this member's contribution before it is sent. The simulator
         #: uses it to play Byzantine peers; honest runtimes leave it None.
@@ -316,6 +361,57 @@ class Communicator:
         self.rank = self.group.index(self.peer_id)
         self.epoch = epoch
         self._op = 0
+
+    # ------------------------------------------------------------------ state as data
+    def state_dict(self) -> dict[str, Any]:
+        """This member's codec state (error-feedback memory, estimates, warm
+        starts) as plain values and tensor copies; see "Error feedback" in the
+        module docstring. A collective started in the background whose result
+        was not collected yet is recorded as not started (its name's state
+        from before it started), since a restored algorithm runs it again."""
+        codec = self.codec
+        pending: dict[str, tuple[dict[str, Any], Any]] = {}
+        for name, pre, layout in self._uncollected.values():
+            pending.setdefault(name, (pre, layout))  # the oldest one of a name
+        layouts = dict(self._layouts)
+        rollback = []
+        for name, (pre, layout) in pending.items():
+            rollback.append([name, pre])
+            if layout is None:
+                layouts.pop(name, None)
+            else:
+                layouts[name] = layout
+        if codec is None or not hasattr(codec, "state_dict"):
+            state: dict[str, Any] = {}
+        elif pending:
+            state = codec.state_dict(lambda k: _key_name(k) not in pending)
+        else:
+            state = codec.state_dict()
+        return {"codec": state, "rollback": rollback,
+                "layouts": [[name, list(group), [list(s) for s in shapes]] for name, (group, shapes) in layouts.items()]}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        """Restore ``state_dict()`` output exactly (a retried attempt then
+        repeats its collectives bit for bit)."""
+        codec = self.codec
+        if codec is not None and hasattr(codec, "load_state_dict"):
+            codec.load_state_dict(sd.get("codec", {}))
+            for name, pre in sd.get("rollback", []):
+                codec.load_state_dict(pre, lambda k, name=name: _key_name(k) == name)
+        self._layouts.clear()
+        for name, group, shapes in sd.get("layouts", []):
+            self._layouts[str(name)] = (tuple(str(p) for p in group), tuple(tuple(int(d) for d in s) for s in shapes))
+        self._uncollected.clear()
+
+    def reset_state(self) -> None:
+        """Forget all codec state (a joiner, which has only the shared state)."""
+        if self.codec is not None and hasattr(self.codec, "reset"):
+            self.codec.reset(all_keys=True)
+        self._layouts.clear()
+        self._uncollected.clear()
+
+    def _collected(self, handle: "CollectiveHandle") -> None:
+        self._uncollected.pop(handle, None)
 
     def skip(self) -> int:
         """Consume one op id without communicating (a member that sits an
@@ -383,6 +479,8 @@ class Communicator:
         ``handle.wait()`` for the result (the peer's clock then waits for the
         collective, as a real peer would block on it)."""
         frozen = [t.detach().clone() for t in tensors]
+        codec = self.codec
+        pre = codec.state_dict(lambda k: _key_name(k) == name) if codec is not None and hasattr(codec, "state_dict") else {}
         worker = copy.copy(self)
         worker.transport = self.transport.lane()
         worker._op = self._next_op()
@@ -390,7 +488,9 @@ class Communicator:
         worker.listeners = self.listeners
         task = asyncio.ensure_future(worker.all_reduce(frozen, name=name))
         handle = CollectiveHandle(self, worker.transport, task, name, self.epoch)
+        handle.group = worker.group
         self.in_flight.add(handle)
+        self._uncollected[handle] = (name, pre, self._layouts.get(name))
 
         def finished(t: "asyncio.Future[Any]") -> None:
             self.in_flight.discard(handle)
@@ -536,6 +636,30 @@ class Communicator:
             segs = [flat[lo:hi] for lo, hi, _ in plan[owner]]
             return torch.cat(segs) if segs else torch.zeros(0)
 
+        def encode_memory(c: Any, owners: Sequence[int], vec: torch.Tensor, key: Any, phase: str) -> list[bytes]:
+            """Encode the chunks of ``owners`` (``vec``: their values, concatenated
+            in owner order) with the feedback codec ``c``, whose sender state
+            for ``key`` spans the vector (see "Error feedback"); one payload per owner."""
+            segs = [(j, k, seg) for j in owners for k, seg in enumerate(plan[j])]
+            datas = c.encode_segments(vec, [seg for _, _, seg in segs], key=key,
+                                      seeds=[seed_for(j, k, phase) for j, k, _ in segs],
+                                      inner_keys=[(*key, j, k) for j, k, _ in segs])
+            parts: dict[int, list[bytes]] = {j: [] for j in owners}
+            for (j, _, _), data in zip(segs, datas):
+                parts[j].append(data)
+            return [b"".join(parts[j]) for j in owners]
+
+        feedback = codec is not None and hasattr(codec, "encode_segments")
+        if codec is not None and hasattr(codec, "reset_estimates"):
+            # the estimates (EF21 g, EControl h) are bound to the group and the
+            # chunk layout; every member sees the same change at the same call
+            layout = (self.group, tuple(tuple(t.shape) for t in like))
+            if self._layouts.get(name) != layout:
+                if name in self._layouts:
+                    log.info("%s: group or layout changed; codec estimates restart (error memory kept)", name)
+                codec.reset_estimates(lambda k: _key_name(k) == name)
+                self._layouts[name] = layout
+
         # Phase 0: reduce-scatter. Send my part of chunk j to its owner j. A
         # contribution with a non-finite value is withheld whole (empty
         # payloads): every owner then rejects it, so it is never applied.
@@ -545,18 +669,26 @@ class Communicator:
         if withheld:
             log.warning("our contribution to %s (round %d) has non-finite values: sending none, it is rejected",
                         name, self.round)
+        encoded: list[bytes] | None = None
+        if feedback and not withheld:
+            whole = flat if not getattr(codec, "whole_tensors", False) else torch.cat(
+                [gather_chunk(j) for j in range(self.size)])
+            encoded = encode_memory(codec, range(self.size), whole, (name, "rs", self.peer_id), "rs")
         for j, peer in enumerate(self.group):
-            vec = gather_chunk(j)
             key = (name, "rs", self.peer_id, j)
             if withheld:
                 if peer == self.peer_id:
-                    own = torch.full((vec.numel(),), float("nan"))
+                    own = torch.full((sum(hi - lo for lo, hi, _ in plan[j]),), float("nan"))
                 else:
                     payloads[peer] = b""
             elif peer == self.peer_id:
-                own = decode(codec, j, encode(codec, j, vec, key, "rs"), key, "rs", peer) if lossy else vec.clone()
+                if not lossy:
+                    own = gather_chunk(j).clone()
+                else:
+                    mine = encoded[j] if encoded is not None else encode(codec, j, gather_chunk(j), key, "rs")
+                    own = decode(codec, j, mine, key, "rs", peer)
             else:
-                payloads[peer] = encode(codec, j, vec, key, "rs")
+                payloads[peer] = encoded[j] if encoded is not None else encode(codec, j, gather_chunk(j), key, "rs")
         sent = await self._send_all(op, 0, payloads)
 
         rows: list[torch.Tensor] = []
@@ -593,7 +725,10 @@ class Communicator:
         # included, decodes the same bytes under the same key, so the results
         # and any receiver-side codec state stay bit-identical.
         bcodec = codec_for_mean(codec, self.size) if lossy else None
-        mine = encode(bcodec, self.rank, reduced, (name, "ag", self.rank), "ag")
+        if bcodec is not None and hasattr(bcodec, "encode_segments"):
+            mine = encode_memory(bcodec, [self.rank], reduced, (name, "ag"), "ag")[0]
+        else:
+            mine = encode(bcodec, self.rank, reduced, (name, "ag", self.rank), "ag")
         sent += await self._send_all(op, 1, {p: mine for p in self.group if p != self.peer_id})
         out = torch.empty_like(flat)
         for j, src in enumerate(self.group):

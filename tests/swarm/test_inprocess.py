@@ -300,3 +300,43 @@ def test_a_member_failing_for_a_local_reason_is_evicted_not_retried_forever():
     assert [r.rounds_completed for r in results[:2]] == [R, R]
     assert coord.stats["aborts"] == 3
     assert results[0].final_state_hash == results[1].final_state_hash
+
+
+class _SlowServer:
+    """A fault plan: every state upload of this peer starts ``serve_delay`` seconds late."""
+
+    serve_delay = 1.5
+
+
+@pytest.mark.timeout(180)
+def test_a_slow_joiner_gets_in_within_a_bounded_number_of_rounds():
+    """Issue 10.4: when fetching the state took longer than a round (rounds of
+    about 0.3 s, each upload delayed 1.5 s), the joiner was refused every round
+    for the whole run. Now the next round waits for a fetching joiner."""
+    task = make_task("digits")
+    H, R = 3, 16
+
+    async def main():
+        coord = await Coordinator.start(Identity.generate(), "slowjoin", "127.0.0.1", 0, min_peers=2)
+        addr = f"127.0.0.1:{coord.address[1]}"
+        try:
+            peers = [Peer(task.make_model(0), task.loss, coordinator=addr, swarm_id="slowjoin", identity=Identity.generate(),
+                          algorithm="diloco", inner_steps=H, faults=_SlowServer() if k < 2 else None) for k in range(3)]
+            for p in peers:
+                p.step_sleep = 0.05
+
+            async def late():
+                while coord.round < 2:
+                    await asyncio.sleep(0.02)
+                return await peers[2].run(batches(task.shard(2, 3, seed=0)), steps=H * R)
+
+            return await asyncio.gather(*(peers[k].run(batches(task.shard(k, 3, seed=0)), steps=H * R) for k in range(2)),
+                                        late())
+        finally:
+            await coord.close()
+
+    reports = asyncio.run(main())
+    joined = reports[2].joined_round
+    assert joined is not None and joined <= 4, joined  # in within two rounds of asking
+    assert reports[2].rounds_completed == R - joined
+    assert len({r.final_state_hash for r in reports}) == 1

@@ -155,7 +155,7 @@ class Coordinator:
                  events_path: str | Path | None = None, io_timeout: float = 30.0,
                  state_path: str | Path | None = None, reset: bool = False,
                  straggler_grace: float = DEFAULT_STRAGGLER_GRACE, straggler_k: float = 4.0,
-                 max_failures: int = 3) -> None:
+                 max_failures: int = 3, join_grace: float = 60.0) -> None:
         self.identity = identity
         self.swarm_id = swarm_id
         self.min_peers = max(1, min_peers)
@@ -209,6 +209,11 @@ class Coordinator:
         self.max_failures = max(1, max_failures)
         self.failures: dict[str, tuple[str, int]] = {}
         self.banned: dict[str, str] = {}
+        #: Joiners fetching the state: deadline and source; serve jobs in flight per member.
+        self.join_grace = join_grace
+        self._fetching: dict[str, tuple[float, str]] = {}
+        self._serving: dict[str, int] = {}
+        self._join_timer: asyncio.TimerHandle | None = None
         self._store = _Store(state_path) if state_path else None
         if self._store is not None:
             self._store.load(self)
@@ -388,6 +393,8 @@ class Coordinator:
         was_candidate = self.candidates.pop(pid, None) is not None
         self.min_group.pop(pid, None)
         self._job_events.pop(pid, None)
+        self._done_fetching(pid)
+        self._serving.pop(pid, None)
         self.failures.pop(pid, None)
         self._jobs.pop(pid, None)
         if not (was_member or was_candidate):
@@ -438,8 +445,15 @@ class Coordinator:
             return
         loop = asyncio.get_running_loop()
         now = loop.time()
+        hold = self._joiners_pending(now) if self.started else None
+        if hold is not None:
+            # a joiner is fetching the committed state: start the next round once it is admitted
+            # (or its join grace has passed), so that it gets in whatever the state size
+            if self._join_timer is None:
+                self._join_timer = loop.call_at(hold, self._join_due)
+            return
         if self._first_ready is None:
-            self._first_ready = now
+            self._first_ready = now  # the straggler clock starts at the first ready after any hold
         if not self.started and len(self.members) < self.min_peers:
             return
         need = max((self.min_group.get(p, 1) for p in self.members), default=1)
@@ -502,13 +516,34 @@ class Coordinator:
             reason_text = self.banned[pid]
             asyncio.get_running_loop().call_soon(lambda: self._remove(pid, reason_text, kind="evict"))
 
+    def _persist(self) -> None:
+        if self._store is not None:
+            self._store.save(self)
+
+    def _done_fetching(self, pid: str) -> None:
+        entry = self._fetching.pop(pid, None)
+        if entry is not None and entry[1] in self._serving:
+            self._serving[entry[1]] = max(0, self._serving[entry[1]] - 1)
+        if entry is not None:
+            self._first_ready = None  # the new member gets a full straggler deadline for its first round
+            self._check_barrier()
+
+    def _joiners_pending(self, now: float) -> float | None:
+        """The earliest deadline of a joiner still fetching the state (the
+        barrier holds the next round for it, so a slow transfer is not
+        refused round after round), or None."""
+        live = [d for p, (d, _) in self._fetching.items() if p in self.candidates and d > now]
+        return min(live) if live else None
+
     def _straggler_due(self) -> None:
         self._straggler_timer = None
         self._check_barrier()
 
+    def _join_due(self) -> None:
+        self._join_timer = None
+        self._check_barrier()
+
     def _decide(self, decision: dict[str, Any]) -> None:
-        if decision.get("decision") == "commit" and self._store is not None:
-            self._store.save(self)
         fut = self._decisions.get(self.epoch)
         if fut is not None and not fut.done():
             fut.set_result(decision)
@@ -547,9 +582,10 @@ class Coordinator:
             self.stats["commits"] += 1
             for p in self.group:
                 self.failures.pop(p, None)
+            self.round += 1
+            self._persist()  # durable before anyone hears of it
             self._event("commit", round=r, epoch=self.epoch, attempt=self.attempt, group=list(self.group),
                         hash=digest, dissenters=[], agreed=False, hashes=[reports[p] for p in present])
-            self.round += 1
             self.attempt = 0
             self._decide({"decision": "commit", "round": r, "epoch": self.epoch, "hash": digest, "agreed": False,
                           "resync": {}, "reason": ""})
@@ -572,9 +608,10 @@ class Coordinator:
         self.stats["commits"] += 1
         for p in self.group:
             self.failures.pop(p, None)
+        self.round += 1
+        self._persist()  # durable before anyone hears of it
         self._event("commit", round=r, epoch=self.epoch, attempt=self.attempt, group=list(self.group),
                     hash=verdict.agreed, dissenters=list(verdict.dissenters))
-        self.round += 1
         self.attempt = 0
         self._decide({"decision": "commit", "round": r, "epoch": self.epoch, "hash": verdict.agreed,
                       "agreed": True, "resync": resync, "reason": ""})
@@ -599,6 +636,14 @@ class Coordinator:
         have_round = field(msg, "have_round", int, where, optional=True)
         have_hash = field(msg, "have_hash", str, where, optional=True) or ""
         have_round = -1 if have_round is None or not have_hash else have_round
+        cand_round = field(msg, "cand_round", int, where, optional=True)
+        cand_hash = field(msg, "cand_hash", str, where, optional=True) or ""
+        use_candidate = False
+        if (cand_round is not None and cand_round == self.round - 1 and cand_round > have_round
+                and cand_hash and self.agreed.get(cand_round) == cand_hash and cand_round not in self.free):
+            # it holds the result of the last round, which committed while it could not hear the
+            # decision (e.g. the coordinator died right after deciding): that result is its state
+            have_round, have_hash, use_candidate = cand_round, cand_hash, True
         min_group = field(msg, "min_group", int, where, optional=True) or 1
         config = msg.get("config") if isinstance(msg.get("config"), dict) else {}
         config = {str(k)[:100]: str(v)[:200] for k, v in list(config.items())[:256]}
@@ -640,7 +685,7 @@ class Coordinator:
             if self.round == 0:
                 return {"mode": "init", "round": 0, "hash": self.genesis}
             if (have_round == committed and (have_hash == self.agreed.get(committed) or committed in self.free)) or self.reset:
-                return {"mode": "init", "round": self.round, "hash": self.agreed.get(committed)}
+                return {"mode": "init", "round": self.round, "hash": self.agreed.get(committed), "candidate": use_candidate}
             self.candidates.pop(pid, None)
             held = f"round {have_round} ({have_hash[:16]})" if have_round >= 0 else "no committed state"
             raise SwarmError("stale", f"the swarm has no member; its last agreed state is round {committed} "
@@ -648,10 +693,14 @@ class Coordinator:
                                       "waiting for a member that holds it (resume from a checkpoint with --resume, or "
                                       "restart the coordinator with --reset to start over from this peer's state)")
         if have_round == committed and committed in self.agreed and have_hash == self.agreed[committed]:
-            return {"mode": "init", "round": self.round, "hash": have_hash}  # it already holds the agreed state
+            # it already holds the agreed state
+            return {"mode": "init", "round": self.round, "hash": have_hash, "candidate": use_candidate}
         if committed not in self.agreed:
             return {"mode": "init", "round": self.round, "hash": None}
-        source = sources[0]
+        # simultaneous joiners are served by different members (the least busy, then the most senior)
+        source = min(sources, key=lambda p: (self._serving.get(p, 0), sources.index(p)))
+        self._serving[source] = self._serving.get(source, 0) + 1
+        self._fetching[pid] = (asyncio.get_running_loop().time() + self.join_grace, source)
         transfer = self._next_transfer()
         self._queue_job(source, {"to": pid, "addr": [addr[0], addr[1]], "transfer": transfer, "round": committed})
         return {"mode": "fetch", "round": committed, "hash": "" if committed in self.free else self.agreed[committed], "source": source,
@@ -698,6 +747,7 @@ class Coordinator:
         addr = self.candidates.pop(pid)
         self._since += 1
         self.members[pid] = _Member(pid, addr, self._since)
+        self._done_fetching(pid)  # after it is a member: the held round now waits for it too
         self._event("admit", peer=pid, round=want, members=len(self.members))
         self._notify()
         return {"admitted": want}

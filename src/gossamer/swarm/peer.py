@@ -296,6 +296,8 @@ class Peer:
             self._committed = -2
             self._committed_hash = ""
             self._committed_sd: dict[str, Any] | None = None
+            #: The result of the attempt we reported ``done`` for, until its decision arrives.
+            self._candidate: tuple[int, str, dict[str, Any]] | None = None
             if self.resume is not None:
                 self._resume_from(self.resume)
             await self._reconnect()  # the same patience as a running peer that lost its coordinator
@@ -464,6 +466,9 @@ class Peer:
                 if self._committed >= round_ and self._blob is not None:
                     break
                 await asyncio.sleep(0.05)
+            delay = getattr(self.faults, "serve_delay", 0.0)
+            if delay:
+                await asyncio.sleep(delay)  # fault plan: a slow uplink for state transfers
             blob = self._blob
             if blob is None or self._committed < round_:
                 log.warning("cannot serve the state of round %d to %s: we hold round %d", round_, to, self._committed)
@@ -518,11 +523,12 @@ class Peer:
             self.algo.load_state_dict(self._committed_sd)
         while True:
             have = self._committed if self._committed >= 0 else -1
+            cand = self._candidate
+            claim: dict[str, Any] = {"cand_round": cand[0], "cand_hash": cand[1]} if cand is not None else {}
             try:
                 resp = await self._interruptible(self._c.request(
                     "join", addr=self.addr, fingerprint=self._fingerprint, have_round=have, min_group=self.min_group,
-                    config=self._config_desc,
-                    have_hash=self._committed_hash if have >= 0 else ""))
+                    config=self._config_desc, have_hash=self._committed_hash if have >= 0 else "", **claim))
             except SwarmError as exc:
                 if exc.code == "rejected":
                     raise ConfigError(str(exc)) from None
@@ -542,6 +548,14 @@ class Peer:
                 raise PeerError(str(exc)) from None
             mode = resp.get("mode")
             try:
+                if mode == "init" and resp.get("candidate") and cand is not None:
+                    # the round we last took part in did commit: its result is our committed state
+                    self.algo.load_state_dict(cand[2])
+                    self._commit_state(cand[0], cand[1])
+                    assert self.report is not None
+                    self.report.state_hashes.append({"round": cand[0], "hash": cand[1], "agreed": cand[1]})
+                    self.report.rounds_completed += 1
+                    self._candidate = None
                 if mode == "init":
                     target = int(resp["round"])
                     if target == 0:
@@ -626,8 +640,10 @@ class Peer:
                 self.algo.load_state_dict(snap)
                 raise
             if decision.get("decision") == "commit":
+                self._candidate = None
                 await self._committed_round(decision, len(group))
                 return
+            self._candidate = None
             self.algo.load_state_dict(snap)
             attempt += 1
             self.report.aborts += 1
@@ -654,6 +670,9 @@ class Peer:
                             self.algo.shared_state()[0].view(-1)[0] += 1.0
                         log.warning("test hook: corrupted the shared state after round %d", self.round)
                     digest = self.algo.shared_hash()
+                    # kept until the decision arrives: if the coordinator dies after deciding to
+                    # commit but before we hear it, this result is what the swarm committed
+                    self._candidate = (self.round, digest, self.algo.state_dict())
                     req = self._c.request("done", epoch=epoch, ok=True, hash=digest, agree=self.algo.in_agreement())
                 else:
                     local = not isinstance(exc, (CollectiveAborted, PeerError, ProtocolError))

@@ -812,7 +812,9 @@ class Coordinator:
         return {"jobs": jobs}
 
     async def _op_hb(self, pid: str, msg: dict[str, Any]) -> dict[str, Any]:
-        return {"round": self.round, "phase": self.phase, "members": len(self.members)}
+        # ids: the members and candidates, whom a member's transport trusts with full buffers
+        return {"round": self.round, "phase": self.phase, "members": len(self.members),
+                "ids": sorted(set(self.members) | set(self.candidates))}
 
     async def _op_leave(self, pid: str, msg: dict[str, Any]) -> dict[str, Any]:
         self._remove(pid, "left", kind="leave")

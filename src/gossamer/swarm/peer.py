@@ -275,6 +275,8 @@ class Peer:
         self.report = PeerReport(identity.peer_id, algorithm=self.algorithm_name, codec=self.codec_spec,
                                  aggregator=self.aggregator_spec)
         tcp = await TcpTransport.start(identity, self.swarm_id, *self.listen)
+        tcp.trust({identity.peer_id})  # strangers get small buffers until the coordinator names the members
+        self._known_ids: set[str] = set()
         self.tcp = tcp
         self.transport: Transport = _HookedTransport(tcp, self.kill_round) if self.kill_round is not None else tcp
         bg: list[asyncio.Task[Any]] = []
@@ -439,8 +441,21 @@ class Peer:
             client = self.client
             if client is not None and not client.closed_event.is_set():
                 with contextlib.suppress(SwarmError, PeerError):
-                    await client.request("hb")
+                    resp = await client.request("hb")
+                    ids = resp.get("ids")
+                    if isinstance(ids, list) and all(isinstance(i, str) for i in ids):
+                        # full buffers only for current members and candidates; anyone else is a stranger
+                        self._trust(ids)
             await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+    def _trust(self, ids: Iterable[str], *, remember: bool = True) -> None:
+        ids = set(ids)
+        if remember:
+            self._known_ids = ids
+        keep = ids | self._known_ids | {self.tcp.peer_id} | set(self.comm.group)
+        for h in self.comm.in_flight:
+            keep |= set(h.group)
+        self.tcp.trust(keep)
 
     async def _serve(self) -> None:
         jobs: set[asyncio.Task[None]] = set()
@@ -502,6 +517,7 @@ class Peer:
         """Receive the shared state of ``source`` (tensors and counters), check its
         hash, and load it (the local part is derived from it, as for a joiner)."""
         self.tcp.add_peer(source, str(addr[0]), int(addr[1]))
+        self._trust([source], remember=False)
         like = [t.detach().clone() for t in self.algo.shared_state()]
         round_, claimed, counters = await recv_state(self.tcp, source, transfer, like, self._state_deadline())
         actual = state_hash(like, meta=counters)
@@ -628,6 +644,7 @@ class Peer:
             group, epoch, addrs = list(start["group"]), int(start["epoch"]), dict(start["addrs"])
             if int(start["round"]) != self.round or self.tcp.peer_id not in group:
                 raise _Rejoin(f"barrier answered round {start['round']} / group {group}")
+            self._trust(group, remember=False)
             await self._connect_group(group, addrs)
             oldest = self.comm.oldest_epoch_in_flight()
             self.tcp.discard_before(epoch if oldest is None else min(epoch, oldest))

@@ -376,6 +376,8 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         self._got = 0
         self._tag: Tag | None = None
         self._part: tuple[int, int] | None = None
+        #: Bytes of the frame being read that count against the owner's in-flight caps.
+        self._reserved = 0
         self._mac = b""
         self._h: Any = None
         self._last = 0.0
@@ -442,6 +444,8 @@ class _FrameProtocol(asyncio.BufferedProtocol):
             self._tag, self._mac, self._part = tag, bytes(buf[start + hlen:at]), part
             self._h = new_mac(self._conn.recv_key, self._conn.recv_seq, bytes(buf[:start + hlen]))
             total = body - HEADER_LENGTH.size - hlen - MAC_BYTES
+            self._owner._reserve(self._conn.peer_id, total)  # before a byte of it is allocated
+            self._reserved = total
             have = min(len(buf) - at, total)
             payload = bytearray(total)
             view = memoryview(payload)
@@ -456,6 +460,8 @@ class _FrameProtocol(asyncio.BufferedProtocol):
     def _finish_payload(self) -> None:
         payload, tag, conn = self._payload, self._tag, self._conn
         assert payload is not None and tag is not None and self._view is not None
+        self._owner._release(conn.peer_id, self._reserved)
+        self._reserved = 0
         self._view.release()
         self._payload, self._view, self._tag = None, None, None
         if not hmac.compare_digest(self._h.finalize(), self._mac):
@@ -520,6 +526,9 @@ class _FrameProtocol(asyncio.BufferedProtocol):
             self._timer = None
         if self._view is not None:
             self._view.release()
+        if self._reserved:
+            self._owner._release(self._conn.peer_id, self._reserved)
+            self._reserved = 0
         self._payload, self._view, self._pending = None, None, bytearray()
         self._owner._drop(self._conn, reason, abort=abort)
 
@@ -595,6 +604,13 @@ class TcpTransport(Transport):
         self._consumed: dict[str, set[Tag]] = {}
         self._waiters: dict[tuple[str, Tag], asyncio.Future[bytearray]] = {}
         self._gone: dict[str, str] = {}
+        self._trusted: set[str] | None = None
+        self.stranger_limit = 1 << 20
+        #: Total payload bytes of frames being read, over all peers.
+        self.max_in_flight = 2 * self.max_buffered
+        self._in_flight: dict[str, int] = {}
+        self._in_flight_total = 0
+        self._stranger_bytes = 0
         #: Parts received so far of split messages, by (src, tag): (count, parts).
         self._partial: dict[tuple[str, Tag], tuple[int, list[bytearray]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -632,6 +648,48 @@ class TcpTransport(Transport):
     def add_peer(self, peer_id: str, host: str, port: int) -> None:
         """Record where ``peer_id`` listens; the first ``send`` to it dials."""
         self._book[peer_id] = (host, int(port))
+
+    def trust(self, peer_ids: Iterable[str] | None) -> None:
+        """The peers this transport gives full buffers to (e.g. the swarm's
+        current members, from the coordinator); ``None`` trusts every
+        authenticated peer (the default). Any other peer (a *stranger*) may have
+        at most ``stranger_limit`` bytes in flight or unread here, and all
+        strangers together at most ``4 * stranger_limit``; a frame that would go
+        over costs that connection before its payload is allocated, and a
+        stranger's unread frames are dropped when its last connection closes."""
+        self._trusted = None if peer_ids is None else set(peer_ids)
+
+    def _is_trusted(self, pid: str) -> bool:
+        return self._trusted is None or pid in self._trusted
+
+    def _reserve(self, pid: str, nbytes: int) -> None:
+        """Account a frame payload about to be read from ``pid``; ``ProtocolError``
+        over the caps (per peer: ``max_buffered``, or ``stranger_limit`` for a
+        stranger; all peers: ``max_in_flight``; all strangers: ``4 * stranger_limit``)."""
+        mine = self._in_flight.get(pid, 0) + self._buffered.get(pid, 0) + nbytes
+        total = self._in_flight_total + nbytes
+        if not self._is_trusted(pid):
+            strangers = self._stranger_bytes + nbytes + sum(b for p, b in self._buffered.items() if not self._is_trusted(p))
+            if mine > self.stranger_limit or strangers > 4 * self.stranger_limit:
+                raise ProtocolError(f"peer {pid!r} is not a member here and would hold {mine} bytes "
+                                    f"(limit {self.stranger_limit}; all strangers {strangers} of {4 * self.stranger_limit})")
+            self._stranger_bytes = strangers
+        elif mine > self.max_buffered and not any(k[0] == pid for k in self._waiters):
+            raise ProtocolError(f"peer {pid!r} would hold {mine} bytes here, over the limit of {self.max_buffered}")
+        if total > self.max_in_flight:
+            raise ProtocolError(f"{total} payload bytes would be in flight here, over the limit of {self.max_in_flight}")
+        self._in_flight[pid] = self._in_flight.get(pid, 0) + nbytes
+        self._in_flight_total = total
+
+    def _release(self, pid: str, nbytes: int) -> None:
+        left = self._in_flight.get(pid, 0) - nbytes
+        if left > 0:
+            self._in_flight[pid] = left
+        else:
+            self._in_flight.pop(pid, None)
+        self._in_flight_total = max(0, self._in_flight_total - nbytes)
+        if not self._is_trusted(pid):
+            self._stranger_bytes = max(0, self._stranger_bytes - nbytes)
 
     def forget(self, keep: Iterable[str]) -> int:
         """Drop the bookkeeping of every peer not in ``keep`` that has no live
@@ -911,6 +969,9 @@ class TcpTransport(Transport):
         if not conns:
             self._conns.pop(conn.peer_id, None)
             self._gone[conn.peer_id] = reason
+            if not self._is_trusted(conn.peer_id):  # a stranger's unread frames go with it
+                for key in [k for k in self._mailbox if k[0] == conn.peer_id]:
+                    self._buffered[conn.peer_id] = self._buffered.get(conn.peer_id, 0) - len(self._mailbox.pop(key))
             for key in [k for k in self._partial if k[0] == conn.peer_id]:  # a split message cut off: never completes
                 _, parts = self._partial.pop(key)
                 self._buffered[conn.peer_id] = self._buffered.get(conn.peer_id, 0) - sum(len(x) for x in parts)

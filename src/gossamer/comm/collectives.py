@@ -97,6 +97,7 @@ Fault tolerance (used by the swarm runtime; the simulator leaves it off):
 from __future__ import annotations
 
 import asyncio
+import collections
 import copy
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -207,6 +208,10 @@ def unflatten(flat: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Te
         out.append(flat[start : start + n].view(t.shape).to(t.dtype))
         start += n
     return out
+
+
+#: Collectives kept in ``Communicator.history``.
+HISTORY = 4096
 
 
 class CollectiveHandle:
@@ -324,7 +329,8 @@ class Communicator:
         #: Multiplies every derived deadline (the swarm doubles it on retries).
         self.deadline_scale = 1.0
         self._op = 0
-        self.history: list[CollectiveStats] = []
+        #: The most recent collectives (bounded: a long run must not grow with its length).
+        self.history: collections.deque[CollectiveStats] = collections.deque(maxlen=HISTORY)
         self.listeners: list[Callable[[CollectiveStats], None]] = []
         #: Collectives started with ``start_all_reduce`` and not finished.
         self.in_flight: set[CollectiveHandle] = set()

@@ -84,7 +84,7 @@ from ..verify.hashing import state_hash
 from .keys import load_identity
 from .protocol import CoordinatorClient, SwarmError, parse_hostport
 from .checkpoint import load_checkpoint, save_checkpoint
-from .state import StateBlob, pack_state, recv_state, send_state, state_nbytes
+from .state import STATE_ROUND, StateBlob, pack_state, recv_state, send_state, state_nbytes
 
 log = logging.getLogger(__name__)
 
@@ -519,7 +519,10 @@ class Peer:
         self.tcp.add_peer(source, str(addr[0]), int(addr[1]))
         self._trust([source], remember=False)
         like = [t.detach().clone() for t in self.algo.shared_state()]
-        round_, claimed, counters = await recv_state(self.tcp, source, transfer, like, self._state_deadline())
+        try:
+            round_, claimed, counters = await recv_state(self.tcp, source, transfer, like, self._state_deadline())
+        finally:  # whatever happened, nothing of this transfer is read again
+            self.tcp.discard(lambda t: t.round == STATE_ROUND and t.op == transfer)
         actual = state_hash(like, meta=counters)
         if actual != claimed:
             raise ProtocolError(f"state from {source!r} hashes to {actual}, not the {claimed} it claims")
@@ -649,6 +652,7 @@ class Peer:
             oldest = self.comm.oldest_epoch_in_flight()
             self.tcp.discard_before(epoch if oldest is None else min(epoch, oldest))
             self.tcp.forget(set(group).union(self.comm.group, *(h.group for h in self.comm.in_flight)))
+            self.tcp.discard(lambda t: t.round == STATE_ROUND)  # no state transfer to us runs now: drop late leftovers
             self.comm.regroup(group, epoch=epoch)
             self.comm.deadline_scale = float(2 ** min(attempt, 4))
             try:

@@ -691,6 +691,19 @@ class TcpTransport(Transport):
         if not self._is_trusted(pid):
             self._stranger_bytes = max(0, self._stranger_bytes - nbytes)
 
+    def discard(self, match: Callable[[Tag], bool]) -> int:
+        """Drop unread frames and forget consumed tags whose tag ``match``es (e.g.
+        the leftovers of a state transfer that finished or failed); returns how
+        many unread frames were dropped."""
+        dropped = 0
+        for key in [k for k in self._mailbox if match(k[1])]:
+            self._buffered[key[0]] = self._buffered.get(key[0], 0) - len(self._mailbox.pop(key))
+            dropped += 1
+        for tags in self._consumed.values():
+            for t in [t for t in tags if match(t)]:
+                tags.discard(t)
+        return dropped
+
     def forget(self, keep: Iterable[str]) -> int:
         """Drop the bookkeeping of every peer not in ``keep`` that has no live
         connection: its address, unread frames, consumed-tag sets, the reason

@@ -52,8 +52,11 @@ def test_coordinator_sigkill_and_restart_resumes_where_the_swarm_was(procs, dura
         assert rep["rejoins"] >= 1
     assert hashes(reps[0]) == hashes(reps[1])
     commits = [ev["round"] for ev in procs.events("commit")]
-    assert sorted(commits) == list(range(R))  # no round committed twice across the restart
-    if not durable:
+    if durable:
+        assert sorted(commits) == list(range(R))  # no round committed twice across the restart
+    else:
+        # without --state, a round the dead coordinator decided but no peer heard of is redone (at most that one)
+        assert sorted(set(commits)) == list(range(R)) and len(commits) - len(set(commits)) <= 1
         assert procs.events("adopt")
 
 

@@ -575,26 +575,10 @@ class Coordinator:
         if self.disagree & set(present):
             # no bit parity expected this round: commit every member's own state
             digest = combined_hash(reports[p] for p in present)
-            self.agreed[r] = digest
-            self.agreed.pop(r - KEEP_ROUNDS, None)
-            self.free.add(r)
-            self.free.discard(r - KEEP_ROUNDS)
-            self.stats["commits"] += 1
-            for p in self.group:
-                self.failures.pop(p, None)
-            self.round += 1
-            self._persist()  # durable before anyone hears of it
-            self._event("commit", round=r, epoch=self.epoch, attempt=self.attempt, group=list(self.group),
-                        hash=digest, dissenters=[], agreed=False, hashes=[reports[p] for p in present])
-            self.attempt = 0
-            self._decide({"decision": "commit", "round": r, "epoch": self.epoch, "hash": digest, "agreed": False,
-                          "resync": {}, "reason": ""})
+            self._commit(r, digest, free=True, resync={}, dissenters=[], hashes=[reports[p] for p in present])
             return
         verdict = majority(reports, self._seniority())
         assert verdict.agreed is not None
-        self.agreed[r] = verdict.agreed
-        self.free.discard(r)
-        self.agreed.pop(r - KEEP_ROUNDS, None)
         resync: dict[str, dict[str, Any]] = {}
         if verdict.tie and len(reports) > 1:
             log.error("round %d: no strict majority among state hashes %s; keeping the most senior member's", r, reports)
@@ -605,16 +589,27 @@ class Coordinator:
             self._queue_job(source, {"to": pid, "addr": self._addr_of(pid), "transfer": transfer, "round": r})
             self.stats["resyncs"] += 1
             self._event("resync", round=r, peer=pid, source=source, hash=reports[pid], agreed=verdict.agreed)
+        self._commit(r, verdict.agreed, free=False, resync=resync, dissenters=list(verdict.dissenters))
+
+    def _commit(self, r: int, digest: str, *, free: bool, resync: dict[str, dict[str, Any]], dissenters: list[str],
+                hashes: list[str] | None = None) -> None:
+        """Round ``r`` commits with the agreed ``digest`` (``free``: without parity,
+        the combined hash of the members' own states): durable before anyone hears of it."""
+        self.agreed[r] = digest
+        self.agreed.pop(r - KEEP_ROUNDS, None)
+        (self.free.add if free else self.free.discard)(r)
+        self.free.discard(r - KEEP_ROUNDS)
         self.stats["commits"] += 1
         for p in self.group:
             self.failures.pop(p, None)
         self.round += 1
-        self._persist()  # durable before anyone hears of it
+        self._persist()
+        extra = {"agreed": False, "hashes": hashes} if free else {}
         self._event("commit", round=r, epoch=self.epoch, attempt=self.attempt, group=list(self.group),
-                    hash=verdict.agreed, dissenters=list(verdict.dissenters))
+                    hash=digest, dissenters=dissenters, **extra)
         self.attempt = 0
-        self._decide({"decision": "commit", "round": r, "epoch": self.epoch, "hash": verdict.agreed,
-                      "agreed": True, "resync": resync, "reason": ""})
+        self._decide({"decision": "commit", "round": r, "epoch": self.epoch, "hash": digest, "agreed": not free,
+                      "resync": resync, "reason": ""})
 
     def _personal(self, pid: str, decision: dict[str, Any]) -> dict[str, Any]:
         out = dict(decision)

@@ -262,13 +262,8 @@ class SimLane(Transport):
     def peer_id(self) -> str:
         return self.parent.peer_id
 
-    def now(self) -> float:
-        return self.clock
-
-    def compute(self, seconds: float) -> None:
-        if seconds < 0:
-            raise ValueError(f"compute time must be >= 0, got {seconds}")
-        self.clock += seconds
+    now = SimTransport.now
+    compute = SimTransport.compute
 
     async def send(self, dst: str, tag: Tag, payload: Buffer) -> None:
         self.parent._send_at(self.clock, dst, tag, payload)

@@ -340,3 +340,46 @@ def test_a_slow_joiner_gets_in_within_a_bounded_number_of_rounds():
     assert joined is not None and joined <= 4, joined  # in within two rounds of asking
     assert reports[2].rounds_completed == R - joined
     assert len({r.final_state_hash for r in reports}) == 1
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("codec", ["int8+ef", "int8+ef21", "int8+econtrol"])
+def test_error_feedback_codec_survives_a_join_and_a_crash(codec):
+    """Issue 10.2: with an error-feedback codec, 3 peers, a fourth joining (or
+    one dying) used to stop every commit for good ("sender state ... has shape
+    (1604,)"): the memory was keyed by chunk and chunks follow the group size."""
+    task = make_task("digits")
+    H, R = 3, 10
+
+    async def main():
+        coord = await Coordinator.start(Identity.generate(), "efchurn", "127.0.0.1", 0, min_peers=3)
+        addr = f"127.0.0.1:{coord.address[1]}"
+        try:
+            peers = [Peer(task.make_model(0), task.loss, coordinator=addr, swarm_id="efchurn", identity=Identity.generate(),
+                          algorithm="diloco", inner_steps=H, codec=codec) for _ in range(4)]
+            for p in peers:
+                p.step_sleep = 0.05
+
+            async def joiner():
+                while coord.round < 2:
+                    await asyncio.sleep(0.02)
+                return await peers[3].run(batches(task.shard(3, 4, seed=0)), steps=H * R)
+
+            async def crasher():
+                run = asyncio.ensure_future(peers[2].run(batches(task.shard(2, 4, seed=0)), steps=H * R))
+                while coord.round < 5:
+                    await asyncio.sleep(0.02)
+                run.cancel()  # its connections drop mid-run, as in a crash
+                with pytest.raises(asyncio.CancelledError):
+                    await run
+
+            results = await asyncio.gather(*(peers[k].run(batches(task.shard(k, 4, seed=0)), steps=H * R)
+                                             for k in range(2)), joiner(), crasher())
+            return results, coord
+        finally:
+            await coord.close()
+
+    (r0, r1, r3, _), coord = asyncio.run(main())
+    assert coord.round == R and r0.rounds_completed == r1.rounds_completed == R
+    assert r0.final_state_hash == r1.final_state_hash == r3.final_state_hash
+    assert r3.joined_round is not None and r3.rounds_completed == R - r3.joined_round

@@ -45,7 +45,12 @@ def check_writable(path: str) -> None:
 
     from .errors import ConfigError
 
-    folder = Path(path).expanduser().resolve().parent
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise ConfigError(f"cannot write {path}: it is a folder, not a file")
+    folder = target.resolve().parent
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"cannot write {path}: {folder} is a file, not a folder")
     if not folder.is_dir():
         raise ConfigError(f"cannot write {path}: the folder {folder} does not exist")
     if not os.access(folder, os.W_OK):

@@ -187,6 +187,8 @@ def test_os_level_problems_are_one_line_exit_2_before_any_work(tmp_path):
         return subprocess.run([sys.executable, "-m", "gossamer.cli", *args], capture_output=True, text=True, timeout=120,
                               env={**os.environ, "GOSSAMER_HOME": str(tmp_path)})
 
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
     busy = __import__("socket").socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen()
@@ -197,6 +199,8 @@ def test_os_level_problems_are_one_line_exit_2_before_any_work(tmp_path):
             (["peer", "--coordinator", "127.0.0.1:1", "--listen", "192.0.2.1:0"], "cannot listen on 192.0.2.1:0"),
             (["coordinator", "--listen", f"127.0.0.1:{busy.getsockname()[1]}"], "cannot listen on"),
             (["coordinator", "--events", str(tmp_path / "no" / "e.jsonl")], "does not exist"),
+            (["peer", "--coordinator", "127.0.0.1:1", "--json", str(tmp_path)], "it is a folder"),
+            (["peer", "--coordinator", "127.0.0.1:1", "--checkpoint", str(afile)], "checkpoint folder"),
         ]
         for args, needle in cases:
             proc = run(*args)

@@ -147,3 +147,61 @@ def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path):
     task = make_task("digits")
     with pytest.raises(ConfigError, match="no checkpoint"):
         Peer(task.make_model(0), task.loss, coordinator="127.0.0.1:1", resume=tmp_path / "nothing")
+
+
+@pytest.mark.timeout(240)
+def test_resume_from_a_checkpoint_behind_the_swarm_goes_back_to_it(procs):
+    """Review finding: with checkpoints every 3 rounds, both peers SIGKILLed after
+    round 7 (the coordinator lives on, at round 8). Resumed peers were refused
+    forever ("waiting for a member that holds it"). Now --resume is the
+    operator's consent: the swarm goes back to the checkpoint and redoes the rest."""
+    import json
+
+    port = procs.coordinator("--min-peers", "2")
+    ck = [procs.root / f"ck{i}" for i in range(2)]
+    R = 12
+    for i in range(2):
+        procs.peer(f"p{i}", port, "--inner-steps", "5", "--rounds", str(R), "--checkpoint", str(ck[i]),
+                   "--checkpoint-every", "3", env=FAST)
+    procs.wait_event(lambda ev: ev["event"] == "commit" and ev["round"] == 7, 120)
+    for name in ("p0", "p1"):
+        procs.procs[name].send_signal(signal.SIGKILL)
+        procs.procs[name].wait(10)
+    saved = [json.loads((d / "state.json").read_text())["meta"]["round"] for d in ck]
+    for i in range(2):
+        procs.peer(f"p{i}", port, "--inner-steps", "5", "--rounds", str(R), "--resume", str(ck[i]), env=FAST)
+    for i in range(2):
+        assert procs.wait(f"p{i}", 200) == 0, procs.log(f"p{i}")
+    rollback = procs.events("rollback")
+    assert rollback and rollback[0]["round"] == max(saved) and rollback[0]["was"] >= 7
+    after = [procs.report(f"p{i}") for i in range(2)]
+    assert hashes(after[0]) == hashes(after[1])
+    assert max(rounds_of(after[0])) == R - 1
+
+
+@pytest.mark.timeout(120)
+def test_a_first_peer_with_another_initial_state_does_not_lock_out_the_swarm():
+    """Review finding: a first peer with the wrong --seed, admitted at round 0 and
+    gone before anything committed, left its initial-state hash as the swarm's
+    genesis: every correct peer was refused."""
+    task = make_task("digits")
+
+    async def main():
+        coord = await Coordinator.start(Identity.generate(), "seed", "127.0.0.1", 0, min_peers=2)
+        addr = f"127.0.0.1:{coord.address[1]}"
+        try:
+            wrong = Peer(task.make_model(1), task.loss, coordinator=addr, swarm_id="seed", identity=Identity.generate(),
+                         algorithm="diloco", inner_steps=3, seed=1)
+            t = asyncio.ensure_future(wrong.run(batches(task.shard(0, 2, seed=0)), rounds=3))
+            while not coord.members:
+                await asyncio.sleep(0.02)
+            wrong.request_stop()
+            await t
+            good = [Peer(task.make_model(0), task.loss, coordinator=addr, swarm_id="seed", identity=Identity.generate(),
+                         algorithm="diloco", inner_steps=3) for _ in range(2)]
+            return await asyncio.gather(*(p.run(batches(task.shard(i, 2, seed=0)), rounds=3) for i, p in enumerate(good)))
+        finally:
+            await coord.close()
+
+    reports = asyncio.run(main())
+    assert [r.rounds_completed for r in reports] == [3, 3]

@@ -74,8 +74,9 @@ def add_swarm_commands(subparsers: Any) -> None:
     p.add_argument("--tolerate", type=_nonneg_int, default=0, help="Byzantine peers the aggregator is configured for (default 0)")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the initial model, the shards and the collectives (same on every peer; default 0)")
     p.add_argument("--checkpoint", default=None, metavar="DIR", help="write the committed state here (safetensors + JSON) every --checkpoint-every rounds and at the end")
-    p.add_argument("--checkpoint-every", type=_positive_int, default=10, metavar="R", help="rounds between checkpoints (default 10)")
-    p.add_argument("--resume", default=None, metavar="DIR", help="start from the checkpoint in DIR (e.g. after every peer died); the swarm adopts it if it has no member")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=1, metavar="R",
+                   help="rounds between checkpoints (default 1: a resumed swarm redoes at most the round in flight)")
+    p.add_argument("--resume", default=None, metavar="DIR", help="start from the checkpoint in DIR (e.g. after every peer died); a swarm with no member adopts it, going back to it if it had committed later rounds nobody holds")
     p.add_argument("--deadline-floor", type=_positive_float, default=2.0, metavar="S",
                    help="no collective is aborted for slowness before S seconds (default 2; deadlines otherwise follow the measured link)")
     p.add_argument("--shard", default=None, metavar="I/N", help="train on shard I of N (default: from the peer id, N=16); shard i of a `gossamer simulate` run with N peers is peer i's")

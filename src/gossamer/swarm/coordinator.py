@@ -257,7 +257,7 @@ class Coordinator:
         await self._closed.wait()
 
     def _event(self, kind: str, **fields: Any) -> None:
-        level = logging.WARNING if kind in ("abort", "lost", "resync", "reject", "evict", "straggler") else logging.INFO
+        level = logging.WARNING if kind in ("abort", "lost", "resync", "reject", "evict", "straggler", "rollback") else logging.INFO
         log.log(level, "%s %s", kind, " ".join(f"{k}={v}" for k, v in fields.items()))
         if self._events is not None:
             self._events.write(json.dumps({"t": round(time.time(), 3), "event": kind, **fields}) + "\n")
@@ -631,6 +631,7 @@ class Coordinator:
         have_round = field(msg, "have_round", int, where, optional=True)
         have_hash = field(msg, "have_hash", str, where, optional=True) or ""
         have_round = -1 if have_round is None or not have_hash else have_round
+        resumed = bool(field(msg, "resume", bool, where, optional=True))
         cand_round = field(msg, "cand_round", int, where, optional=True)
         cand_hash = field(msg, "cand_hash", str, where, optional=True) or ""
         use_candidate = False
@@ -647,6 +648,8 @@ class Coordinator:
         if not self.members and not [c for c in self.candidates if c != pid]:
             # the configuration belongs to the members present: an empty swarm takes the next one's
             self.fingerprint = None
+            if self.round == 0:
+                self.genesis = None  # nothing was committed: the initial state is the next members' too
         if self.fingerprint is None:
             self.fingerprint = fingerprint
             self.config = config
@@ -676,6 +679,20 @@ class Coordinator:
             if self._store is not None:
                 self._store.save(self)
         committed = self.round - 1
+        if not sources and resumed and 0 <= have_round < committed and self.phase != "run":
+            # Nobody holds the agreed state and an operator resumes from a checkpoint: the swarm goes
+            # back to that checkpoint (its later rounds are redone), by the operator's explicit choice.
+            self._event("rollback", peer=pid, round=have_round, hash=have_hash, was=committed,
+                        redone=list(range(have_round + 1, committed + 1)))
+            for r in [r for r in self.agreed if r > have_round]:
+                del self.agreed[r]
+            self.free = {r for r in self.free if r <= have_round}
+            self.agreed[have_round] = have_hash
+            self.round = have_round + 1
+            self.started = False
+            self.attempt = 0
+            self._persist()
+            committed = self.round - 1
         if not sources:
             if self.round == 0:
                 return {"mode": "init", "round": 0, "hash": self.genesis}

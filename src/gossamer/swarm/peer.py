@@ -198,7 +198,7 @@ class Peer:
                  swarm_id: str = "gossamer", coordinator_id: str | None = None, fingerprint: str = "",
                  progress: Callable[[dict[str, Any]], None] | None = None, codec: str | None = None,
                  aggregator: str = "mean", tolerate: int = 0, seed: int = 0, deadline_floor: float = 2.0,
-                 checkpoint: str | os.PathLike[str] | None = None, checkpoint_every: int = 10,
+                 checkpoint: str | os.PathLike[str] | None = None, checkpoint_every: int = 1,
                  resume: str | os.PathLike[str] | None = None, faults: Any = None, **options: Any) -> None:
         if algorithm not in ALGORITHMS:
             raise ConfigError(f"unknown algorithm {algorithm!r}; accepted: {', '.join(ALGORITHMS)}")
@@ -229,6 +229,11 @@ class Peer:
         if checkpoint_every <= 0:
             raise ConfigError(f"checkpoint_every must be > 0 rounds, got {checkpoint_every}")
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        if self.checkpoint is not None:
+            try:
+                self.checkpoint.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"cannot use {self.checkpoint} as the checkpoint folder: {exc.strerror or exc}") from None
         self.checkpoint_every = checkpoint_every
         self.resume = Path(resume) if resume is not None else None
         if self.resume is not None and not (self.resume / "state.json").is_file():
@@ -300,7 +305,10 @@ class Peer:
             self._committed_sd: dict[str, Any] | None = None
             #: The result of the attempt we reported ``done`` for, until its decision arrives.
             self._candidate: tuple[int, str, dict[str, Any]] | None = None
+            #: True until the first admission after --resume: the operator's consent to go back to it.
+            self._resuming = False
             if self.resume is not None:
+                self._resuming = True
                 self._resume_from(self.resume)
             await self._reconnect()  # the same patience as a running peer that lost its coordinator
             bg.append(asyncio.create_task(self._heartbeats(), name="heartbeats"))
@@ -547,7 +555,8 @@ class Peer:
             try:
                 resp = await self._interruptible(self._c.request(
                     "join", addr=self.addr, fingerprint=self._fingerprint, have_round=have, min_group=self.min_group,
-                    config=self._config_desc, have_hash=self._committed_hash if have >= 0 else "", **claim))
+                    config=self._config_desc, have_hash=self._committed_hash if have >= 0 else "",
+                    resume=self._resuming, **claim))
             except SwarmError as exc:
                 if exc.code == "rejected":
                     raise ConfigError(str(exc)) from None
@@ -604,6 +613,7 @@ class Peer:
                     raise PeerError("lost the coordinator while joining") from exc
                 log.warning("state fetch failed (%s); joining again", exc)
             else:
+                self._resuming = False
                 self.round = target
                 self._commit_state(target - 1, digest)
                 if self.report.joined_round is None:

@@ -157,7 +157,7 @@ def test_resume_from_a_checkpoint_behind_the_swarm_goes_back_to_it(procs):
     operator's consent: the swarm goes back to the checkpoint and redoes the rest."""
     import json
 
-    port = procs.coordinator("--min-peers", "2")
+    port = procs.coordinator("--min-peers", "2", "--rollback-grace", "2")
     ck = [procs.root / f"ck{i}" for i in range(2)]
     R = 12
     for i in range(2):

@@ -56,6 +56,8 @@ def add_swarm_commands(subparsers: Any) -> None:
                    help="evict a member whose attempts fail K times in a row for the same local reason (default 3); it exits with that reason")
     c.add_argument("--join-grace", type=_positive_float, default=60.0, metavar="S",
                    help="hold the next round up to S seconds while a joiner fetches the state, so slow transfers get in (default 60)")
+    c.add_argument("--rollback-grace", type=_positive_float, default=20.0, metavar="S",
+                   help="a swarm with no member goes back to an older --resume checkpoint only after S seconds without a member holding its agreed state (default 20)")
     c.add_argument("--state", default=None, metavar="PATH", help="keep the round and agreed hashes in this SQLite file, so a restarted coordinator resumes where the swarm was")
     c.add_argument("--reset", action="store_true", help="let an empty swarm restart from the next peer's state even if it is not the last agreed one (committed work is otherwise never replaced)")
     c.add_argument("-v", "--verbose", action="count", default=0, dest="swarm_verbose", help="more log output")
@@ -141,7 +143,8 @@ async def _coordinator(args: argparse.Namespace) -> int:
     coord = await Coordinator.start(identity, args.swarm, host, port, min_peers=args.min_peers,
                                     heartbeat_timeout=args.heartbeat_timeout, allowed=allowed, events_path=args.events,
                                     state_path=args.state, reset=args.reset, straggler_grace=args.straggler_grace,
-                                    max_failures=args.max_failures, join_grace=args.join_grace)
+                                    max_failures=args.max_failures, join_grace=args.join_grace,
+                                    rollback_grace=args.rollback_grace)
     print(f"coordinator {identity.peer_id} listening on {coord.address[0]}:{coord.address[1]}", flush=True)
     loop = asyncio.get_running_loop()
     _on_signals(loop, lambda: loop.create_task(coord.close()))

@@ -155,7 +155,7 @@ class Coordinator:
                  events_path: str | Path | None = None, io_timeout: float = 30.0,
                  state_path: str | Path | None = None, reset: bool = False,
                  straggler_grace: float = DEFAULT_STRAGGLER_GRACE, straggler_k: float = 4.0,
-                 max_failures: int = 3, join_grace: float = 60.0) -> None:
+                 max_failures: int = 3, join_grace: float = 60.0, rollback_grace: float = 20.0) -> None:
         self.identity = identity
         self.swarm_id = swarm_id
         self.min_peers = max(1, min_peers)
@@ -209,6 +209,10 @@ class Coordinator:
         self.max_failures = max(1, max_failures)
         self.failures: dict[str, tuple[str, int]] = {}
         self.banned: dict[str, str] = {}
+        #: A resumed checkpoint older than the agreed state is adopted only after the swarm has had
+        #: no member for this long (its holders may be reconnecting, e.g. after a coordinator restart).
+        self.rollback_grace = rollback_grace
+        self._empty_since = time.monotonic()
         #: Joiners fetching the state: deadline and source; serve jobs in flight per member.
         self.join_grace = join_grace
         self._fetching: dict[str, tuple[float, str]] = {}
@@ -390,6 +394,8 @@ class Coordinator:
 
     def _remove(self, pid: str, reason: str, *, kind: str) -> None:
         was_member = self.members.pop(pid, None) is not None
+        if was_member and not self.members:
+            self._empty_since = time.monotonic()
         was_candidate = self.candidates.pop(pid, None) is not None
         self.min_group.pop(pid, None)
         self._job_events.pop(pid, None)
@@ -679,6 +685,12 @@ class Coordinator:
             if self._store is not None:
                 self._store.save(self)
         committed = self.round - 1
+        empty_for = time.monotonic() - self._empty_since if not self.members else 0.0
+        if not sources and resumed and 0 <= have_round < committed and self.phase != "run" and empty_for < self.rollback_grace:
+            self.candidates.pop(pid, None)
+            raise SwarmError("stale", f"the swarm has no member; its last agreed state is round {committed}: waiting "
+                                      f"{self.rollback_grace - empty_for:.0f} s more for a member that holds it before "
+                                      f"going back to this peer's checkpoint of round {have_round}")
         if not sources and resumed and 0 <= have_round < committed and self.phase != "run":
             # Nobody holds the agreed state and an operator resumes from a checkpoint: the swarm goes
             # back to that checkpoint (its later rounds are redone), by the operator's explicit choice.

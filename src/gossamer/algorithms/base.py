@@ -51,6 +51,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..codecs.base import all_finite
 from ..comm import Communicator
 from ..errors import ConfigError
 
@@ -389,7 +390,7 @@ class LocalUpdateAlgorithm(Algorithm):
     async def sync(self, step: int) -> None:
         with torch.no_grad():
             delta = [s - p.detach() for s, p in zip(self.start, self.params)]
-        finite = all(bool(torch.isfinite(d).all()) for d in delta)
+        finite = all(all_finite(d) for d in delta)
         self.comm.round = self.rounds
         avg = await self.comm.all_reduce(delta, name=f"{self.name}.pseudo_gradient")
         with torch.no_grad():

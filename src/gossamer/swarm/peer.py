@@ -404,14 +404,22 @@ class Peer:
         self._config_desc = {k: str(v)[:200] for k, v in desc.items()}
         return hashlib.blake2b(json.dumps(desc, sort_keys=True).encode(), digest_size=16).hexdigest()
 
-    def _commit_state(self, round_: int, digest: str) -> None:
+    def _commit_state(self, round_: int, digest: str, sd: dict[str, Any] | None = None) -> None:
         """Remember the committed state (for serving joiners, and to come back to
-        after a lost coordinator: committed work is never replaced by older)."""
+        after a lost coordinator: committed work is never replaced by older).
+        ``sd``: the state_dict already taken of exactly this state, if any."""
         self._committed = round_
         self._committed_hash = digest
-        self._committed_sd = self.algo.state_dict()
-        shared = self._committed_sd["shared"]
-        self._blob = pack_state(shared["tensors"], round_, digest, shared["counters"])
+        self._committed_sd = sd if sd is not None else self.algo.state_dict()
+        self._blob = None  # packed when a joiner first asks for it
+
+    def _committed_blob(self) -> StateBlob:
+        """The committed state packed for a transfer (once per committed round)."""
+        assert self._committed_sd is not None
+        if self._blob is None or self._blob.round != self._committed:
+            shared = self._committed_sd["shared"]
+            self._blob = pack_state(shared["tensors"], self._committed, self._committed_hash, shared["counters"])
+        return self._blob
 
     def _resume_from(self, folder: Path) -> None:
         sd, meta = load_checkpoint(folder)
@@ -486,16 +494,16 @@ class Peer:
             if not (isinstance(to, str) and isinstance(transfer, int) and isinstance(round_, int)):
                 raise ProtocolError(f"bad serve job {job!r}"[:200])
             for _ in range(600):
-                if self._committed >= round_ and self._blob is not None:
+                if self._committed >= round_ and self._committed_sd is not None:
                     break
                 await asyncio.sleep(0.05)
             delay = getattr(self.faults, "serve_delay", 0.0)
             if delay:
                 await asyncio.sleep(delay)  # fault plan: a slow uplink for state transfers
-            blob = self._blob
-            if blob is None or self._committed < round_:
+            if self._committed_sd is None or self._committed < round_:
                 log.warning("cannot serve the state of round %d to %s: we hold round %d", round_, to, self._committed)
                 return
+            blob = self._committed_blob()
             self.tcp.add_peer(to, str(addr[0]), int(addr[1]))
             await send_state(self.tcp, to, transfer, blob)
             log.info("served the state of round %d (%d bytes) to %s", blob.round, blob.nbytes, to)
@@ -579,7 +587,7 @@ class Peer:
                 if mode == "init" and resp.get("candidate") and cand is not None:
                     # the round we last took part in did commit: its result is our committed state
                     self.algo.load_state_dict(cand[2])
-                    self._commit_state(cand[0], cand[1])
+                    self._commit_state(cand[0], cand[1], cand[2])
                     assert self.report is not None
                     self.report.state_hashes.append({"round": cand[0], "hash": cand[1], "agreed": cand[1]})
                     self.report.rounds_completed += 1
@@ -671,8 +679,8 @@ class Peer:
                 self.algo.load_state_dict(snap)
                 raise
             if decision.get("decision") == "commit":
-                self._candidate = None
-                await self._committed_round(decision, len(group))
+                cand, self._candidate = self._candidate, None
+                await self._committed_round(decision, len(group), cand)
                 return
             self._candidate = None
             self.algo.load_state_dict(snap)
@@ -734,8 +742,11 @@ class Peer:
                 elif not task.cancelled():
                     task.exception()  # retrieved: a failure here was already acted on
 
-    async def _committed_round(self, decision: dict[str, Any], group_size: int) -> None:
+    async def _committed_round(self, decision: dict[str, Any], group_size: int,
+                               cand: tuple[int, str, dict[str, Any]] | None = None) -> None:
+        """``cand``: (round, hash, state_dict) of the state we reported for this round."""
         assert self.report is not None
+        sd = None
         agreed = str(decision["hash"])
         resync = decision.get("resync")
         if resync:
@@ -750,10 +761,13 @@ class Peer:
             self.report.resyncs += 1
             self._emit(event="resync", round=self.round, source=resync["source"])
         else:
-            digest = self.algo.shared_hash()
+            if cand is not None and cand[0] == self.round:
+                digest, sd = cand[1], cand[2]  # hashed and copied when we reported it; unchanged since
+            else:
+                digest = self.algo.shared_hash()
             if decision.get("agreed", True) and digest != agreed:
                 raise _Rejoin(f"our hash {digest[:16]} is not the agreed {agreed[:16]} and no resync was offered")
-        self._commit_state(self.round, digest)
+        self._commit_state(self.round, digest, sd)
         if self.checkpoint is not None and (self.round + 1) % self.checkpoint_every == 0:
             await self._write_checkpoint()
         self.report.state_hashes.append({"round": self.round, "hash": digest, "agreed": agreed})

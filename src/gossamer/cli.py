@@ -148,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--repeats", type=_positive_int, default=5)
     tr.add_argument("--json", dest="json_out", metavar="PATH")
     add_swarm_commands(sub)
+
+    rep = sub.add_parser("report", help="summarize trace files: slow peers, aborts, exclusions, bytes; optional timeline PNG")
+    rep.add_argument("traces", nargs="+", metavar="TRACE", help="trace files (SQLite) written by peers, the coordinator or the simulator")
+    rep.add_argument("--plot", metavar="PATH.png", help="write a timeline PNG here")
+    rep.add_argument("--json", dest="json_out", metavar="PATH", help="write the report as JSON here")
     return parser
 
 
@@ -567,6 +572,27 @@ def cmd_bench_comm(args: argparse.Namespace, console: Any) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace, console: Any) -> int:
+    """``gossamer report TRACE...``: the text report; optionally a timeline PNG and the report as JSON."""
+    import json
+
+    from .trace import TraceReader, plot_timeline, render_text, summarize
+
+    for out in (args.json_out, args.plot):
+        if out:
+            _check_writable(out)
+    with TraceReader(args.traces) as reader:
+        report = summarize(reader)
+        console.print(render_text(report), markup=False, highlight=False, soft_wrap=True, end="")
+        if args.plot:
+            plot_timeline(reader, args.plot)
+            console.print(f"wrote {args.plot}", markup=False, highlight=False)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(report.to_json(), indent=2) + "\n")
+        console.print(f"wrote {args.json_out}", markup=False, highlight=False)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from rich.console import Console
 
@@ -582,6 +608,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_swarm_command(args)
         if args.command == "simulate":
             return cmd_simulate(args, console)
+        if args.command == "report":
+            return cmd_report(args, console)
         if args.command == "bench":
             handlers = {"comm": cmd_bench_comm, "codecs": cmd_bench_codecs, "compression": cmd_bench_compression,
                         "robust": cmd_bench_robust, "algorithms": cmd_bench_algorithms, "transport": cmd_bench_transport,

@@ -108,6 +108,15 @@ def test_missing_file_non_sqlite_and_foreign_sqlite_give_config_error(tmp_path):
         TraceReader([future])
 
 
+def test_writer_refuses_a_non_sqlite_file_and_a_missing_folder(tmp_path):
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not a database " * 300)
+    with pytest.raises(ConfigError, match=r"junk\.db"):
+        TraceWriter(junk, source="p0")
+    with pytest.raises(ConfigError, match="absent"):
+        TraceWriter(tmp_path / "absent" / "t.db", source="p0")
+
+
 def _count(path) -> int:
     conn = sqlite3.connect(path)
     try:

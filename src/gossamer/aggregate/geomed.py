@@ -12,9 +12,9 @@ from ``v_0 = coordinate_median(x)``. Let ``d_i = ||v_t - x_i||`` and
 distance (0-based, the upper median: a scale set by the majority of rows, not
 by outliers). Rows with ``d_i <= tol`` are *coincident* with ``v_t``.
 
-* No coincident row: the Weiszfeld step
+* No coincident row: the Weiszfeld direction
 
-      v_{t+1} = sum_i x_i / d_i  /  sum_i 1 / d_i
+      s_t = sum_i x_i / d_i  /  sum_i 1 / d_i  -  v_t
 
 * A coincident row (the start or an iterate on, or extremely near, an input
   row ``x_k``, ``k`` the nearest one, lowest index on ties): first ``v_t`` is
@@ -29,9 +29,9 @@ by outliers). Rows with ``d_i <= tol`` are *coincident* with ``v_t``.
   ``r <= eta`` certifies that ``x_k`` is the geometric median (``R`` is minus
   the gradient of the other rows' terms; the coincident terms contribute a
   subgradient ball of radius ``eta``): the rule stops and returns ``x_k``.
-  Otherwise it moves along ``R``, a guaranteed descent:
+  Otherwise the direction is the Vardi-Zhang step, a guaranteed descent:
 
-      v_{t+1} = x_k + (1 - eta / r) R / W
+      s_t = (1 - eta / r) R / W
 
   Plain Weiszfeld would give the coincident row the weight ``1/d_k`` (huge or
   infinite) and barely move; the old smoothed rule (``1 / max(nu, d_i)``) did
@@ -39,14 +39,25 @@ by outliers). Rows with ``d_i <= tol`` are *coincident* with ``v_t``.
   on ``[[0,1],[1,0],[1,0],[0,-1],[0,0]]`` instead of ``[1/sqrt(3), 0]``
   (objective 3.732).
 
+Line search (one exchange of a ``(4, n)`` matrix of partial squared
+distances): the candidates are ``v_t + lam * s_t`` for ``lam`` in
+``(1, 2, 4)`` and the row nearest to ``v_t``; ``v_{t+1}`` is the one with the
+least objective (first on ties), kept only if it improves on ``g(v_t)``.
+``lam = 1`` is the Weiszfeld / Vardi-Zhang update (a descent), the longer
+steps speed up the slow linear convergence when rows are collinear with the
+optimum (the issue case: objective error 2e-4 after 16 plain steps, 4e-16
+with the line search), and the nearest-row candidate lets an iterate that
+converges onto an optimal row (slowly: the rate is ``r / eta``) land on it
+and certify it.
+
 Stops after ``iters`` updates, on the certificate above, or earlier when the
 objective (a global quantity) stops improving:
-``g(v_{t-1}) - g(v_t) <= ftol * g(v_t)`` (``g(v_{t-1})`` being the objective
-at ``x_k`` after a move onto a row). Defaults: ``iters = 16``,
-``nu = 1e-6``, ``ftol = 1e-6``. Each iteration costs one network exchange of
-an ``(n,)`` vector (two more on a coincident row), so the cap is small; the
-ftol test usually stops earlier (on 20 Gaussian rows of dimension 1000 with 4
-far outliers the objective is within 1e-11 relative of its limit after 8).
+``g(v_t) - g(v_{t+1}) <= ftol * g(v_{t+1})``. Defaults: ``iters = 16``,
+``nu = 1e-6``, ``ftol = 1e-6``. Each iteration costs one network exchange
+(two more on a coincident row), so the cap is small; the ftol test usually
+stops earlier. On small-integer inputs with many coinciding rows (1,500
+random cases, n <= 9, d <= 4) the objective was within 6.4e-5 relative of an
+independent long-run reference.
 
 Starting point: the coordinate-wise median (chunk-local, no exchange). Weiszfeld
 converges linearly, and from the mean a far outlier drags the start away: with
@@ -57,11 +68,12 @@ contributions), which is why the coincident case matters.
 
 Bound: ``n > 2f`` (the geometric median has breakdown point 1/2).
 
-Chunked: each iteration exchanges the ``(n,)`` partial squared distances
-``sum_c (v_c - x_ic)^2``; on a coincident row also the partial squared
+Chunked: the start exchanges the ``(n,)`` partial squared distances
+``sum_c (v_c - x_ic)^2``, each iteration the ``(4, n)`` partial squared
+distances of its candidates; on a coincident row also the partial squared
 distances to ``x_k`` and the ``(1,)`` partial ``||R_c||^2``. ``tol``, ``k``,
-``C``, the weights, the certificate and the stopping test use only global
-sums, so every owner runs the same steps with the same weights.
+``C``, the weights, the certificate, the chosen candidate and the stopping
+test use only global sums, so every owner runs the same steps with the same weights.
 Permutation-invariant up to float rounding (and up to the lowest-index
 choice of ``k`` among rows tied for nearest, which are then coincident with
 each other anyway).

@@ -344,6 +344,21 @@ class Communicator:
         #: replace) this member's contribution before it is sent. The simulator
         #: uses it to play Byzantine peers; honest runtimes leave it None.
         self.contribution_hook: Callable[[str, int, torch.Tensor], Awaitable[torch.Tensor]] | None = None
+        #: With a ``comm.audit.KeyBook``, every all-reduce is the audited one
+        #: (``comm/audit.py``): it holds when chunk owners lie, scores every
+        #: contribution and leaves an ``AuditOutcome`` in ``audits``.
+        self.keybook: Any | None = None
+        #: Auditors per chunk in the audited all-reduce.
+        self.audit_shadows = 1
+        #: Red-teaming only: how this member deviates (``comm.audit.Behaviour``).
+        self.behaviour: Any | None = None
+        #: Thresholds for ``verify.scores.judge`` (None: its defaults).
+        self.score_thresholds: Any | None = None
+        self.audits: collections.deque[Any] = collections.deque(maxlen=64)
+        #: The audited all-reduce's memory of recent slice digests per (name, group, sender).
+        self.replay_memory: dict[Any, Any] = {}
+        #: The audited all-reduce's recent cosines per member (its long-term score).
+        self.score_history: dict[str, Any] = {}
         if aggregator is not None and hasattr(aggregator, "check") and len(self.group) > 1:
             aggregator.check(len(self.group))  # a swarm peer starts alone: its groups are checked when used
 
@@ -584,11 +599,16 @@ class Communicator:
         # raw fp32 upper bound of what this member sends plus receives: 2 * 2 (n-1)/n * 4 * numel
         nbytes = 16 * (self.size - 1) * numel // max(self.size, 1)
         phases = 2 if self.aggregator is None else 4
+        if self.keybook is not None:
+            phases, nbytes = phases + 4, nbytes * 3 // 2
         return await self._guarded(name, nbytes, phases, self._all_reduce(tensors, name, codec))
 
     async def _all_reduce(self, tensors: Sequence[torch.Tensor] | torch.Tensor, name: str, codec: Any) -> list[torch.Tensor]:
         single = isinstance(tensors, torch.Tensor)
         like = [tensors] if single else list(tensors)
+        if self.keybook is not None:
+            from .audit import AuditedReduce  # noqa: PLC0415 - audit imports this module
+            return await AuditedReduce(self, like, name).run()
         if codec is None and self.aggregator is None and self.contribution_hook is None:
             return await self._plain_mean(like, name)
         if self.aggregator is not None and hasattr(self.aggregator, "check"):

@@ -29,11 +29,29 @@ Contract:
   ``keep_state=True`` sets ``result.final_params`` to detached clones of peer
   0's final shared trainable parameters (``eval_model().parameters()``); they
   are never written to JSON.
+- ``scenario.trace`` (optional): the run writes an event trace
+  (``trace.TraceWriter``, ``source="sim"``, ``t`` in virtual seconds) to
+  ``scenario.trace_path(algorithm)``, replacing a file already there. Per
+  peer and round (round ``r`` = the peer's ``r``-th sync, from 0): ``compute``
+  (value: the virtual seconds charged for the round's local steps, ``t``: the
+  end of the last one, so the span ends where the sync starts), ``bytes`` per
+  link (payload bytes this peer's transport counted to that destination since
+  the previous sync; detail ``framing``), ``phase`` (the sync's length on the
+  peer's virtual clock; detail ``name``: the collectives that completed in it),
+  ``round`` (detail ``members``, and ``hash`` for honest peers of algorithms
+  with bit parity) and ``loss`` (the loss of the round's last local step).
+  Steps and bytes after the last sync go into one more ``compute``/``bytes``
+  pair numbered one past it, so the ``bytes`` of a peer sum to its
+  ``payload_bytes_sent_by_peer`` and its last ``t`` is its final clock. An
+  ``eval`` event (peer 0, which evaluates) at every curve point; an
+  ``attack`` event at ``t = 0`` per Byzantine peer. Nothing is recorded, and
+  no hook does more than one ``None`` check, without a trace.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -48,6 +66,7 @@ from ..algorithms.driver import RoundLoop
 from ..comm import Communicator, make_run_codec
 from ..errors import ConfigError
 from ..tasks import make_task
+from ..trace.recorder import TraceWriter
 from ..trace.results import CurvePoint, RunResult
 from ..transport.sim import SimNetwork
 from ..verify import combined_hash
@@ -81,6 +100,59 @@ class _PeerLog:
     time_at: dict[int, float] = field(default_factory=dict)
     round_bytes: list[int] = field(default_factory=list)
     hashes: list[str] = field(default_factory=list)
+
+
+class _PeerTracer:
+    """One simulated peer's events (see the module docstring): what it computed
+    and sent since its last sync, written when the next sync completes."""
+
+    def __init__(self, writer: TraceWriter, pid: str, comm: Communicator) -> None:
+        self.writer, self.pid, self.comm = writer, pid, comm
+        self.compute_s = 0.0
+        self.compute_steps = 0
+        self.compute_end = comm.transport.now()
+        self.sync_start = self.compute_end
+        self.collectives: list[str] = []
+        self.sent_to: dict[str, tuple[int, int]] = {}
+        comm.listeners.append(lambda stats: self.collectives.append(stats.name))
+
+    def computed(self, seconds: float) -> None:
+        self.compute_s += seconds
+        self.compute_steps += 1
+        self.compute_end = self.comm.transport.now()
+
+    def sync_started(self) -> None:
+        self.sync_start = self.comm.transport.now()
+        self.collectives.clear()
+
+    def _compute_and_bytes(self, rnd: int, t: float) -> None:
+        if self.compute_steps:
+            self.writer.record("compute", round=rnd, peer=self.pid, value=self.compute_s, t=self.compute_end,
+                               steps=self.compute_steps)
+            self.compute_s, self.compute_steps = 0.0, 0
+        for dst, counter in sorted(self.comm.transport.counters.sent_to.items()):
+            payload0, framing0 = self.sent_to.get(dst, (0, 0))
+            if counter.payload != payload0 or counter.framing != framing0:
+                self.writer.record("bytes", round=rnd, peer=self.pid, other=dst, value=counter.payload - payload0, t=t,
+                                   framing=counter.framing - framing0)
+                self.sent_to[dst] = (counter.payload, counter.framing)
+
+    def round_done(self, rnd: int, loss: float, state_hash: str | None) -> None:
+        now = self.comm.transport.now()
+        self._compute_and_bytes(rnd, now)
+        names = list(dict.fromkeys(self.collectives))
+        self.writer.record("phase", round=rnd, peer=self.pid, value=now - self.sync_start, t=now,
+                           name="+".join(names) or "sync", phase="sync", collectives=len(self.collectives))
+        detail: dict[str, Any] = {"members": list(self.comm.group)}
+        if state_hash is not None:
+            detail["hash"] = state_hash
+        self.writer.record("round", round=rnd, peer=self.pid, t=now, **detail)
+        self.writer.record("loss", round=rnd, peer=self.pid, value=loss, t=now)
+        self.compute_end = now
+
+    def finished(self, rounds: int) -> None:
+        """Steps and bytes after the last sync, numbered one past it."""
+        self._compute_and_bytes(rounds, self.comm.transport.now())
 
 
 def run_algorithm(scenario: Scenario, algorithm: str, *, task: Any = None, progress: Progress | None = None,
@@ -142,8 +214,43 @@ async def _run(scenario: Scenario, algorithm: str, task: Any, progress: Progress
         poisoned = pid in byzantine and attack.data_poisoning
         shard = task.shard(i, scenario.peers, seed=scenario.seed, label_flip=poisoned)
         peers.append((pid, algo, shard, comm))
-    honest_ids = [p for p in ids if p not in byzantine]
+    trace = _open_trace(scenario, algorithm, peers, byzantine, options)
+    try:
+        return await _simulate(scenario, algorithm, task, progress, keep_state, peers, byzantine, options, trace, wall0)
+    finally:
+        if trace is not None:
+            trace.close()
 
+
+_Peer = tuple[str, Any, Any, Communicator]  # id, algorithm, shard, communicator
+
+
+def _open_trace(scenario: Scenario, algorithm: str, peers: list[_Peer], byzantine: list[str],
+                options: dict[str, Any]) -> TraceWriter | None:
+    """A fresh trace file for this run (``None`` without ``scenario.trace``);
+    its clock is the latest virtual clock of any peer."""
+    path = scenario.trace_path(algorithm)
+    if path is None:
+        return None
+    ids = [p[0] for p in peers]
+    transports = [p[3].transport for p in peers]
+    for old in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if old.is_file():
+            old.unlink()  # a rerun replaces the trace, as --json replaces its file
+    meta = {"algorithm": algorithm, "scenario": dataclasses.asdict(scenario), "options": options,
+            "peer_ids": ids, "byzantine": byzantine, "clock": "virtual seconds"}
+    writer = TraceWriter(path, source="sim", meta=meta, clock=lambda: max(t.now() for t in transports))
+    for pid in byzantine:
+        writer.record("attack", peer=pid, attack=scenario.attack)
+    return writer
+
+
+async def _simulate(scenario: Scenario, algorithm: str, task: Any, progress: Progress | None, keep_state: bool,
+                    peers: list[_Peer], byzantine: list[str], options: dict[str, Any], trace: TraceWriter | None,
+                    wall0: float) -> RunResult:
+    """The round loops of all peers, then the result (``trace``: see the module docstring)."""
+    ids = [p[0] for p in peers]
+    honest_ids = [p for p in ids if p not in byzantine]
     steps = scenario.steps
     assert steps is not None
     points = eval_steps(steps, scenario.evals)
@@ -156,6 +263,12 @@ async def _run(scenario: Scenario, algorithm: str, task: Any, progress: Progress
         m.eval()
         curve_eval[step] = task.evaluate(m)
         m.train(was_training)
+        if trace is not None:
+            comm = peers[0][3]
+            done = len(logs[ids[0]].hashes)
+            vl, vm = curve_eval[step]
+            trace.record("eval", round=done - 1 if done else None, peer=ids[0], value=vm, t=comm.transport.now(),
+                         metric=task.metric_name, loss=vl, step=step)
 
     class SimPeerLoop(RoundLoop):
         """The round loop on the simulated network: compute time is charged to
@@ -166,19 +279,32 @@ async def _run(scenario: Scenario, algorithm: str, task: Any, progress: Progress
             self.idx, self.pid, self.comm = idx, pid, comm
             self.plog = logs[pid]
             self.sent_before_round = 0
+            self.tracer = _PeerTracer(trace, pid, comm) if trace is not None else None
 
         async def local_step(self, batch: Any) -> float:
             t0 = time.perf_counter()
             loss = self.algo.step(batch)
             elapsed = time.perf_counter() - t0
-            self.comm.transport.compute(scenario.compute_time if scenario.compute_time is not None else elapsed)
+            charged = scenario.compute_time if scenario.compute_time is not None else elapsed
+            self.comm.transport.compute(charged)
+            if self.tracer is not None:
+                self.tracer.computed(charged)
             return loss
+
+        async def sync(self) -> None:
+            if self.tracer is not None:
+                self.tracer.sync_started()
+            await super().sync()
 
         def after_sync(self) -> None:
             sent = self.comm.transport.counters.sent.total
             self.plog.round_bytes.append(sent - self.sent_before_round)
             self.sent_before_round = sent
             self.plog.hashes.append(self.algo.shared_hash())
+            if self.tracer is not None:
+                keep_hash = self.algo.bit_parity and self.pid not in byzantine
+                self.tracer.round_done(len(self.plog.hashes) - 1, self.last_loss,
+                                       self.plog.hashes[-1] if keep_hash else None)
 
         def after_step(self, loss: float) -> None:
             done = self.algo.steps
@@ -195,6 +321,9 @@ async def _run(scenario: Scenario, algorithm: str, task: Any, progress: Progress
     for pid in ids:
         logs[pid].bytes_at[0], logs[pid].time_at[0] = 0, 0.0
     await asyncio.gather(*(loop.run() for loop in loops))
+    for loop in loops:
+        if loop.tracer is not None:
+            loop.tracer.finished(len(loop.plog.hashes))
 
     hashes_equal = all(logs[pid].hashes == logs[ids[0]].hashes for pid in honest_ids)
     if not hashes_equal and peers[0][1].bit_parity:

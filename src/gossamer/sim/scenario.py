@@ -23,6 +23,8 @@ TOML keys are the field names below, e.g.::
     tolerate = 0          # f the aggregator is configured for (default: byzantine)
     threads = 1           # torch intra-op threads (1: fastest for many small peers, and exactly repeatable)
     peer_ids = ["..."]    # the peers' ids in rank order (default p0..pN-1): rehearse a real swarm bit for bit
+    trace = "sim.trace"   # write an event trace (docs/trace.md); with several algorithms one file
+                          # each, the algorithm before the extension: sim-ddp.trace, sim-diloco.trace
     [task_options]        # passed to the task (batch_size, layers, ...)
     [algorithm_options.diloco]
     outer_lr = 0.7
@@ -71,6 +73,7 @@ class Scenario:
     tolerate: int | None = None
     threads: int = 1
     peer_ids: tuple[str, ...] | None = None
+    trace: str | None = None
     task_options: dict[str, Any] = field(default_factory=dict)
     algorithm_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -113,6 +116,7 @@ class Scenario:
         if self.compute_time is not None and not self.compute_time > 0:
             raise ConfigError(f"compute_time must be > 0 seconds per step, got {self.compute_time}")
         self._check_robustness()
+        self._check_trace()
         unknown = sorted(set(self.algorithm_options) - set(ALGORITHM_NAMES))
         if unknown:
             raise ConfigError(f"algorithm_options for unknown algorithm(s) {', '.join(unknown)}; accepted: {', '.join(ALGORITHM_NAMES)}")
@@ -151,6 +155,28 @@ class Scenario:
         if self.codec is not None and all(not ALGORITHMS[a][0].uses_codec for a in self.algorithms):
             raise ConfigError(f"--codec does not apply to {', '.join(self.algorithms)}: "
                               "spsa sends one quantized byte per step, not a codec payload")
+
+    def _check_trace(self) -> None:
+        if self.trace is None:
+            return
+        if not isinstance(self.trace, str) or not self.trace.strip():
+            raise ConfigError(f"trace must be a file path, got {self.trace!r}")
+        from ..argtypes import check_writable
+
+        for target in dict.fromkeys([self.trace, *(str(self.trace_path(a)) for a in self.algorithms)]):
+            check_writable(target)
+
+    def trace_path(self, algorithm: str) -> Path | None:
+        """Where ``algorithm``'s trace goes: ``trace`` itself when the scenario
+        runs one algorithm; with several, one file per algorithm, named with
+        ``-<algorithm>`` before the extension (``run.trace`` -> ``run-ddp.trace``).
+        ``None`` without a trace."""
+        if self.trace is None:
+            return None
+        path = Path(self.trace).expanduser()
+        if len(self.algorithms) == 1:
+            return path
+        return path.with_name(f"{path.stem}-{algorithm}{path.suffix}")
 
     def make_attack(self) -> Any:
         """The scenario's attack object (``None`` without one)."""

@@ -1,5 +1,30 @@
-"""State hashes and parity checks."""
+"""State hashes and parity checks; contribution scores and reputation."""
 
 from .hashing import combined_hash, state_hash
+from .scores import (
+    PeerEvidence,
+    PeerScore,
+    RoundEvidence,
+    Thresholds,
+    combine_reports,
+    evidence_from_sums,
+    judge,
+    loss_delta_check,
+    partial_length,
+    partial_sums,
+)
 
-__all__ = ["combined_hash", "state_hash"]
+__all__ = [
+    "PeerEvidence",
+    "PeerScore",
+    "RoundEvidence",
+    "Thresholds",
+    "combine_reports",
+    "combined_hash",
+    "evidence_from_sums",
+    "judge",
+    "loss_delta_check",
+    "partial_length",
+    "partial_sums",
+    "state_hash",
+]

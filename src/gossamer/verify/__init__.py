@@ -1,6 +1,7 @@
 """State hashes and parity checks; contribution scores and reputation."""
 
 from .hashing import combined_hash, state_hash
+from .reputation import PROOF_PREFIX, Exclusion, Reputation
 from .scores import (
     PeerEvidence,
     PeerScore,
@@ -15,8 +16,11 @@ from .scores import (
 )
 
 __all__ = [
+    "PROOF_PREFIX",
+    "Exclusion",
     "PeerEvidence",
     "PeerScore",
+    "Reputation",
     "RoundEvidence",
     "Thresholds",
     "combine_reports",

@@ -213,7 +213,7 @@ class RoundEvidence:
 
     peers: tuple[str, ...]
     f: int
-    per_peer: Mapping[str, PeerEvidence]
+    per_peer: dict[str, PeerEvidence]
     copies: tuple[tuple[str, str], ...]  # (first member, copier) pairs
 
     def __getitem__(self, peer: str) -> PeerEvidence:

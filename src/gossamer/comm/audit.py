@@ -25,7 +25,9 @@ Protocol of one operation (``n`` members, rank order, ``ctx`` = hash of
    Owner ``j`` receives ``e_ij`` with ``M_i`` and its signature and checks
    both; a slice that fails is rejected like an undecodable one.
 2. *Reduce, committed.* The robust rule's statistics (``aggregate/``) and the
-   contribution-score partial sums (``verify.scores``) are exchanged as
+   contribution-score partial sums (``verify.scores``, each contribution
+   against the coordinate-wise median of all of them: a robust reference
+   that one outlier cannot drag, unlike the plain mean) are exchanged as
    signed messages; every owner sums them in rank order.
 3. *Gather, committed.* Owner ``j`` sends the encoded reduced chunk with a
    signature over ``(ctx, j, H(bytes))`` and reveals ``nonce_j``, which must
@@ -189,14 +191,18 @@ class AuditOutcome:
                 "proven": dict(self.proven), "views": dict(self.views)}
 
 
-def verify_statement(signer: str, ctx_hex: str, statement: Sequence[str]) -> bool:
+def verify_statement(signer: str, ctx_hex: str, statement: Sequence[str],
+                     owns: Callable[[str, bytes], bool] | None = None) -> bool:
     """True iff ``statement`` = [kind, H(body), key, signature] (hex) was signed by ``signer``'s key
     over ``ctx``. The coordinator uses it to judge equivocation: two valid statements of one
-    signer with the same ``ctx`` and kind and different ``H(body)`` prove it sent two versions."""
+    signer with the same ``ctx`` and kind and different ``H(body)`` prove it sent two versions.
+    ``owns(signer, key)`` (default: the TCP rule, the id is derived from the key) decides
+    whose key it is; the simulator passes its ``KeyBook.owns``."""
     try:
         kind, body_digest, pk, sig = statement
         pk_b, sig_b, d_b, ctx_b = bytes.fromhex(pk), bytes.fromhex(sig), bytes.fromhex(body_digest), bytes.fromhex(ctx_hex)
-        return peer_id_from_public_key(pk_b) == signer and verify_signature(pk_b, sig_b, ctx_b + kind.encode() + d_b)
+        mine = owns(signer, pk_b) if owns is not None else peer_id_from_public_key(pk_b) == signer
+        return mine and verify_signature(pk_b, sig_b, ctx_b + kind.encode() + d_b)
     except (ValueError, TypeError, ConfigError):
         return False
 
@@ -270,6 +276,7 @@ class AuditedReduce:
         self.aggregator = comm.aggregator if comm.aggregator is not None else make_aggregator("mean", 0)
         self.shadows = max(1, min(int(getattr(comm, "audit_shadows", 1)), self.n - 2)) if self.n > 2 else 0
         self.sent = 0
+        self.aggregation_error: AggregationError | None = None
 
     # ------------------------------------------------------------------ codec helpers
     def _seed(self, owner: int) -> int:
@@ -398,7 +405,7 @@ class AuditedReduce:
         # score partial sums (audited) and replay flags (not audited: an auditor cannot know the
         # owner's memory, so a member counts as replaying only when more than half of the owners
         # saw a replay), in one float32 message
-        scored = partial_sums(stacked, reduced, None, None).to(torch.float32)
+        scored = partial_sums(stacked, _reference(stacked), None, None).to(torch.float32)
         both = await self._exchange(SCORES, torch.cat([scored, replay_flags.to(torch.float32)]), stats, views,
                                     dtype=torch.float32)
         total, replays = both[: scored.numel()].to(torch.float64), both[scored.numel():]
@@ -451,14 +458,16 @@ class AuditedReduce:
             evidence: list[bytes] = []
             for i, src in enumerate(group):
                 evidence.append(self.slices[j] if src == comm.peer_id else await self._recv(src, AUDIT_BASE + j))
-            ok, why = self._recompute(j, evidence, stats, results[j], manifests)
+            signed = _signed(views)
+            ok, why = self._recompute(j, evidence, stats, signed[(group[j], b"result")][0], nonces[j], manifests)
             if why.startswith("unverifiable"):
                 log.warning("%s: cannot audit chunk %d: %s", self.name, j, why)
                 ok = True
             if not ok:
                 log.warning("%s: audit of chunk %d (owner %s) failed: %s", self.name, j, group[j], why)
             accuse = self.behaviour.accuse(j, ok)
-            verdicts.append((j, not accuse, b"" if not accuse else _pack_list(evidence)))
+            verdicts.append((j, not accuse, b"" if not accuse else
+                             _pack_list([*evidence, self._statements_blob(signed, j, stats, nonces[j])])))
 
         # 5. verdicts, re-checked by everyone
         body = _pack_verdicts(verdicts)
@@ -483,19 +492,13 @@ class AuditedReduce:
                 if ok:
                     continue
                 try:
-                    pieces = _unpack_list(evidence, n)
+                    pieces = _unpack_list(evidence, n + 1)
                 except ProtocolError as exc:
                     proven[src] = f"accused owner {group[j]} of chunk {j} with malformed evidence ({exc})"
                     continue
-                good, why = self._recompute(j, pieces, stats, results[j], manifests)
-                if why.startswith("unverifiable"):
-                    log.warning("%s: cannot check %s's accusation against chunk %d: %s", self.name, src, j, why)
-                elif good:
-                    proven[src] = f"falsely accused owner {group[j]} of chunk {j}"
-                elif why.startswith("evidence:"):
-                    proven[src] = f"accused owner {group[j]} of chunk {j} with invalid evidence ({why})"
-                else:
-                    proven[group[j]] = f"tampered with chunk {j}: {why} (shown by {src})"
+                guilty, why = self._check_accusation(src, j, pieces[:n], pieces[n], stats, _signed(views), manifests)
+                if guilty is not None:
+                    proven[guilty] = why
 
         # views, scores
         _views_into(outcome, views, ctx)
@@ -503,6 +506,8 @@ class AuditedReduce:
         if proven:
             raise AuditFailed(f"{self.name} (round {comm.round}): proven misbehaviour: "
                               + "; ".join(f"{p}: {why}" for p, why in proven.items()), self._fail(outcome, views, {}, proven))
+        if self.aggregation_error is not None:
+            raise self.aggregation_error
         out = torch.empty_like(flat)
         for j, src in enumerate(group):
             lo, hi = self.bounds[j]
@@ -592,10 +597,71 @@ class AuditedReduce:
                 stat = gen.send(total)
         except StopIteration as stop:
             result = stop.value
+        except AggregationError as exc:
+            # perhaps a lying owner's statistic (e.g. every row "non-finite"): go on with zeros so
+            # that the audit can name it; raised after the verdicts if nobody is proven guilty
+            self.aggregation_error = exc
+            return torch.zeros(stacked.shape[1]), ()
         return result.value.to(torch.float32), tuple(self.group[i] for i in result.dropped)
 
-    def _recompute(self, j: int, evidence: Sequence[bytes], stats: dict[int, list[bytes]], signed_result: bytes,
-                   manifests: Mapping[str, bytes]) -> tuple[bool, str]:
+    def _statements_blob(self, signed: Mapping[tuple[str, bytes], tuple[bytes, bytes, bytes]], j: int,
+                         stats: Mapping[int, Any], nonce: bytes) -> bytes:
+        """What an accusation shows of the signed statements its author received: owner ``j``'s
+        result (digest, signature, nonce) and every statistic (digest, signature), rank order."""
+        d, _, sig = signed[(self.group[j], b"result")]
+        parts = [d + sig + nonce]
+        for phase in sorted(stats):
+            for k in self.group:
+                dk, _, sk = signed[(k, b"stat%d" % phase)]
+                parts.append(dk + sk)
+        return b"".join(parts)
+
+    def _check_accusation(self, accuser: str, j: int, slices: Sequence[bytes], blob: bytes,
+                          stats: dict[int, list[bytes]], signed: Mapping[tuple[str, bytes], tuple[bytes, bytes, bytes]],
+                          manifests: Mapping[str, bytes]) -> tuple[str | None, str]:
+        """Who an accusation against owner ``j`` proves guilty: the owner (tampered, or two signed
+        versions), another owner (two signed versions of a statistic), or the accuser (forged or
+        false); (None, why) when this member cannot tell."""
+        owner = self.group[j]
+        rec = DIGEST + SIGNATURE_BYTES
+        if len(blob) != rec + 32 + rec * self.n * len(stats):
+            return accuser, f"accused owner {owner} of chunk {j} with malformed statements"
+
+        def valid(signer: str, kind: bytes, d: bytes, sig: bytes) -> bool:
+            pk = next((v[1] for (s_, _), v in signed.items() if s_ == signer), None)
+            return pk is not None and verify_signature(pk, sig, self.ctx + kind + d)
+
+        d, sig, nonce = blob[:DIGEST], blob[DIGEST:rec], blob[rec : rec + 32]
+        if not valid(owner, b"result", d, sig):
+            return accuser, f"accused owner {owner} of chunk {j} with a result statement the owner never signed"
+        at = rec + 32
+        for phase in sorted(stats):
+            for k in self.group:
+                dk, sk = blob[at : at + DIGEST], blob[at + DIGEST : at + rec]
+                at += rec
+                if not valid(k, b"stat%d" % phase, dk, sk):
+                    return accuser, f"accused owner {owner} of chunk {j} with a statistic {k} never signed"
+                mine = signed.get((k, b"stat%d" % phase))
+                if mine is not None and mine[0] != dk:
+                    return k, f"equivocated: signed two different statistics for phase {phase}"
+        mine = signed.get((owner, b"result"))
+        if mine is not None and mine[0] != d:
+            return owner, f"equivocated: signed two different results for chunk {j}"
+        man = manifests.get(owner)
+        if man is None or digest(nonce) != man[:DIGEST]:
+            return accuser, f"accused owner {owner} of chunk {j} with a nonce the owner never committed to"
+        good, why = self._recompute(j, slices, stats, d, nonce, manifests)
+        if why.startswith("unverifiable"):
+            log.warning("%s: cannot check %s's accusation against chunk %d: %s", self.name, accuser, j, why)
+            return None, why
+        if good:
+            return accuser, f"falsely accused owner {owner} of chunk {j}"
+        if why.startswith("evidence:"):
+            return accuser, f"accused owner {owner} of chunk {j} with invalid evidence ({why})"
+        return owner, f"tampered with chunk {j}: {why} (shown by {accuser})"
+
+    def _recompute(self, j: int, evidence: Sequence[bytes], stats: dict[int, list[bytes]], result_digest: bytes,
+                   nonce: bytes, manifests: Mapping[str, bytes]) -> tuple[bool, str]:
         """Recompute chunk ``j`` from the committed slices ``evidence`` (rank order) and compare with
         what its owner committed: its statistics and its result. Returns (matches, why not)."""
         from ..verify.scores import partial_sums  # noqa: PLC0415
@@ -625,10 +691,12 @@ class AuditedReduce:
                 stat = gen.send(_sum_parts(parts, stat.shape))
         except StopIteration as stop:
             reduced = stop.value.value.to(torch.float32)
-        score = partial_sums(stacked, reduced, None, None).to(torch.float32).contiguous().numpy().tobytes()
+        except AggregationError:
+            reduced = torch.zeros(stacked.shape[1])  # as the owner does (see _reduce)
+        score = partial_sums(stacked, _reference(stacked), None, None).to(torch.float32).contiguous().numpy().tobytes()
         if score != stats[SCORES][j][: len(score)]:
             return False, "its score statistics differ from the recomputed ones"
-        if self._encode(self.bcodec, j, reduced, (self.name, "ag", j)) != signed_result:
+        if digest(self._encode(self.bcodec, j, reduced, (self.name, "ag", j)) + nonce) != result_digest:
             return False, "its reduced chunk differs from the recomputed one"
         return True, ""
 
@@ -637,6 +705,21 @@ def _note(views: dict[str, list[tuple[bytes, bytes, bytes, bytes]]], signer: str
     """Keep (kind, H(body), key, signature) of a statement ``signer`` sealed: enough for a judge
     to check the signature over ``ctx + kind + H(body)`` without the body."""
     views[signer].append((kind, digest(sealed[:-SEAL]), sealed[-SEAL:-SIGNATURE_BYTES], sealed[-SIGNATURE_BYTES:]))
+
+
+def _reference(stacked: torch.Tensor) -> torch.Tensor:
+    """What contributions are scored against: the coordinate-wise median of the kept rows of
+    this chunk (chunk-local, so the whole vector's median is the concatenation). Not the
+    aggregate: under the plain mean one huge outlier would make every honest row look bad."""
+    from ..aggregate.median import coordinate_median  # noqa: PLC0415
+
+    kept = stacked[~torch.isnan(stacked).any(dim=1)]
+    return coordinate_median(kept) if kept.shape[0] else torch.zeros(stacked.shape[1])
+
+
+def _signed(views: Mapping[str, list[tuple[bytes, bytes, bytes, bytes]]]) -> dict[tuple[str, bytes], tuple[bytes, bytes, bytes]]:
+    """(signer, kind) -> (H(body), key, signature) of every statement received."""
+    return {(signer, k): (d, pk, sig) for signer, entries in views.items() for k, d, pk, sig in entries}
 
 
 def _views_into(outcome: AuditOutcome, views: dict[str, list[tuple[bytes, bytes, bytes, bytes]]], ctx: bytes) -> None:

@@ -11,7 +11,7 @@ tamper     as a chunk owner, sends ``-10 x`` the true reduced chunk (signed)
 equivocate as a chunk owner, sends the true result to the first half of the
            group and a tampered one (``-10 x``) to the rest, both signed
 withhold   as a chunk owner, never sends its reduced chunk
-statlie    as a chunk owner, doubles every robust-rule statistic it reports
+statlie    as a chunk owner, reports ``2 s + 1`` for every robust-rule statistic ``s``
 falseaccuse as an auditor, accuses every owner it audits (with real evidence)
 ========== ==================================================================
 
@@ -54,7 +54,7 @@ class Withhold(Behaviour):
 
 class StatLie(Behaviour):
     def stat(self, phase: int, stat: torch.Tensor) -> torch.Tensor:
-        return stat * 2.0 if phase < 900 else stat
+        return stat * 2.0 + 1.0 if phase < 900 else stat
 
 
 class FalseAccuse(Behaviour):

@@ -69,3 +69,55 @@ class Adversary:
         if self._served[op] == len(self.byzantine):  # everyone served: forget this op
             del self._board[op], self._ready[op], self._served[op]
         return mine
+
+
+def craft_colluding(attack: Attack, colluders: torch.Tensor, index: int, *, group_size: int, seed: int,
+                    round_: int, op: int, previous: torch.Tensor | None) -> torch.Tensor:
+    """The row that colluding Byzantine member ``index`` sends, knowing only the colluders'
+    own honestly computed updates ``colluders`` (``(f, d)``, in their fixed order): the
+    non-omniscient setting of a real swarm, where attackers see no honest peer's update
+    and pool what they compute themselves (ALIE's and IPM's statistics are then estimated
+    from f samples; ALIE's z uses the real group size). The simulator's colluding mode and
+    ``gossamer peer --attack`` both call this, so the same seed crafts the same bytes."""
+    f = int(colluders.shape[0])
+    if attack.name == "alie" and attack.params.get("z") is None:
+        from .attacks import alie_z, make_attack  # noqa: PLC0415
+        attack = make_attack("alie", z=alie_z(group_size, f))
+    if attack.name == "freerider:stale" and previous is None:
+        previous = colluders[index]  # a replay needs something to replay: the first contribution is honest
+    rows = attack.craft(colluders, f, generator=generator("attack", seed, round_, op), own=colluders[index],
+                        previous=previous)
+    return rows[index].clone()
+
+
+class Collusion:
+    """The simulator's colluding (non-omniscient) adversary: ``hook_for(peer, comm)``."""
+
+    def __init__(self, attack: Attack, byzantine: Sequence[str], *, seed: int = 0) -> None:
+        self.attack = attack
+        self.byzantine = tuple(byzantine)
+        self.seed = seed
+        self._board: dict[tuple[int, int, str], dict[str, torch.Tensor]] = {}
+        self._ready: dict[tuple[int, int, str], asyncio.Event] = {}
+        self._previous: dict[str, torch.Tensor] = {}
+        self._served: dict[tuple[int, int, str], int] = {}
+
+    def hook_for(self, peer: str, comm: object) -> Hook:
+        async def hook(name: str, op: int, flat: torch.Tensor) -> torch.Tensor:
+            round_ = int(getattr(comm, "round", 0))
+            key = (round_, op, name)
+            board = self._board.setdefault(key, {})
+            board[peer] = flat
+            ev = self._ready.setdefault(key, asyncio.Event())
+            if len(board) == len(self.byzantine):
+                ev.set()
+            await ev.wait()
+            stacked = torch.stack([board[p] for p in self.byzantine])
+            mine = craft_colluding(self.attack, stacked, self.byzantine.index(peer), group_size=int(getattr(comm, "size")),
+                                   seed=self.seed, round_=round_, op=op, previous=self._previous.get(peer))
+            self._previous[peer] = mine
+            self._served[key] = self._served.get(key, 0) + 1
+            if self._served[key] == len(self.byzantine):  # everyone served: forget this operation
+                del self._board[key], self._ready[key], self._served[key]
+            return mine
+        return hook

@@ -85,6 +85,12 @@ def add_swarm_commands(subparsers: Any) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--iid", action="store_true", default=None, help="iid shards (default)")
     g.add_argument("--alpha", type=_positive_float, default=None, help="non-iid shards: Dirichlet(alpha) by label, or by module for charlm")
+    p.add_argument("--audit", type=_nonneg_int, default=0, metavar="S",
+                   help="audited all-reduce with S auditors per chunk: holds when chunk owners lie, scores every contribution, and lets the coordinator exclude liars (every peer must use the same; default 0 = plain butterfly)")
+    p.add_argument("--attack", default=None, metavar="NAME",
+                   help="RED-TEAM ONLY: this peer attacks the swarm: a contributor attack (signflip, ipm, alie, gaussian, labelflip, mimic, freerider, freerider:stale), an owner attack (tamper, equivocate, withhold, statlie, falseaccuse; needs --audit) or a swarm lie (hashlie, scorelie)")
+    p.add_argument("--collude", default=None, metavar="DIR:F",
+                   help="RED-TEAM ONLY: F attacking peers pool their own updates through the folder DIR (ALIE and IPM estimate the honest statistics from them)")
     p.add_argument("--key", default=None, help="identity key file (created on first use; default ~/.gossamer/keys/peer-N.pem)")
     p.add_argument("--listen", type=_hostport, default="127.0.0.1:0", help="HOST:PORT for peer traffic (default 127.0.0.1:0)")
     p.add_argument("--advertise", type=_hostport, default=None, help="HOST:PORT other peers should dial (default: --listen)")
@@ -232,7 +238,7 @@ async def _peer(args: argparse.Namespace) -> int:
             value = task.loss(model, batch)
             return value * float("inf") if calls["n"] == int(poison_at) else value
     index, count = _shard_of(args.shard, identity.peer_id)
-    shard = task.shard(index, count, seed=args.seed)
+    shard = task.shard(index, count, seed=args.seed, **({"label_flip": True} if args.attack == "labelflip" else {}))
 
     def progress(event: dict[str, Any]) -> None:
         kind = event.get("event")
@@ -253,7 +259,8 @@ async def _peer(args: argparse.Namespace) -> int:
                 listen=args.listen, advertise=args.advertise, swarm_id=args.swarm, coordinator_id=args.coordinator_id,
                 fingerprint=f"task={args.task} seed={args.seed} steps={steps}", progress=progress, codec=args.codec,
                 aggregator=args.aggregator, tolerate=args.tolerate, seed=args.seed, deadline_floor=args.deadline_floor,
-                checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every, resume=args.resume, **options)
+                checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every, resume=args.resume,
+                audit=args.audit, attack=args.attack, collude=args.collude, **options)
     _on_signals(asyncio.get_running_loop(), peer.request_stop)
 
     def batches() -> Any:

@@ -63,6 +63,8 @@ from ..transport.identity import Identity
 from ..transport.tcp import handshake
 from ..verify import combined_hash
 from ..verify.parity import majority
+from ..verify.tribunal import TrustDesk
+from ..comm.audit import verify_statement
 from .protocol import OPS, REQUEST_PHASE, RESPONSE_PHASE, FramedStream, SwarmError, address, decode_message, encode_message, field
 
 log = logging.getLogger(__name__)
@@ -209,6 +211,8 @@ class Coordinator:
         self.max_failures = max(1, max_failures)
         self.failures: dict[str, tuple[str, int]] = {}
         self.banned: dict[str, str] = {}
+        #: Audited swarms: judges audit reports, keeps reputation, excludes proven or persistent liars.
+        self.trust = TrustDesk(self._exclude, verify=verify_statement)
         #: A resumed checkpoint older than the agreed state is adopted only after the swarm has had
         #: no member for this long (its holders may be reconnecting, e.g. after a coordinator restart).
         self.rollback_grace = rollback_grace
@@ -493,6 +497,7 @@ class Coordinator:
         self.reports = {}
         self.disagree = set()
         self._decisions[self.epoch] = asyncio.get_running_loop().create_future()
+        self.trust.open(self.epoch, self.round, self.group)
         for old in [e for e in self._decisions if e < self.epoch - 64]:
             del self._decisions[old]
         for m in self.members.values():
@@ -521,6 +526,12 @@ class Coordinator:
             # removed once this attempt is decided (its abort is under way)
             reason_text = self.banned[pid]
             asyncio.get_running_loop().call_soon(lambda: self._remove(pid, reason_text, kind="evict"))
+
+    def _exclude(self, pid: str, reason: str, record: dict[str, Any]) -> None:
+        """The trust desk convicted ``pid``: refuse its key from now on and remove it."""
+        self.banned[pid] = reason
+        self._event("exclude", peer=pid, round=record["round"], rule=record["rule"], evidence=record["evidence"])
+        asyncio.get_running_loop().call_soon(lambda: self._remove(pid, reason, kind="exclude"))
 
     def _persist(self) -> None:
         if self._store is not None:
@@ -578,6 +589,16 @@ class Coordinator:
             return
         reports = {p: self.reports[p] for p in present}
         r = self.round
+        differ = self.trust.views_differ(self.epoch)
+        if differ:
+            # members saw different signed statements of these signers: nothing is committed,
+            # and each member sends its statements so that the equivocator can be proven
+            self.stats["aborts"] += 1
+            reason = f"members saw different signed statements from {', '.join(differ)}"
+            self._event("abort", round=self.round, epoch=self.epoch, attempt=self.attempt, reason=reason)
+            self._decide({"decision": "abort", "round": self.round, "epoch": self.epoch, "hash": None,
+                          "agreed": True, "resync": {}, "reason": reason, "evidence": list(differ)})
+            return
         if self.disagree & set(present):
             # no bit parity expected this round: commit every member's own state
             digest = combined_hash(reports[p] for p in present)
@@ -595,7 +616,9 @@ class Coordinator:
             self._queue_job(source, {"to": pid, "addr": self._addr_of(pid), "transfer": transfer, "round": r})
             self.stats["resyncs"] += 1
             self._event("resync", round=r, peer=pid, source=source, hash=reports[pid], agreed=verdict.agreed)
+        epoch = self.epoch
         self._commit(r, verdict.agreed, free=False, resync=resync, dissenters=list(verdict.dissenters))
+        self.trust.conclude(epoch)
 
     def _commit(self, r: int, digest: str, *, free: bool, resync: dict[str, dict[str, Any]], dissenters: list[str],
                 hashes: list[str] | None = None) -> None:
@@ -796,9 +819,12 @@ class Coordinator:
         digest = field(msg, "hash", str, where, optional=True)
         reason = field(msg, "reason", str, where, optional=True) or ""
         agree = field(msg, "agree", bool, where, optional=True)
+        audit = msg.get("audit")
         fut = self._decisions.get(epoch)
         if fut is None:
             raise SwarmError("stale", f"unknown epoch {epoch}")
+        if isinstance(audit, dict):
+            self.trust.hear(epoch, pid, audit, digest if ok else None)
         if not fut.done():
             self._member(pid)
             if pid not in self.group:
@@ -834,6 +860,17 @@ class Coordinator:
                 pass
         jobs = self._jobs.pop(pid, [])
         return {"jobs": jobs}
+
+    async def _op_audit(self, pid: str, msg: dict[str, Any]) -> dict[str, Any]:
+        """A member's audit report for an attempt that ended without its ``done`` (aborted, or
+        the evidence the coordinator asked for): judged like the others, never a decision."""
+        epoch = field(msg, "epoch", int, f"peer {pid}")
+        audit = msg.get("audit")
+        if not isinstance(audit, dict):
+            raise ProtocolError(f"audit from peer {pid} lacks its report map")
+        self._member(pid)
+        self.trust.hear(epoch, pid, audit)
+        return {}
 
     async def _op_hb(self, pid: str, msg: dict[str, Any]) -> dict[str, Any]:
         # ids: the members and candidates, whom a member's transport trusts with full buffers

@@ -75,6 +75,7 @@ from ..aggregate import make_aggregator
 from ..algorithms import ALGORITHMS, Algorithm, algorithm_config, make_algorithm
 from ..algorithms.driver import RoundLoop
 from ..comm import make_run_codec
+from ..comm.audit import AuditFailed, KeyBook, check_audit_codec
 from ..comm.collectives import CollectiveAborted, Communicator, LinkEstimator
 from ..errors import ConfigError, PeerError, ProtocolError
 from ..transport.base import Buffer, Tag, Transport
@@ -83,6 +84,7 @@ from ..transport.tcp import TcpTransport
 from ..verify.hashing import state_hash
 from .keys import load_identity
 from .protocol import CoordinatorClient, SwarmError, parse_hostport
+from .redteam import attack_kind, install, parse_collude
 from .checkpoint import load_checkpoint, save_checkpoint
 from .state import STATE_ROUND, StateBlob, pack_state, recv_state, send_state, state_nbytes
 
@@ -93,6 +95,10 @@ HEARTBEAT_INTERVAL = 0.5
 STATE_FLOOR = 15.0
 #: How long a peer keeps trying to reach a lost coordinator.
 RECONNECT_FOR = 60.0
+
+
+#: Seconds an audited peer lets its collective finish after the attempt was aborted elsewhere.
+AUDIT_GRACE = 2.0
 
 
 @dataclass
@@ -199,7 +205,8 @@ class Peer:
                  progress: Callable[[dict[str, Any]], None] | None = None, codec: str | None = None,
                  aggregator: str = "mean", tolerate: int = 0, seed: int = 0, deadline_floor: float = 2.0,
                  checkpoint: str | os.PathLike[str] | None = None, checkpoint_every: int = 1,
-                 resume: str | os.PathLike[str] | None = None, faults: Any = None, **options: Any) -> None:
+                 resume: str | os.PathLike[str] | None = None, faults: Any = None, audit: int = 0,
+                 attack: str | None = None, collude: str | None = None, **options: Any) -> None:
         if algorithm not in ALGORITHMS:
             raise ConfigError(f"unknown algorithm {algorithm!r}; accepted: {', '.join(ALGORITHMS)}")
         algorithm_config(algorithm, **options)  # unknown or invalid options fail here, before joining
@@ -223,6 +230,20 @@ class Peer:
         if aggregator != "mean" and not ALGORITHMS[algorithm][0].individual_contributions:
             raise ConfigError(f"algorithm {algorithm!r} does not carry individual contributions, so --aggregator does not apply to it")
         self.seed = seed
+        if isinstance(audit, bool) or not isinstance(audit, int) or audit < 0:
+            raise ConfigError(f"audit must be the number of auditors per chunk (0 = off), got {audit!r}")
+        if audit:
+            check_audit_codec(resolved)
+        self.audit = audit
+        self.attack = attack
+        self.collude = collude
+        self._statements: dict[str, Any] | None = None
+        if attack is not None:
+            kind = attack_kind(attack)  # unknown names fail here, before joining
+            if kind == "owner" and not audit:
+                raise ConfigError(f"--attack {attack} lies inside the audited all-reduce: it needs --audit")
+            if collude is not None:
+                parse_collude(collude)
         if not deadline_floor > 0:
             raise ConfigError(f"deadline_floor must be > 0 seconds, got {deadline_floor}")
         self.deadline_floor = deadline_floor
@@ -294,6 +315,12 @@ class Peer:
             self.comm = Communicator(self.transport, [identity.peer_id], codec=make_run_codec(self.codec_spec),
                                      aggregator=aggregator, seed=self.seed)
             self.comm.link = LinkEstimator(floor=self.deadline_floor)
+            if self.audit:
+                self.comm.keybook = KeyBook(identity)
+                self.comm.audit_shadows = self.audit
+            if self.attack is not None:
+                log.warning("RED-TEAM: this peer attacks the swarm (%s)", self.attack)
+                install(self.attack, self.comm, identity.peer_id, seed=self.seed, collude=self.collude)
             self.algo: Algorithm = make_algorithm(self.algorithm_name, self.model, self.loss_fn, self.comm, **self.options)
             self._genesis = self.algo.state_dict()
             self._fingerprint = self._make_fingerprint()
@@ -397,7 +424,7 @@ class Peer:
 
         config = algorithm_config(self.algorithm_name, **self.options)
         desc = {"algorithm": self.algorithm_name, "codec": self.codec_spec, "aggregator": self.aggregator_spec,
-                "tolerate": str(self.tolerate), "seed": str(self.seed),
+                "tolerate": str(self.tolerate), "seed": str(self.seed), "audit": str(self.audit),
                 **{f"option {f.name}": repr(getattr(config, f.name)) for f in dataclasses.fields(config)},
                 "model": hashlib.blake2b(json.dumps(layout(self.algo.shared_state())).encode(), digest_size=8).hexdigest(),
                 "extra": self.extra_fingerprint}
@@ -684,6 +711,13 @@ class Peer:
                 return
             self._candidate = None
             self.algo.load_state_dict(snap)
+            if decision.get("evidence") and self._statements is not None:
+                # the coordinator saw members disagree on what these signers sent: show ours
+                wanted = set(decision["evidence"])
+                audit = {"ctx": self._statements["ctx"],
+                         "statements": {p: v for p, v in self._statements["statements"].items() if p in wanted}}
+                with contextlib.suppress(SwarmError, PeerError, ProtocolError):
+                    await self._c.request("audit", epoch=epoch, audit=audit)
             attempt += 1
             self.report.aborts += 1
             log.warning("round %d attempt %d aborted (%s); retrying", self.round, attempt, decision.get("reason"))
@@ -696,7 +730,39 @@ class Peer:
             hook(self.round)
         await self.algo.synchronize()
 
+    def _audit_report(self, since: int, exc: BaseException | None = None) -> dict[str, Any] | None:
+        """What the audited all-reduces of this attempt saw, for the coordinator (None: not audited)."""
+        if not self.audit:
+            return None
+        outcomes = list(self.comm.audits)[since:]
+        if isinstance(exc, AuditFailed) and exc.outcome not in outcomes:
+            outcomes.append(exc.outcome)
+        bad: dict[str, list[str]] = {}
+        proven: dict[str, str] = {}
+        views: dict[str, list[str]] = {}
+        for o in outcomes:
+            for p, why in o.bad.items():
+                bad.setdefault(p, []).extend(why)
+            proven.update(o.proven)
+            for p, v in o.views.items():
+                views.setdefault(p, []).append(v)
+        if self.attack == "scorelie":  # red-team: frame every other member, clear ourselves
+            bad = {p: ["framed by a scorelie attacker"] for p in self.comm.group if p != self.tcp.peer_id}
+        report: dict[str, Any] = {
+            "bad": {p: sorted(set(w))[:8] for p, w in bad.items()},
+            "proven": proven,
+            "views": {p: hashlib.blake2b("".join(v).encode(), digest_size=16).hexdigest() for p, v in views.items()},
+        }
+        if outcomes:  # the last operation's signed statements, sent only when the coordinator asks
+            self._statements = {"ctx": outcomes[-1].ctx, "statements": outcomes[-1].statements}
+        blocked = getattr(self.comm, "blocked_on", None)
+        if isinstance(exc, CollectiveAborted) and not isinstance(exc, AuditFailed) and blocked:
+            report["blame"] = blocked
+        return report
+
     async def _attempt(self, epoch: int) -> dict[str, Any]:
+        self.comm.audits.clear()
+        audits_before = 0
         sync = asyncio.ensure_future(self._synchronize())
         outcome = asyncio.ensure_future(self._c.request("outcome", epoch=epoch))
         try:
@@ -709,16 +775,23 @@ class Peer:
                             self.algo.shared_state()[0].view(-1)[0] += 1.0
                         log.warning("test hook: corrupted the shared state after round %d", self.round)
                     digest = self.algo.shared_hash()
+                    report_hash = digest
+                    if self.attack == "hashlie":  # red-team: report a state we do not hold
+                        report_hash = hashlib.blake2b(f"lie {self.round} {epoch}".encode(), digest_size=32).hexdigest()
                     # kept until the decision arrives: if the coordinator dies after deciding to
                     # commit but before we hear it, this result is what the swarm committed
                     self._candidate = (self.round, digest, self.algo.state_dict())
-                    req = self._c.request("done", epoch=epoch, ok=True, hash=digest, agree=self.algo.in_agreement())
+                    audit = self._audit_report(audits_before)
+                    req = self._c.request("done", epoch=epoch, ok=True, hash=report_hash, agree=self.algo.in_agreement(),
+                                          **({"audit": audit} if audit is not None else {}))
                 else:
-                    local = not isinstance(exc, (CollectiveAborted, PeerError, ProtocolError))
+                    local = not isinstance(exc, (CollectiveAborted, PeerError, ProtocolError, AuditFailed))
                     if local:
                         log.error("sync failed here: %r", exc)
+                    audit = self._audit_report(audits_before, exc)
                     req = self._c.request("done", epoch=epoch, ok=False, local=local,
-                                          reason=f"{type(exc).__name__}: {exc}"[:400])
+                                          reason=f"{type(exc).__name__}: {exc}"[:400],
+                                          **({"audit": audit} if audit is not None else {}))
                 try:
                     return await req
                 except SwarmError as err:
@@ -728,6 +801,15 @@ class Peer:
             result = outcome.result()
             if result.get("decision") == "commit":  # pragma: no cover - a commit needs our report
                 raise _Rejoin("the round committed without us")
+            if self.audit and not sync.done():
+                # an audited operation that others ended (a proof, a stall) ends here too in a
+                # moment: our own verdict counts towards the majority that convicts
+                await asyncio.wait({sync}, timeout=AUDIT_GRACE)
+            if self.audit and sync.done() and not sync.cancelled():
+                audit = self._audit_report(audits_before, sync.exception())
+                if audit is not None and (audit["proven"] or audit.get("blame") or audit["bad"]):
+                    with contextlib.suppress(SwarmError, PeerError, ProtocolError):
+                        await self._c.request("audit", epoch=epoch, audit=audit)
             return result
         except SwarmError as err:
             if err.code == "evicted":

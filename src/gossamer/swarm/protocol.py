@@ -71,7 +71,7 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE = 1 << 20
 #: Frame body limit on coordinator connections.
 MAX_FRAME = MAX_MESSAGE + 128
-OPS = ("join", "admit", "ready", "done", "outcome", "serve", "hb", "leave")
+OPS = ("join", "admit", "ready", "done", "outcome", "serve", "hb", "leave", "audit")
 #: Longest string field accepted (peer ids are 16 hex chars, hashes 64).
 MAX_STR = 512
 REQUEST_PHASE = 0

@@ -141,18 +141,6 @@ class Reputation:
                 new.append(decision)
         return new
 
-    def convict(self, peer: str, round: int, reason: str) -> Exclusion | None:
-        """Exclude ``peer`` at once for a proven offence found during ``round`` (an aborted
-        attempt, between observations: no round is observed and no age changes). Returns the
-        new exclusion, or None if ``peer`` was already excluded."""
-        if peer in self._excluded:
-            return None
-        why = str(reason) if str(reason).startswith(PROOF_PREFIX) else f"{PROOF_PREFIX} {reason}"
-        decision = Exclusion(peer=peer, round=int(round), rule="proof", evidence=((int(round), (why,)),))
-        self._excluded[peer] = decision
-        self._decisions.append(decision)
-        return decision
-
     def _decide(
         self,
         peer: str,

@@ -1,0 +1,60 @@
+"""Byzantine peers over real TCP: the audited all-reduce, the coordinator's verdicts and exclusion."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gossamer.swarm import Coordinator, Peer
+from gossamer.tasks import make_task
+from gossamer.transport.identity import Identity
+
+
+def batches(shard):
+    return iter(shard.next_batch, None)
+
+
+def run_swarm(attack, *, n=5, rounds=8, aggregator="mean", tolerate=0, attackers=1):
+    """n in-process peers over TCP (digits, ddp, --audit 1), the last `attackers` attack."""
+    task = make_task("digits")
+
+    async def main():
+        coord = await Coordinator.start(Identity.generate(), "trust", "127.0.0.1", 0, min_peers=n)
+        addr = f"127.0.0.1:{coord.address[1]}"
+        ids = sorted((Identity.generate() for _ in range(n)), key=lambda i: i.peer_id)
+        bad = {i.peer_id for i in ids[n - attackers:]}
+        peers = [Peer(task.make_model(0), task.loss, coordinator=addr, swarm_id="trust", identity=ident,
+                      algorithm="ddp", aggregator=aggregator, tolerate=tolerate, audit=1, deadline_floor=10.0,
+                      attack=attack if ident.peer_id in bad else None) for ident in ids]
+
+        async def one(k, p):
+            try:
+                return await p.run(batches(task.shard(k, n, seed=0)), rounds=rounds)
+            except Exception as exc:  # an excluded attacker ends with the coordinator's refusal
+                return exc
+
+        try:
+            reports = await asyncio.gather(*(one(k, p) for k, p in enumerate(peers)))
+            return reports, coord, bad, ids
+        finally:
+            await coord.close()
+
+    return asyncio.run(main())
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("attack", ["tamper", "signflip", "hashlie"])
+def test_an_attacker_is_excluded_and_the_honest_peers_finish_in_agreement(attack):
+    reports, coord, bad, ids = run_swarm(attack)
+    honest = [r for ident, r in zip(ids, reports) if ident.peer_id not in bad]
+    excluded = {d["peer"]: d for d in coord.trust.decisions}
+    assert set(excluded) == bad, coord.trust.decisions
+    for d in excluded.values():
+        assert d["round"] <= 4 and d["evidence"]
+    for r in honest:
+        assert not isinstance(r, Exception), r
+        assert r.rounds_completed == 8
+        assert r.state_hashes == honest[0].state_hashes
+    attacker = reports[-1]
+    assert isinstance(attacker, Exception) and "excluded" in str(attacker)

@@ -80,10 +80,11 @@ def _carried(count: int, peer: str, voters: Sequence[str]) -> bool:
 
 def judge(reports: Mapping[str, Mapping[str, Any]], voters: Sequence[str], *,
           hashes: Mapping[str, str] | None = None,
-          verify: Callable[[str, str, Sequence[str]], bool] | None = None) -> Judgement:
+          verify: Callable[[str, str, Sequence[str]], bool] | None = None, complete: bool = True) -> Judgement:
     """The verdicts of one attempt (see the module docstring). ``hashes``: the state hash each
     reporter reported (committed attempts only); ``verify(signer, ctx, statement)`` checks a
-    statement's signature (``comm.audit.verify_statement``)."""
+    statement's signature (``comm.audit.verify_statement``). ``complete=False`` while reports are
+    still arriving: liars about scores are not judged then (the majority is not known yet)."""
     out = Judgement()
     voters = list(voters)  # a majority of all voters of the attempt, whether they reported yet or not
     # proven offences: a majority of voters must have proven the same peer guilty
@@ -106,7 +107,7 @@ def judge(reports: Mapping[str, Mapping[str, Any]], voters: Sequence[str], *,
         for v in voters:
             reasons.update(str(w) for w in reports.get(v, {}).get("bad", {}).get(peer, ()))
         out.bad[peer] = out.bad.get(peer, ()) + tuple(w for w, _ in reasons.most_common(3))
-    for reporter in voters:
+    for reporter in voters if complete else ():
         # accusing a peer the majority found fine is a lie (honest members compute the same
         # scores); missing one is not held against anyone (a joiner's history is shorter)
         framed = sorted(bad_claims.get(reporter, set()) - {reporter} - found)
@@ -210,7 +211,7 @@ class TrustDesk:
 
     # ------------------------------------------------------------------ internals
     def _judge(self, t: dict[str, Any], *, final: bool) -> Judgement:
-        return judge(t["reports"], t["voters"], hashes=t["hashes"] if final else None, verify=self.verify)
+        return judge(t["reports"], t["voters"], hashes=t["hashes"] if final else None, verify=self.verify, complete=final)
 
     def _apply_proofs(self, t: dict[str, Any], j: Judgement) -> None:
         for peer, reason in j.proven.items():

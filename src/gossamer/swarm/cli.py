@@ -59,6 +59,8 @@ def add_swarm_commands(subparsers: Any) -> None:
     c.add_argument("--rollback-grace", type=_positive_float, default=20.0, metavar="S",
                    help="a swarm with no member goes back to an older --resume checkpoint only after S seconds without a member holding its agreed state (default 20)")
     c.add_argument("--state", default=None, metavar="PATH", help="keep the round and agreed hashes in this SQLite file, so a restarted coordinator resumes where the swarm was")
+    c.add_argument("--trace", default=None, metavar="PATH",
+                   help="record joins, leaves, stragglers, aborts, commits and exclusions in this SQLite trace (see `gossamer report`; appended to if it exists)")
     c.add_argument("--reset", action="store_true", help="let an empty swarm restart from the next peer's state even if it is not the last agreed one (committed work is otherwise never replaced)")
     c.add_argument("-v", "--verbose", action="count", default=0, dest="swarm_verbose", help="more log output")
 
@@ -96,6 +98,8 @@ def add_swarm_commands(subparsers: Any) -> None:
     p.add_argument("--advertise", type=_hostport, default=None, help="HOST:PORT other peers should dial (default: --listen)")
     p.add_argument("--swarm", default="gossamer", help="swarm id (default gossamer)")
     p.add_argument("--json", dest="swarm_json", default=None, metavar="PATH", help="write {peer_id, rounds_completed, state_hashes} here")
+    p.add_argument("--trace", default=None, metavar="PATH",
+                   help="record this peer's compute, barrier waits, bytes per link, attempts, scores and aborts in this SQLite trace (see `gossamer report`; appended to if it exists)")
     p.add_argument("-v", "--verbose", action="count", default=0, dest="swarm_verbose", help="more log output")
 
 
@@ -138,6 +142,8 @@ async def _coordinator(args: argparse.Namespace) -> int:
         check_writable(args.events)
     if args.state:
         check_writable(args.state)
+    if args.trace:
+        check_writable(args.trace)
     allowed = None
     if args.allow:
         try:
@@ -150,7 +156,7 @@ async def _coordinator(args: argparse.Namespace) -> int:
                                     heartbeat_timeout=args.heartbeat_timeout, allowed=allowed, events_path=args.events,
                                     state_path=args.state, reset=args.reset, straggler_grace=args.straggler_grace,
                                     max_failures=args.max_failures, join_grace=args.join_grace,
-                                    rollback_grace=args.rollback_grace)
+                                    rollback_grace=args.rollback_grace, trace=args.trace)
     print(f"coordinator {identity.peer_id} listening on {coord.address[0]}:{coord.address[1]}", flush=True)
     loop = asyncio.get_running_loop()
     _on_signals(loop, lambda: loop.create_task(coord.close()))
@@ -222,6 +228,8 @@ async def _peer(args: argparse.Namespace) -> int:
                                       overrides=parse_options(args.option))
     if args.swarm_json:
         check_writable(args.swarm_json)
+    if args.trace:
+        check_writable(args.trace)
     task_options: dict[str, Any] = {"iid": args.alpha is None}
     if args.alpha is not None:
         task_options["alpha"] = args.alpha
@@ -260,7 +268,7 @@ async def _peer(args: argparse.Namespace) -> int:
                 fingerprint=f"task={args.task} seed={args.seed} steps={steps}", progress=progress, codec=args.codec,
                 aggregator=args.aggregator, tolerate=args.tolerate, seed=args.seed, deadline_floor=args.deadline_floor,
                 checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every, resume=args.resume,
-                audit=args.audit, attack=args.attack, collude=args.collude, **options)
+                audit=args.audit, attack=args.attack, collude=args.collude, trace=args.trace, **options)
     _on_signals(asyncio.get_running_loop(), peer.request_stop)
 
     def batches() -> Any:

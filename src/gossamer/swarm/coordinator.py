@@ -40,6 +40,20 @@ Contract (one swarm, one coordinator process):
 - Events (``join``, ``admit``, ``leave``, ``lost``, ``start``, ``abort``,
   ``commit``, ``resync``, ``reject``) are logged and, with ``events_path``,
   appended as JSON lines ``{"t", "event", ...}``.
+- Trace: with ``trace`` (a path) the same events also go to a
+  ``trace.TraceWriter`` (``source="coordinator"``, wall-clock ``t``, appending
+  to a file already there): ``join`` -> ``join``; ``leave``, ``lost`` and the
+  removal that follows an eviction or exclusion -> ``leave`` (detail
+  ``reason``, ``how``); ``evict`` -> ``evict`` (``reason``, ``failures``);
+  ``straggler`` -> one ``straggler`` per late member (``value`` = ``waited``,
+  detail ``waited``, ``deadline``); ``abort`` -> ``abort`` (``reason``,
+  ``attempt``, ``epoch``; ``peer`` = the member an audit proved guilty when
+  the reason quotes the proof ("... proven misbehaviour: X: ..."), else the
+  member a reason "peer X failed: ..." or "member X left the group: ..."
+  names, else NULL); ``commit`` ->
+  ``round`` (``hash``, ``members``, ``attempt``, ``epoch``, ``dissenters``);
+  ``exclude`` -> ``exclude`` (``peer``, ``rule``, ``evidence``). Other events
+  (admit, start, resync, reject, adopt, rollback, reset) have no trace kind.
 - Defensive: every request is validated field by field; a bad one gets an
   error response naming the fault; a bad frame costs that connection. At
   most ``MAX_OUTSTANDING`` requests per connection run at once.
@@ -50,6 +64,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import re
+import sqlite3
 import statistics
 import logging
 import time
@@ -58,6 +74,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, PeerError, ProtocolError
+from ..trace.recorder import TraceWriter
 from ..transport.base import Tag
 from ..transport.identity import Identity
 from ..transport.tcp import handshake
@@ -75,6 +92,20 @@ DEFAULT_HEARTBEAT_TIMEOUT = 10.0
 DEFAULT_STRAGGLER_GRACE = 10.0
 #: Agreed hashes kept (older rounds are forgotten).
 KEEP_ROUNDS = 4096
+#: The member an abort reason blames: the one a member's audit proved guilty ("... proven
+#: misbehaviour: X: ..."), else the member that failed or left ("peer X failed: ...",
+#: "member X left the group: ...").
+_PROVEN = re.compile(r"proven misbehaviour: ([^\s:;]+):")
+_BLAMED = re.compile(r"^(?:peer (\S+) failed|member (\S+) left the group)")
+
+
+def blamed_by(reason: str) -> str | None:
+    """The member an abort ``reason`` blames, or None (see ``_PROVEN``, ``_BLAMED``)."""
+    m = _PROVEN.search(reason)
+    if m is not None:
+        return m.group(1)
+    m = _BLAMED.match(reason)
+    return (m.group(1) or m.group(2)) if m is not None else None
 
 
 @dataclass(eq=False)
@@ -157,7 +188,8 @@ class Coordinator:
                  events_path: str | Path | None = None, io_timeout: float = 30.0,
                  state_path: str | Path | None = None, reset: bool = False,
                  straggler_grace: float = DEFAULT_STRAGGLER_GRACE, straggler_k: float = 4.0,
-                 max_failures: int = 3, join_grace: float = 60.0, rollback_grace: float = 20.0) -> None:
+                 max_failures: int = 3, join_grace: float = 60.0, rollback_grace: float = 20.0,
+                 trace: str | Path | None = None) -> None:
         self.identity = identity
         self.swarm_id = swarm_id
         self.min_peers = max(1, min_peers)
@@ -165,6 +197,8 @@ class Coordinator:
         self.allowed = allowed
         self.io_timeout = io_timeout
         self._events = open(events_path, "a", buffering=1) if events_path else None  # noqa: SIM115
+        self._trace = (TraceWriter(trace, source="coordinator", meta={"swarm": swarm_id, "coordinator": identity.peer_id})
+                       if trace is not None else None)
         self._server: asyncio.Server | None = None
         self.address: tuple[str, int] = ("", 0)
         self._conns: dict[str, _Conn] = {}
@@ -259,6 +293,12 @@ class Coordinator:
         if self._events is not None:
             self._events.close()
             self._events = None
+        if self._trace is not None:
+            trace, self._trace = self._trace, None
+            try:
+                trace.close()
+            except (sqlite3.Error, OSError) as exc:
+                log.error("closing the trace %s failed: %s", trace.path, exc)
         self._closed.set()
 
     async def wait_closed(self) -> None:
@@ -269,6 +309,39 @@ class Coordinator:
         log.log(level, "%s %s", kind, " ".join(f"{k}={v}" for k, v in fields.items()))
         if self._events is not None:
             self._events.write(json.dumps({"t": round(time.time(), 3), "event": kind, **fields}) + "\n")
+        if self._trace is not None:
+            try:
+                self._trace_event(self._trace, kind, fields)
+            except (sqlite3.Error, OSError) as exc:  # a full disk costs the trace, not the swarm
+                log.error("trace %s: cannot record %s: %s", self._trace.path, kind, exc)
+
+    @staticmethod
+    def _trace_event(trace: TraceWriter, kind: str, fields: dict[str, Any]) -> None:
+        """One coordinator event as trace events (the mapping: module docstring)."""
+        rnd = fields.get("round")
+        peer = fields.get("peer")
+        if kind == "join":
+            trace.record("join", round=rnd, peer=peer, addr=fields.get("addr"))
+        elif kind in ("leave", "lost") or (kind in ("evict", "exclude") and "members" in fields):
+            # ``_remove``'s event (it carries ``members``): the member is gone, for whatever cause
+            trace.record("leave", round=rnd, peer=peer, reason=fields.get("reason"), how=kind)
+        elif kind == "evict":
+            trace.record("evict", round=rnd, peer=peer, reason=fields.get("reason"), failures=fields.get("failures"))
+        elif kind == "exclude":
+            trace.record("exclude", round=rnd, peer=peer, rule=fields.get("rule"), evidence=fields.get("evidence"))
+        elif kind == "straggler":
+            waited = fields.get("waited")
+            for late in fields.get("late") or ():
+                trace.record("straggler", round=rnd, peer=late, value=waited, waited=waited,
+                             deadline=fields.get("deadline"))
+        elif kind == "abort":
+            reason = str(fields.get("reason") or "")
+            trace.record("abort", round=rnd, peer=blamed_by(reason), reason=reason,
+                         attempt=fields.get("attempt"), epoch=fields.get("epoch"))
+        elif kind == "commit":
+            trace.record("round", round=rnd, hash=fields.get("hash"), members=fields.get("group"),
+                         attempt=fields.get("attempt"), epoch=fields.get("epoch"),
+                         dissenters=fields.get("dissenters"), **({"agreed": False} if "agreed" in fields else {}))
 
     # ------------------------------------------------------------------ connections
 

@@ -49,6 +49,23 @@ Contract:
   seconds of simulated compute to each local step;
   ``GOSSAMER_TEST_JOIN_AT_ROUND=R`` holds the join until the swarm reaches
   round R (so a process started early joins mid-run).
+- Trace (``trace=PATH``, optional; checked writable before joining): a
+  ``trace.TraceWriter`` with ``source`` = this peer's id and wall-clock ``t``,
+  appending to a file already there. Per round ``r`` (the swarm's round
+  number): ``compute`` (seconds of local steps since the previous sync, ``t``
+  = the end of the last one; detail ``steps``), per attempt ``barrier_wait``
+  (seconds in the coordinator's ``ready`` barrier, ``other`` NULL), ``bytes``
+  per destination (payload bytes the transport counted to it since the
+  previous attempt ended; detail ``framing``, ``attempt``), ``phase`` (the
+  attempt from the barrier's answer to the decision; detail ``name="sync"``,
+  ``phase="sync"``, ``attempt``, ``decision``), ``score`` (each contribution
+  scored by this attempt's audited all-reduces: ``peer`` the contributor,
+  ``other`` this peer, ``value`` the cosine), then ``round`` and ``loss`` on
+  commit or ``abort`` otherwise (``peer`` = the peer this attempt's audit
+  report blames or proves guilty, else NULL). ``attack`` once at start for a
+  red-team peer. Compute and bytes after the last sync come as one more pair
+  numbered with the next round, so a peer's ``bytes`` sum to its report's
+  ``payload_bytes_sent``. Without a trace each hook costs one ``None`` check.
 """
 
 from __future__ import annotations
@@ -59,6 +76,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -77,8 +95,10 @@ from ..algorithms.driver import RoundLoop
 from ..comm import make_run_codec
 from ..comm.audit import AuditFailed, KeyBook, check_audit_codec
 from ..comm.collectives import CollectiveAborted, Communicator, LinkEstimator
+from ..argtypes import check_writable
 from ..errors import ConfigError, PeerError, ProtocolError
-from ..transport.base import Buffer, Tag, Transport
+from ..trace.recorder import TraceWriter
+from ..transport.base import Buffer, ByteCounters, Tag, Transport
 from ..transport.identity import Identity
 from ..transport.tcp import TcpTransport
 from ..verify.hashing import state_hash
@@ -195,6 +215,92 @@ def _env_int(name: str) -> int | None:
     return int(value) if value not in (None, "") else None
 
 
+class _PeerTrace:
+    """This peer's trace (module docstring): one ``TraceWriter`` on the wall
+    clock, and what was computed and sent since the last record."""
+
+    def __init__(self, path: str | os.PathLike[str], pid: str, counters: ByteCounters, meta: dict[str, Any]) -> None:
+        self.writer = TraceWriter(path, source=pid, meta=meta)
+        self.pid = pid
+        self.counters = counters
+        self.compute_s = 0.0
+        self.compute_steps = 0
+        self.compute_end = 0.0
+        self.last_loss = math.nan
+        #: payload and framing bytes counted to each destination when last recorded
+        self.sent_to: dict[str, tuple[int, int]] = {}
+
+    def record(self, kind: str, **fields: Any) -> None:
+        self.writer.record(kind, **fields)
+
+    def step(self, seconds: float, end: float, loss: float) -> None:
+        self.compute_s += seconds
+        self.compute_steps += 1
+        self.compute_end = end
+        self.last_loss = loss
+
+    def compute(self, rnd: int) -> None:
+        """The local steps since the previous sync, as one ``compute`` event of round ``rnd``."""
+        if self.compute_steps:
+            self.writer.record("compute", round=rnd, peer=self.pid, value=self.compute_s, t=self.compute_end,
+                               steps=self.compute_steps)
+            self.compute_s, self.compute_steps = 0.0, 0
+
+    def sent(self, rnd: int, t: float, **detail: Any) -> None:
+        """Payload bytes sent to each destination since the last call, one ``bytes`` event each."""
+        for dst, counter in sorted(self.counters.sent_to.items()):
+            payload0, framing0 = self.sent_to.get(dst, (0, 0))
+            if counter.payload != payload0 or counter.framing != framing0:
+                self.writer.record("bytes", round=rnd, peer=self.pid, other=dst, value=counter.payload - payload0, t=t,
+                                   framing=counter.framing - framing0, **detail)
+                self.sent_to[dst] = (counter.payload, counter.framing)
+
+    def attempt_done(self, rnd: int, attempt: int, started: float, decision: dict[str, Any] | None,
+                     audit: dict[str, Any] | None, outcomes: list[Any], reason: str = "") -> None:
+        """One attempt of round ``rnd`` ended (``decision`` None: it ended by a rejoin, ``reason``)."""
+        now = time.time()
+        self.sent(rnd, now, attempt=attempt)
+        verdict = "rejoin" if decision is None else str(decision.get("decision"))
+        self.writer.record("phase", round=rnd, peer=self.pid, value=now - started, t=now, name="sync", phase="sync",
+                           attempt=attempt, decision=verdict)
+        for outcome in outcomes:
+            for contributor, s in sorted((getattr(outcome, "scores", None) or {}).items()):
+                cosine = getattr(s, "cosine", None)
+                self.writer.record("score", round=rnd, peer=contributor, other=self.pid, value=cosine, t=now,
+                                   cosine=cosine, norm_ratio=getattr(s, "norm_ratio", None),
+                                   dist_ratio=getattr(s, "dist_ratio", None), long_cosine=getattr(s, "long_cosine", None),
+                                   bad=bool(getattr(s, "bad", False)), reasons=list(getattr(s, "reasons", ())),
+                                   op=getattr(outcome, "name", None), attempt=attempt)
+        if verdict == "commit":
+            return  # the round event follows once the commit is applied here (``committed``)
+        blamed: str | None = None
+        detail: dict[str, Any] = {}
+        if audit is not None:
+            proven = sorted(audit.get("proven") or {})
+            blamed = audit.get("blame") or (proven[0] if proven else None)
+            if proven:
+                detail["proven"] = proven
+        if decision is not None:
+            reason = str(decision.get("reason") or "")
+        self.writer.record("abort", round=rnd, peer=blamed, t=now, reason=reason, attempt=attempt,
+                           **({"rejoin": True} if decision is None else {}), **detail)
+
+    def committed(self, rnd: int, digest: str, members: list[str] | None, **detail: Any) -> None:
+        now = time.time()
+        self.writer.record("round", round=rnd, peer=self.pid, t=now, hash=digest,
+                           **({"members": members} if members is not None else {}), **detail)
+        if not math.isnan(self.last_loss):
+            self.writer.record("loss", round=rnd, peer=self.pid, value=self.last_loss, t=now)
+
+    def close(self, rnd: int) -> None:
+        """Steps and bytes after the last sync (numbered ``rnd``), then flush and close."""
+        try:
+            self.compute(rnd)
+            self.sent(rnd, time.time())
+        finally:
+            self.writer.close()
+
+
 class Peer:
     """One member of a swarm; see the module docstring."""
 
@@ -206,7 +312,8 @@ class Peer:
                  aggregator: str = "mean", tolerate: int = 0, seed: int = 0, deadline_floor: float = 2.0,
                  checkpoint: str | os.PathLike[str] | None = None, checkpoint_every: int = 1,
                  resume: str | os.PathLike[str] | None = None, faults: Any = None, audit: int = 0,
-                 attack: str | None = None, collude: str | None = None, **options: Any) -> None:
+                 attack: str | None = None, collude: str | None = None,
+                 trace: str | os.PathLike[str] | None = None, **options: Any) -> None:
         if algorithm not in ALGORITHMS:
             raise ConfigError(f"unknown algorithm {algorithm!r}; accepted: {', '.join(ALGORITHMS)}")
         algorithm_config(algorithm, **options)  # unknown or invalid options fail here, before joining
@@ -256,6 +363,11 @@ class Peer:
             except OSError as exc:
                 raise ConfigError(f"cannot use {self.checkpoint} as the checkpoint folder: {exc.strerror or exc}") from None
         self.checkpoint_every = checkpoint_every
+        if trace is not None:
+            check_writable(str(trace))  # a missing or read-only folder fails here, before joining
+        self.trace_path = Path(trace) if trace is not None else None
+        self._trace: _PeerTrace | None = None
+        self._last_audit: dict[str, Any] | None = None
         self.resume = Path(resume) if resume is not None else None
         if self.resume is not None and not (self.resume / "state.json").is_file():
             raise ConfigError(f"--resume {self.resume}: no checkpoint there (state.json is missing)")
@@ -308,7 +420,16 @@ class Peer:
         bg: list[asyncio.Task[Any]] = []
         self.client: CoordinatorClient | None = None
         self._identity_obj = identity
+        self._last_audit: dict[str, Any] | None = None
         try:
+            if self.trace_path is not None:
+                self._trace = _PeerTrace(self.trace_path, identity.peer_id, tcp.counters, meta={
+                    "swarm": self.swarm_id, "coordinator": f"{self.coordinator[0]}:{self.coordinator[1]}",
+                    "algorithm": self.algorithm_name, "codec": self.codec_spec, "aggregator": self.aggregator_spec,
+                    "tolerate": self.tolerate, "seed": self.seed, "audit": self.audit, "options": self.options,
+                    **({"attack": self.attack} if self.attack is not None else {})})
+                if self.attack is not None:
+                    self._trace.record("attack", peer=identity.peer_id, attack=self.attack)
             aggregator = None
             if self.aggregator_spec != "mean" or self.tolerate:
                 aggregator = make_aggregator(self.aggregator_spec, self.tolerate, seed=self.seed)
@@ -368,6 +489,12 @@ class Peer:
                     await self._write_checkpoint()
             self.report.payload_bytes_sent = tcp.counters.sent.payload
             self.report.bytes_sent = tcp.counters.sent.total
+            if self._trace is not None:
+                trace, self._trace = self._trace, None
+                try:
+                    trace.close(self.round)
+                except Exception as exc:  # a trace that cannot be written must not skip leaving the swarm
+                    log.error("closing the trace %s failed: %s", self.trace_path, exc)
             client = self.client
             if client is not None:
                 if not client.closed_event.is_set():
@@ -618,6 +745,8 @@ class Peer:
                     assert self.report is not None
                     self.report.state_hashes.append({"round": cand[0], "hash": cand[1], "agreed": cand[1]})
                     self.report.rounds_completed += 1
+                    if self._trace is not None:  # it committed while we could not hear the decision
+                        self._trace.committed(cand[0], cand[1], None, recovered=True)
                     self._candidate = None
                 if mode == "init":
                     target = int(resp["round"])
@@ -681,7 +810,11 @@ class Peer:
         assert self.report is not None
         snap = self.algo.state_dict()
         attempt = 0
+        trace = self._trace
+        waited_from: float | None = None
         while True:
+            if waited_from is None:
+                waited_from = time.time()
             try:
                 start = await self._interruptible(self._c.request("ready", round=self.round))
             except SwarmError as exc:
@@ -692,6 +825,11 @@ class Peer:
             group, epoch, addrs = list(start["group"]), int(start["epoch"]), dict(start["addrs"])
             if int(start["round"]) != self.round or self.tcp.peer_id not in group:
                 raise _Rejoin(f"barrier answered round {start['round']} / group {group}")
+            started = time.time()
+            if trace is not None:
+                trace.record("barrier_wait", round=self.round, peer=self.tcp.peer_id, value=started - waited_from,
+                             t=started, attempt=attempt)
+            waited_from = None
             self._trust(group, remember=False)
             await self._connect_group(group, addrs)
             oldest = self.comm.oldest_epoch_in_flight()
@@ -702,12 +840,21 @@ class Peer:
             self.comm.deadline_scale = float(2 ** min(attempt, 4))
             try:
                 decision = await self._attempt(epoch)
-            except (_Rejoin, PeerError):
+            except (_Rejoin, PeerError) as exc:
                 self.algo.load_state_dict(snap)
+                if trace is not None:
+                    trace.attempt_done(self.round, attempt, started, None, self._last_audit, list(self.comm.audits),
+                                       reason=f"{type(exc).__name__.lstrip('_')}: {exc}"[:400])
                 raise
+            if trace is not None:
+                trace.attempt_done(self.round, attempt, started, decision, self._last_audit, list(self.comm.audits))
             if decision.get("decision") == "commit":
                 cand, self._candidate = self._candidate, None
+                committed = self.round
                 await self._committed_round(decision, len(group), cand)
+                if trace is not None:
+                    trace.committed(committed, str(decision["hash"]), group, attempt=attempt,
+                                    **({"resync": True} if decision.get("resync") else {}))
                 return
             self._candidate = None
             self.algo.load_state_dict(snap)
@@ -758,10 +905,12 @@ class Peer:
         blocked = getattr(self.comm, "blocked_on", None)
         if isinstance(exc, CollectiveAborted) and not isinstance(exc, AuditFailed) and blocked:
             report["blame"] = blocked
+        self._last_audit = report  # the attempt's trace names whom it blames
         return report
 
     async def _attempt(self, epoch: int) -> dict[str, Any]:
         self.comm.audits.clear()
+        self._last_audit = None
         audits_before = 0
         sync = asyncio.ensure_future(self._synchronize())
         outcome = asyncio.ensure_future(self._c.request("outcome", epoch=epoch))
@@ -876,14 +1025,21 @@ class _SwarmLoop(RoundLoop):
         return (stop is not None and stop.is_set()) or (self.rounds is not None and self.peer.round >= self.rounds)
 
     async def local_step(self, batch: Any) -> float:
+        begin = time.time()
         loss = await asyncio.to_thread(self.algo.step, batch)
         if self.peer.step_sleep:
             await asyncio.sleep(self.peer.step_sleep)
+        trace = self.peer._trace
+        if trace is not None:
+            end = time.time()
+            trace.step(end - begin, end, float(loss))
         return loss
 
     async def sync(self) -> None:
         peer = self.peer
         assert peer.report is not None
+        if peer._trace is not None:
+            peer._trace.compute(peer.round)
         try:
             await peer._sync_round()
         except _Rejoin as exc:

@@ -144,6 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--seed", type=_nonneg_int, default=0)
     soak.add_argument("--json", dest="json_out", metavar="PATH")
 
+    tru = bsub.add_parser("trust", help="Byzantine peers over real TCP: accuracy under each attack, exclusions, bytes vs the plain butterfly")
+    tru.add_argument("--attacks", default=None, help="comma-separated attacks (default: all contributor, owner and swarm attacks)")
+    tru.add_argument("--defenses", default=None, help="comma-separated defenses: default (mean), best (nnm+cclip) (default both)")
+    tru.add_argument("--peers", type=_positive_int, default=10)
+    tru.add_argument("--byzantine", type=_positive_int, default=3)
+    tru.add_argument("--steps", type=_positive_int, default=200, help="ddp steps = rounds per run (default 200)")
+    tru.add_argument("--alpha", type=_positive_float, default=1.0, help="Dirichlet non-iid shards (default 1.0)")
+    tru.add_argument("--seed", type=_nonneg_int, default=0)
+    tru.add_argument("--json", dest="json_out", metavar="PATH")
     tr = bsub.add_parser("transport", help="all-reduce over our TCP transport vs torch.distributed gloo, 4 processes on loopback")
     tr.add_argument("--sizes-mib", default="1,16,64", help="payload sizes in MiB, comma-separated (default 1,16,64)")
     tr.add_argument("--processes", type=_positive_int, default=4)
@@ -275,6 +284,36 @@ def cmd_bench_soak(args: argparse.Namespace, console: Any) -> int:
         console.print(f"wrote {args.json_out}")
     ok = r["divergent_rounds"] == 0 and r["lost_rounds"] == 0 and r["livelocks"] == 0
     return 0 if ok else 1
+
+
+def cmd_bench_trust(args: argparse.Namespace, console: Any) -> int:
+    import json
+
+    from rich.table import Table
+
+    from .bench.trust import run_trust_bench
+
+    if args.json_out:
+        _check_writable(args.json_out)
+    attacks = [a for a in args.attacks.split(",") if a] if args.attacks else None
+    defenses = [d for d in args.defenses.split(",") if d] if args.defenses else None
+    with console.status("trust ...") as status:
+        r = run_trust_bench(attacks, defenses, peers=args.peers, byzantine=args.byzantine, steps=args.steps,
+                            alpha=args.alpha, seed=args.seed, progress=status.update)
+    table = Table(title=f"trust: digits, ddp, {r['peers']} peers of which {r['byzantine']} Byzantine, "
+                        f"alpha {r['alpha']}, {r['steps']} rounds, audited all-reduce ({r['cores']} cores)")
+    for col in ("attack", "defense", "accuracy", "clean", "excluded (round)", "honest excluded", "bytes vs butterfly"):
+        table.add_column(col, justify="left" if col in ("attack", "defense", "excluded (round)") else "right")
+    for row in r["runs"]:
+        ex = ", ".join(f"{p[:6]}@{k}" for p, k in sorted(row["excluded"].items(), key=lambda kv: kv[1])) or "-"
+        table.add_row(row["attack"], f"{row['defense']} ({row['aggregator']})", f"{100 * row['final_val_metric']:.1f}%",
+                      f"{100 * row['clean_val_metric']:.1f}%", ex, str(len(row["honest_excluded"])),
+                      f"{row['bytes_ratio_vs_butterfly']:.2f}x")
+    console.print(table)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(r, indent=2) + "\n")
+        console.print(f"wrote {args.json_out}")
+    return 0
 
 
 def cmd_bench_transport(args: argparse.Namespace, console: Any) -> int:
@@ -619,7 +658,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             handlers = {"comm": cmd_bench_comm, "codecs": cmd_bench_codecs, "compression": cmd_bench_compression,
                         "robust": cmd_bench_robust, "algorithms": cmd_bench_algorithms, "transport": cmd_bench_transport,
                         "spsa": cmd_bench_spsa, "equal-bytes": cmd_bench_equal_bytes, "parity": cmd_bench_parity,
-                        "soak": cmd_bench_soak}
+                        "soak": cmd_bench_soak, "trust": cmd_bench_trust}
             if args.bench in handlers:
                 return handlers[args.bench](args, console)
             parser.parse_args(["bench", "--help"])

@@ -44,7 +44,7 @@ def run_swarm(attack, *, n=5, rounds=8, aggregator="mean", tolerate=0, attackers
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("attack", ["tamper", "signflip", "hashlie"])
+@pytest.mark.parametrize("attack", ["tamper", "equivocate", "withhold", "ipm", "freerider:stale", "hashlie", "scorelie"])
 def test_an_attacker_is_excluded_and_the_honest_peers_finish_in_agreement(attack):
     reports, coord, bad, ids = run_swarm(attack)
     honest = [r for ident, r in zip(ids, reports) if ident.peer_id not in bad]

@@ -119,7 +119,7 @@ def run_swarm(*, attack: str | None, aggregator: str, audit: int, peers: int = 1
         for rank, i in enumerate(order):
             args = ["peer", "--coordinator", f"127.0.0.1:{port}", "--task", "digits", "--algorithm", "ddp",
                     "--steps", str(steps), "--seed", str(seed), "--shard", f"{rank}/{peers}", "--alpha", str(alpha),
-                    "--key", str(keys[i]), "--json", str(root / f"peer{i}.json"), "--deadline-floor", "30",
+                    "--key", str(keys[i]), "--json", str(root / f"peer{i}.json"), "--deadline-floor", "10",
                     "--aggregator", aggregator, "--tolerate", tolerate, "--audit", str(audit)]
             if i == honest_first:
                 args += ["--checkpoint", str(root / "ckpt"), "--checkpoint-every", str(10 * steps)]

@@ -78,6 +78,7 @@ refused: an auditor could not recompute the owner's decode.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import hashlib
@@ -327,11 +328,28 @@ class AuditedReduce:
         self.sent += len(data)
 
     async def _recv(self, src: str, phase: int) -> bytes:
-        # who we wait for: if the operation misses its deadline, the runtime blames this member
-        self.comm.blocked_on = src
-        data = bytes(await self.comm.transport.recv(src, self.comm.tag(self.op, phase), timeout=self.comm.timeout))
-        self.comm.blocked_on = None
-        return data
+        return (await self._recv_all([src], phase))[src]
+
+    async def _recv_all(self, sources: Sequence[str], phase: int) -> dict[str, bytes]:
+        """One message of ``phase`` from each of ``sources``, received concurrently. While it
+        waits, ``comm.blocked_on`` lists who has not delivered yet: if the operation misses its
+        deadline, the runtime blames exactly those members."""
+        tasks = {src: asyncio.ensure_future(self.comm.transport.recv(src, self.comm.tag(self.op, phase),
+                                                                       timeout=self.comm.timeout))
+                 for src in sources}
+        try:
+            pending = set(tasks.values())
+            while pending:
+                self.comm.blocked_on = [s for s, t in tasks.items() if not t.done()]
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    t.result()  # a lost member raises here
+            self.comm.blocked_on = None
+            return {src: bytes(t.result()) for src, t in tasks.items()}
+        finally:
+            for t in tasks.values():
+                if not t.done():
+                    t.cancel()
 
     # ------------------------------------------------------------------ the protocol
     async def run(self) -> list[torch.Tensor]:
@@ -374,11 +392,12 @@ class AuditedReduce:
         rows: list[torch.Tensor] = []
         received: dict[str, bytes] = {}
         suspects: dict[str, str] = {}
+        arrived = await self._recv_all([p for p in group if p != comm.peer_id], SCATTER)
         for i, src in enumerate(group):
             if i == me:
                 rows.append(self._decode_row(me, slices[me], src))
                 continue
-            data = await self._recv(src, SCATTER)
+            data = arrived[src]
             received[src] = data
             try:
                 body, man = self._check_slice(src, me, data, mlen)
@@ -434,10 +453,11 @@ class AuditedReduce:
         results: dict[int, bytes] = {me: mine_result}
         nonces: dict[int, bytes] = {me: nonce}
         _note(views, comm.peer_id, b"result", self.keys.seal(ctx, b"result", mine_result + nonce))
+        arrived = await self._recv_all([p for p in group if p != comm.peer_id], GATHER)
         for j, src in enumerate(group):
             if j == me:
                 continue
-            raw = await self._recv(src, GATHER)
+            raw = arrived[src]
             body = self.keys.open(src, ctx, b"result", raw)
             data, their_nonce = body[:-32], body[-32:]
             man = manifests.get(src)
@@ -462,9 +482,8 @@ class AuditedReduce:
         for j, auditors in shadows.items():
             if comm.peer_id not in auditors:
                 continue
-            evidence: list[bytes] = []
-            for i, src in enumerate(group):
-                evidence.append(self.slices[j] if src == comm.peer_id else await self._recv(src, AUDIT_BASE + j))
+            arrived = await self._recv_all([p for p in group if p != comm.peer_id], AUDIT_BASE + j)
+            evidence = [self.slices[j] if src == comm.peer_id else arrived[src] for src in group]
             signed = _signed(views)
             ok, why = self._recompute(j, evidence, stats, signed[(group[j], b"result")][0], nonces[j], manifests)
             if why.startswith("unverifiable"):
@@ -485,10 +504,11 @@ class AuditedReduce:
         proven: dict[str, str] = {}
         all_verdicts = {comm.peer_id: verdicts}
         _note(views, comm.peer_id, b"verdict", sealed)
+        arrived = await self._recv_all([p for p in group if p != comm.peer_id], VERDICT)
         for src in group:
             if src == comm.peer_id:
                 continue
-            raw = await self._recv(src, VERDICT)
+            raw = arrived[src]
             all_verdicts[src] = _unpack_verdicts(self.keys.open(src, ctx, b"verdict", raw), src)
             _note(views, src, b"verdict", raw)
         for src, vs in all_verdicts.items():
@@ -582,12 +602,13 @@ class AuditedReduce:
             if p != self.comm.peer_id:
                 await self._send(p, phase, sealed)
         parts: list[bytes] = []
+        arrived = await self._recv_all([p for p in self.group if p != self.comm.peer_id], phase)
         for src in self.group:
             if src == self.comm.peer_id:
                 parts.append(data)
                 _note(views, src, b"stat%d" % phase, sealed)
                 continue
-            raw = await self._recv(src, phase)
+            raw = arrived[src]
             body = self.keys.open(src, self.ctx, b"stat%d" % phase, raw)
             if len(body) != len(data):
                 raise AuditFailed(f"peer {src!r} sent a statistic of {len(body)} bytes, expected {len(data)}",

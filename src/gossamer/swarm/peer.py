@@ -277,7 +277,9 @@ class _PeerTrace:
         detail: dict[str, Any] = {}
         if audit is not None:
             proven = sorted(audit.get("proven") or {})
-            blamed = audit.get("blame") or (proven[0] if proven else None)
+            blame = audit.get("blame")
+            blamed = (blame[0] if isinstance(blame, list) and blame else blame if isinstance(blame, str) else None) \
+                or (proven[0] if proven else None)
             if proven:
                 detail["proven"] = proven
         if decision is not None:
@@ -904,7 +906,7 @@ class Peer:
             self._statements = {"ctx": outcomes[-1].ctx, "statements": outcomes[-1].statements}
         blocked = getattr(self.comm, "blocked_on", None)
         if isinstance(exc, CollectiveAborted) and not isinstance(exc, AuditFailed) and blocked:
-            report["blame"] = blocked
+            report["blame"] = list(blocked) if not isinstance(blocked, str) else [blocked]
         self._last_audit = report  # the attempt's trace names whom it blames
         return report
 

@@ -10,7 +10,7 @@ Input: per reporter, the dict its audited all-reduces produced
      "proven": {peer: reason},           # offences proven by recomputation
      "views": {signer: hex},             # hash of every statement received per signer
      "statements": {signer: [[kind, H(body), key, sig], ...]},
-     "blame": peer | absent}             # whom it was waiting for when the attempt timed out
+     "blame": [peer, ...] | absent}      # whom it was waiting for when the attempt timed out
 
 and ``voters``: the members whose word counts (established, not on probation).
 
@@ -94,7 +94,9 @@ def judge(reports: Mapping[str, Mapping[str, Any]], voters: Sequence[str], *,
             reasons = Counter(str(reports[v]["proven"][peer]) for v in voters if peer in reports.get(v, {}).get("proven", {}))
             out.proven[peer] = "proof: " + reasons.most_common(1)[0][0]
     # stalls: a majority of voters waited for the same member when the attempt timed out
-    blame_claims = {r: {rep["blame"]} for r, rep in reports.items() if isinstance(rep.get("blame"), str)}
+    blame_claims = {r: ({rep["blame"]} if isinstance(rep.get("blame"), str) else
+                        {b for b in rep.get("blame") or () if isinstance(b, str)})
+                    for r, rep in reports.items() if rep.get("blame")}
     for peer, count in _majority(blame_claims, voters).items():
         if _carried(count, peer, voters):
             out.bad.setdefault(peer, ())

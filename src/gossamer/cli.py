@@ -299,7 +299,7 @@ def cmd_bench_trust(args: argparse.Namespace, console: Any) -> int:
     defenses = [d for d in args.defenses.split(",") if d] if args.defenses else None
     with console.status("trust ...") as status:
         r = run_trust_bench(attacks, defenses, peers=args.peers, byzantine=args.byzantine, steps=args.steps,
-                            alpha=args.alpha, seed=args.seed, progress=status.update)
+                            alpha=args.alpha, seed=args.seed, progress=status.update, partial=args.json_out)
     table = Table(title=f"trust: digits, ddp, {r['peers']} peers of which {r['byzantine']} Byzantine, "
                         f"alpha {r['alpha']}, {r['steps']} rounds, audited all-reduce ({r['cores']} cores)")
     for col in ("attack", "defense", "accuracy", "clean", "excluded (round)", "honest excluded", "bytes vs butterfly"):

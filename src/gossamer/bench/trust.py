@@ -167,8 +167,10 @@ def run_swarm(*, attack: str | None, aggregator: str, audit: int, peers: int = 1
 
 def run_trust_bench(attacks: Sequence[str] | None = None, defenses: Sequence[str] | None = None, *, peers: int = 10,
                     byzantine: int = 3, steps: int = 200, alpha: float = 1.0, seed: int = 0,
-                    progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Every attack x defense row, the clean runs and the butterfly baseline (see the module docstring)."""
+                    progress: Callable[[str], None] | None = None,
+                    partial: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Every attack x defense row, the clean runs and the butterfly baseline (see the module docstring).
+    ``partial``: a JSON file rewritten after every run (a long bench that is stopped keeps its rows)."""
     attacks = list(attacks or ATTACKS)
     for a in attacks:
         if a not in ATTACKS:
@@ -189,7 +191,18 @@ def run_trust_bench(attacks: Sequence[str] | None = None, defenses: Sequence[str
         plain[d] = run_swarm(attack=None, aggregator=agg, audit=0, **common)
         say(f"{d}: clean run, audited")
         clean[d] = run_swarm(attack=None, aggregator=agg, audit=1, **common)
-    runs = []
+    runs: list[dict[str, Any]] = []
+
+    def result() -> dict[str, Any]:
+        return {"task": "digits", "algorithm": "ddp", **common, "cores": os.cpu_count(),
+                "butterfly": {d: plain[d] for d in plain}, "runs": runs}
+
+    def save() -> None:
+        if partial is not None:
+            tmp = Path(partial).with_name(Path(partial).name + ".tmp")
+            tmp.write_text(json.dumps(result(), indent=2) + "\n")
+            os.replace(tmp, partial)
+
     for d in defenses:
         base = plain[d]["bytes_per_peer_round"] or 1.0
         runs.append({**clean[d], "defense": d, "clean_val_metric": clean[d]["final_val_metric"],
@@ -200,5 +213,5 @@ def run_trust_bench(attacks: Sequence[str] | None = None, defenses: Sequence[str
             row.update(defense=d, clean_val_metric=clean[d]["final_val_metric"],
                        bytes_ratio_vs_butterfly=row["bytes_per_peer_round"] / base)
             runs.append(row)
-    return {"task": "digits", "algorithm": "ddp", **common, "cores": os.cpu_count(),
-            "butterfly": {d: plain[d] for d in defenses}, "runs": runs}
+            save()
+    return result()

@@ -223,6 +223,35 @@ class AuditFailed(CollectiveAborted):
         self.outcome = outcome
 
 
+def audit_report(outcomes: Sequence[AuditOutcome], exc: BaseException | None = None, *,
+                 statements: bool = False) -> dict[str, Any]:
+    """One member's report of an attempt's audited all-reduces, for ``verify.tribunal``:
+    ``{"bad", "proven", "views"}`` merged over the operations (``exc``: the attempt's
+    ``AuditFailed``, whose outcome is added), plus ``ctx`` and ``statements`` of the last
+    operation when ``statements`` is true."""
+    outcomes = list(outcomes)
+    if isinstance(exc, AuditFailed) and exc.outcome not in outcomes:
+        outcomes.append(exc.outcome)
+    bad: dict[str, list[str]] = {}
+    proven: dict[str, str] = {}
+    views: dict[str, list[str]] = {}
+    for o in outcomes:
+        for p, why in o.bad.items():
+            bad.setdefault(p, []).extend(why)
+        proven.update(o.proven)
+        for p, v in o.views.items():
+            views.setdefault(p, []).append(v)
+    report: dict[str, Any] = {
+        "bad": {p: sorted(set(w))[:8] for p, w in bad.items()},
+        "proven": proven,
+        "views": {p: hashlib.blake2b("".join(v).encode(), digest_size=16).hexdigest() for p, v in views.items()},
+    }
+    if statements and outcomes:
+        report["ctx"] = outcomes[-1].ctx
+        report["statements"] = outcomes[-1].statements
+    return report
+
+
 def check_audit_codec(codec: Any) -> None:
     """Raise ConfigError for codecs an auditor cannot recompute."""
     if codec is None:

@@ -102,22 +102,28 @@ class Collusion:
         self._previous: dict[str, torch.Tensor] = {}
         self._served: dict[tuple[int, int, str], int] = {}
 
-    def hook_for(self, peer: str, comm: object) -> Hook:
+    def hook_for(self, peer: str, comm: object) -> Hook | None:
+        """The contribution hook of Byzantine ``peer`` (None for an honest one)."""
+        if peer not in self.byzantine:
+            return None
+
         async def hook(name: str, op: int, flat: torch.Tensor) -> torch.Tensor:
             round_ = int(getattr(comm, "round", 0))
             key = (round_, op, name)
             board = self._board.setdefault(key, {})
             board[peer] = flat
             ev = self._ready.setdefault(key, asyncio.Event())
-            if len(board) == len(self.byzantine):
+            active = [p for p in self.byzantine if p in getattr(comm, "group", self.byzantine)]  # not excluded
+            if len(board) >= len(active):
                 ev.set()
             await ev.wait()
-            stacked = torch.stack([board[p] for p in self.byzantine])
-            mine = craft_colluding(self.attack, stacked, self.byzantine.index(peer), group_size=int(getattr(comm, "size")),
+            present = [p for p in self.byzantine if p in board]
+            stacked = torch.stack([board[p] for p in present])
+            mine = craft_colluding(self.attack, stacked, present.index(peer), group_size=int(getattr(comm, "size")),
                                    seed=self.seed, round_=round_, op=op, previous=self._previous.get(peer))
             self._previous[peer] = mine
             self._served[key] = self._served.get(key, 0) + 1
-            if self._served[key] == len(self.byzantine):  # everyone served: forget this operation
+            if self._served[key] == len(present):  # everyone served: forget this operation
                 del self._board[key], self._ready[key], self._served[key]
             return mine
         return hook

@@ -70,7 +70,11 @@ from ..trace.recorder import TraceWriter
 from ..trace.results import CurvePoint, RunResult
 from ..transport.sim import SimNetwork
 from ..verify import combined_hash
-from .adversary import Adversary
+from ..comm.audit import AuditFailed, KeyBook, audit_report
+from ..comm.byzantine import ATTACKS as OWNER_ATTACKS
+from ..comm.byzantine import make_behaviour
+from .adversary import Adversary, Collusion
+from .trust import Excluded, SimTrust
 from .scenario import Scenario
 
 log = logging.getLogger(__name__)
@@ -198,8 +202,12 @@ async def _run(scenario: Scenario, algorithm: str, task: Any, progress: Progress
     options = scenario.options_for(algorithm)
     byzantine = ids[len(ids) - scenario.byzantine :] if scenario.byzantine else []
     attack = scenario.make_attack()
-    adversary = Adversary(attack, [p for p in ids if p not in byzantine], byzantine, seed=scenario.seed) if attack else None
+    adversary: Any = None
+    if attack is not None:
+        adversary = Collusion(attack, byzantine, seed=scenario.seed) if scenario.collude else \
+            Adversary(attack, [p for p in ids if p not in byzantine], byzantine, seed=scenario.seed)
     robust = scenario.aggregator != "mean" or scenario.byzantine > 0 or bool(scenario.tolerate)
+    protocol_attack = scenario.protocol_attack()
     peers = []
     for i, pid in enumerate(ids):
         model = task.make_model(scenario.seed)
@@ -209,9 +217,14 @@ async def _run(scenario: Scenario, algorithm: str, task: Any, progress: Progress
         aggregator = make_aggregator(scenario.aggregator, scenario.tolerate, seed=scenario.seed) if robust else None
         comm = Communicator(net.add_peer(pid), group, codec=codec, aggregator=aggregator, seed=scenario.seed)
         if adversary is not None:
-            comm.contribution_hook = adversary.hook_for(pid)
+            comm.contribution_hook = adversary.hook_for(pid, comm) if scenario.collude else adversary.hook_for(pid)
+        if scenario.audit:
+            comm.keybook = KeyBook.simulated(pid, ids, scenario.seed)
+            comm.audit_shadows = scenario.audit
+            if pid in byzantine and protocol_attack in OWNER_ATTACKS:
+                comm.behaviour = make_behaviour(protocol_attack)
         algo = make_algorithm(algorithm, model, task.loss, comm, **options)
-        poisoned = pid in byzantine and attack.data_poisoning
+        poisoned = pid in byzantine and attack is not None and attack.data_poisoning
         shard = task.shard(i, scenario.peers, seed=scenario.seed, label_flip=poisoned)
         peers.append((pid, algo, shard, comm))
     trace = _open_trace(scenario, algorithm, peers, byzantine, options)
@@ -251,6 +264,9 @@ async def _simulate(scenario: Scenario, algorithm: str, task: Any, progress: Pro
     """The round loops of all peers, then the result (``trace``: see the module docstring)."""
     ids = [p[0] for p in peers]
     honest_ids = [p for p in ids if p not in byzantine]
+    lie = scenario.protocol_attack()
+    trust = SimTrust(ids, seed=scenario.seed, lies={p: lie for p in byzantine if lie in ("hashlie", "scorelie")}) \
+        if scenario.audit else None
     steps = scenario.steps
     assert steps is not None
     points = eval_steps(steps, scenario.evals)
@@ -294,7 +310,34 @@ async def _simulate(scenario: Scenario, algorithm: str, task: Any, progress: Pro
         async def sync(self) -> None:
             if self.tracer is not None:
                 self.tracer.sync_started()
-            await super().sync()
+            if trust is None:
+                await super().sync()
+                return
+            # an audited sync is an attempt, as in the swarm: commit, or retry from the state before it
+            snap = self.algo.state_dict()
+            while True:
+                self.comm.audits.clear()
+                failed: AuditFailed | None = None
+                try:
+                    await self.algo.synchronize()
+                except AuditFailed as exc:
+                    failed = exc
+                report = audit_report(list(self.comm.audits), failed, statements=True)
+                decision, group, epoch = await trust.attempt(
+                    self.pid, report, None if failed is not None else self.algo.shared_hash())
+                if decision == "excluded":
+                    raise Excluded(self.pid)
+                if tuple(group) != self.comm.group or decision == "retry":
+                    self.comm.regroup(group, epoch=epoch)
+                if decision == "commit":
+                    return
+                self.algo.load_state_dict(snap)
+
+        async def run(self) -> None:
+            try:
+                await super().run()
+            except Excluded:
+                self.excluded = True
 
         def after_sync(self) -> None:
             sent = self.comm.transport.counters.sent.total
@@ -325,7 +368,9 @@ async def _simulate(scenario: Scenario, algorithm: str, task: Any, progress: Pro
         if loop.tracer is not None:
             loop.tracer.finished(len(loop.plog.hashes))
 
-    hashes_equal = all(logs[pid].hashes == logs[ids[0]].hashes for pid in honest_ids)
+    if trust is not None:  # the excluded stopped early: compare the peers that stayed
+        honest_ids = [p for p in honest_ids if p not in trust.excluded]
+    hashes_equal = all(logs[pid].hashes == logs[honest_ids[0]].hashes for pid in honest_ids)
     if not hashes_equal and peers[0][1].bit_parity:
         log.error("state hashes diverged between peers in %s", algorithm)
     curve = []
@@ -334,8 +379,8 @@ async def _simulate(scenario: Scenario, algorithm: str, task: Any, progress: Pro
         curve.append(
             CurvePoint(
                 step=s,
-                sim_time_s=max(logs[p].time_at[s] for p in ids),
-                bytes_sent_per_peer=sum(logs[p].bytes_at[s] for p in ids) / len(ids),
+                sim_time_s=max(logs[p].time_at[s] for p in ids if s in logs[p].time_at),
+                bytes_sent_per_peer=sum(logs[p].bytes_at.get(s, 0) for p in ids) / len(ids),
                 val_loss=vl,
                 val_metric=vm,
             )
@@ -374,6 +419,10 @@ async def _simulate(scenario: Scenario, algorithm: str, task: Any, progress: Pro
             "options": options,
             "attack": scenario.attack or "none",
             "byzantine": scenario.byzantine,
+            "byzantine_ids": list(byzantine),
+            "excluded": dict(trust.excluded) if trust is not None else {},
+            "trust_decisions": list(trust.desk.decisions) if trust is not None else [],
+            "aborts": trust.aborts if trust is not None else 0,
         },
     )
     result.final_params = final_params

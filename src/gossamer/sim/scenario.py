@@ -21,6 +21,8 @@ TOML keys are the field names below, e.g.::
     byzantine = 0         # the last F peers are Byzantine ...
     attack = "alie"       # ... and do this (required when byzantine > 0)
     tolerate = 0          # f the aggregator is configured for (default: byzantine)
+    audit = 1             # audited all-reduce with this many auditors per chunk, scores, exclusion (0: off)
+    collude = true        # Byzantine peers know only each other's updates, as over TCP (else: omniscient)
     threads = 1           # torch intra-op threads (1: fastest for many small peers, and exactly repeatable)
     peer_ids = ["..."]    # the peers' ids in rank order (default p0..pN-1): rehearse a real swarm bit for bit
     trace = "sim.trace"   # write an event trace (docs/trace.md); with several algorithms one file
@@ -53,6 +55,10 @@ TASK_DEFAULTS: dict[str, dict[str, int]] = {
 }
 
 
+#: Attacks on the protocol rather than on the update (they need ``audit``).
+PROTOCOL_ATTACKS = ("tamper", "equivocate", "withhold", "statlie", "falseaccuse", "hashlie", "scorelie")
+
+
 @dataclass(frozen=True)
 class Scenario:
     task: str = "charlm"
@@ -74,6 +80,8 @@ class Scenario:
     threads: int = 1
     peer_ids: tuple[str, ...] | None = None
     trace: str | None = None
+    audit: int = 0
+    collude: bool = False
     task_options: dict[str, Any] = field(default_factory=dict)
     algorithm_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -137,7 +145,22 @@ class Scenario:
         if not isinstance(self.tolerate, int) or isinstance(self.tolerate, bool) or self.tolerate < 0:
             raise ConfigError(f"tolerate must be a non-negative integer, got {self.tolerate!r}")
         make_aggregator(self.aggregator, self.tolerate).check(self.peers)
-        if self.attack is not None:
+        if isinstance(self.audit, bool) or not isinstance(self.audit, int) or self.audit < 0:
+            raise ConfigError(f"audit must be the number of auditors per chunk (0 = off), got {self.audit!r}")
+        if self.audit:
+            from ..comm.audit import check_audit_codec  # noqa: PLC0415
+            from ..comm import make_run_codec  # noqa: PLC0415
+            for a in self.algorithms:
+                check_audit_codec(make_run_codec(self.codec_for(a)))
+        if self.attack is not None and self.attack in PROTOCOL_ATTACKS:
+            if self.byzantine == 0:
+                raise ConfigError(f"attack {self.attack!r} needs Byzantine peers: add --byzantine F")
+            if self.attack == "withhold":
+                raise ConfigError("attack 'withhold' needs real deadlines, which the simulator does not model; "
+                                  "run it over TCP (gossamer bench trust)")
+            if not self.audit:
+                raise ConfigError(f"attack {self.attack!r} lies inside the audited all-reduce: add --audit 1")
+        elif self.attack is not None:
             attack = self.make_attack()
             if self.byzantine == 0:
                 raise ConfigError(f"attack {self.attack!r} needs Byzantine peers: add --byzantine F")
@@ -182,7 +205,13 @@ class Scenario:
         """The scenario's attack object (``None`` without one)."""
         from .attacks import make_attack
 
-        return None if self.attack is None else make_attack(self.attack)
+        if self.attack is None or self.attack in PROTOCOL_ATTACKS:
+            return None
+        return make_attack(self.attack)
+
+    def protocol_attack(self) -> str | None:
+        """The owner-side or swarm-level attack name (``comm/byzantine.py``, hashlie, scorelie), if any."""
+        return self.attack if self.attack in PROTOCOL_ATTACKS else None
 
     def codec_for(self, algorithm: str) -> str:
         """The codec spec ``algorithm`` runs with: the scenario's, else the algorithm's default."""

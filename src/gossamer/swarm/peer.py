@@ -93,7 +93,7 @@ from ..aggregate import make_aggregator
 from ..algorithms import ALGORITHMS, Algorithm, algorithm_config, make_algorithm
 from ..algorithms.driver import RoundLoop
 from ..comm import make_run_codec
-from ..comm.audit import AuditFailed, KeyBook, check_audit_codec
+from ..comm.audit import AuditFailed, KeyBook, audit_report, check_audit_codec
 from ..comm.collectives import CollectiveAborted, Communicator, LinkEstimator
 from ..argtypes import check_writable
 from ..errors import ConfigError, PeerError, ProtocolError
@@ -886,22 +886,9 @@ class Peer:
         outcomes = list(self.comm.audits)[since:]
         if isinstance(exc, AuditFailed) and exc.outcome not in outcomes:
             outcomes.append(exc.outcome)
-        bad: dict[str, list[str]] = {}
-        proven: dict[str, str] = {}
-        views: dict[str, list[str]] = {}
-        for o in outcomes:
-            for p, why in o.bad.items():
-                bad.setdefault(p, []).extend(why)
-            proven.update(o.proven)
-            for p, v in o.views.items():
-                views.setdefault(p, []).append(v)
+        report = audit_report(outcomes)
         if self.attack == "scorelie":  # red-team: frame every other member, clear ourselves
-            bad = {p: ["framed by a scorelie attacker"] for p in self.comm.group if p != self.tcp.peer_id}
-        report: dict[str, Any] = {
-            "bad": {p: sorted(set(w))[:8] for p, w in bad.items()},
-            "proven": proven,
-            "views": {p: hashlib.blake2b("".join(v).encode(), digest_size=16).hexdigest() for p, v in views.items()},
-        }
+            report["bad"] = {p: ["framed by a scorelie attacker"] for p in self.comm.group if p != self.tcp.peer_id}
         if outcomes:  # the last operation's signed statements, sent only when the coordinator asks
             self._statements = {"ctx": outcomes[-1].ctx, "statements": outcomes[-1].statements}
         blocked = getattr(self.comm, "blocked_on", None)

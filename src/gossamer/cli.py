@@ -44,8 +44,12 @@ def _add_swarm_args(p: argparse.ArgumentParser, *, task_default: str | None) -> 
     p.add_argument("--codec", default=None, help="payload codec spec for every algorithm, e.g. none, int8, topk:0.001+ef, powersgd:4+ef21 (default: each algorithm's own)")
     p.add_argument("--aggregator", default=None, help="aggregation rule spec, e.g. median, nnm+cclip, bucketing:2+krum (default mean)")
     p.add_argument("--byzantine", type=_nonneg_int, default=None, help="number of Byzantine peers (the last F peers)")
-    p.add_argument("--attack", default=None, help="what Byzantine peers do: signflip, ipm, alie, gaussian, labelflip, mimic, freerider")
+    p.add_argument("--attack", default=None, help="what Byzantine peers do: signflip, ipm, alie, gaussian, labelflip, mimic, freerider, freerider:stale; with --audit also tamper, equivocate, statlie, falseaccuse, hashlie, scorelie")
     p.add_argument("--tolerate", type=_nonneg_int, default=None, help="Byzantine peers the aggregator is configured for (default: --byzantine)")
+    p.add_argument("--audit", type=_nonneg_int, default=None, metavar="S",
+                   help="audited all-reduce with S auditors per chunk: owners' lies proven, contributions scored, liars excluded, as in a real swarm with `gossamer peer --audit S` (default 0: off)")
+    p.add_argument("--collude", action="store_true", default=None,
+                   help="Byzantine peers know only each other's updates, as real attackers do (default: omniscient, they see every honest update)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="an algorithm option (TOML value), e.g. topology=\"torus\", for every listed algorithm that has it; repeatable")
     p.add_argument("--json", dest="json_out", metavar="PATH", help="write results JSON here")
@@ -458,6 +462,8 @@ def _scenario_from_args(args: argparse.Namespace, *, algorithms: str | None) -> 
         "byzantine": args.byzantine,
         "attack": args.attack,
         "tolerate": args.tolerate,
+        "audit": getattr(args, "audit", None),
+        "collude": getattr(args, "collude", None),
         "peer_ids": tuple(_split(getattr(args, "peer_ids", None)) or ()) or None,
         "trace": getattr(args, "trace", None),
     }
@@ -584,7 +590,16 @@ def cmd_simulate(args: argparse.Namespace, console: Any) -> int:
         if out:
             _check_writable(out)
     results = _run_scenario(scenario, console)
-    console.print(_results_table(results, title=f"{scenario.task}: {scenario.peers} peers, {scenario.steps} steps each, link {scenario.link}"))
+    title = f"{scenario.task}: {scenario.peers} peers, {scenario.steps} steps each, link {scenario.link}"
+    if scenario.byzantine:
+        title += f", {scenario.byzantine} Byzantine ({scenario.attack}{', colluding' if scenario.collude else ''})"
+    if scenario.aggregator != "mean" or scenario.audit:
+        title += f", aggregator {scenario.aggregator}" + (f", audited ({scenario.audit} auditor/chunk)" if scenario.audit else "")
+    console.print(_results_table(results, title=title))
+    for run in results.runs:
+        for d in run.extra.get("trust_decisions", []):
+            console.print(f"{run.algorithm}: excluded {d['peer']} at round {d['round']} ({d['rule']}): "
+                          f"{'; '.join(d['evidence'])[:300]}", markup=False, highlight=False)
     _write_outputs(results, args, console)
     for algorithm in scenario.algorithms if scenario.trace else ():
         console.print(f"wrote {scenario.trace_path(algorithm)}", markup=False, highlight=False)

@@ -58,3 +58,53 @@ def test_an_attacker_is_excluded_and_the_honest_peers_finish_in_agreement(attack
         assert r.state_hashes == honest[0].state_hashes
     attacker = reports[-1]
     assert isinstance(attacker, Exception) and "excluded" in str(attacker)
+
+
+@pytest.mark.timeout(240)
+def test_new_identities_queue_on_probation_beside_established_members():
+    """3 established members: at most max(1, floor(0.25 * 3)) = 1 new peer is on probation at a time;
+    the others wait for a place (Sybils cannot flood the swarm), and all get in eventually."""
+    task = make_task("digits")
+    R = 24
+
+    async def main():
+        coord = await Coordinator.start(Identity.generate(), "prob", "127.0.0.1", 0, min_peers=3)
+        addr = f"127.0.0.1:{coord.address[1]}"
+
+        def peer():
+            p = Peer(task.make_model(0), task.loss, coordinator=addr, swarm_id="prob", identity=Identity.generate(),
+                     algorithm="ddp", audit=1, deadline_floor=10.0)
+            p.step_sleep = 0.02
+            return p
+
+        first = [peer() for _ in range(3)]
+        late = [peer() for _ in range(3)]
+        most = 0
+
+        async def watch():
+            nonlocal most
+            while True:
+                rep = coord.trust.reputation
+                established = [m for m in coord.members if not rep.on_probation(m)]
+                if established:
+                    most = max(most, sum(1 for m in coord.members if rep.on_probation(m)))
+                await asyncio.sleep(0.005)
+
+        async def join_later(k, p):
+            while coord.round < 7:
+                await asyncio.sleep(0.02)
+            return await p.run(batches(task.shard(3 + k, 6, seed=0)), rounds=R)
+
+        w = asyncio.ensure_future(watch())
+        try:
+            reports = await asyncio.gather(*(p.run(batches(task.shard(k, 6, seed=0)), rounds=R) for k, p in enumerate(first)),
+                                           *(join_later(k, p) for k, p in enumerate(late)))
+        finally:
+            w.cancel()
+            await coord.close()
+        return reports, most
+
+    reports, most = asyncio.run(main())
+    assert most == 1
+    joined = sorted(r.joined_round for r in reports[3:])
+    assert all(j is not None for j in joined) and joined[0] < joined[1] < joined[2]

@@ -747,6 +747,14 @@ class Coordinator:
         config = {str(k)[:100]: str(v)[:200] for k, v in list(config.items())[:256]}
         if pid in self.banned:
             raise SwarmError("banned", self.banned[pid])
+        rep_ = self.trust.reputation
+        if rep_.on_probation(pid):
+            # new identities have bounded influence: beside established members, at most
+            # max(1, floor(share * established)) may be on probation at once (Sybils queue here)
+            pool = [*self._seniority(), *[c for c in self.candidates if c != pid], pid]
+            if pid not in rep_.contributors(pool):
+                raise SwarmError("probation", f"the swarm admits a limited number of new peers at a time (on probation "
+                                              f"for {rep_.probation_rounds} audited rounds); peer {pid} waits for a place")
         if not self.members and not [c for c in self.candidates if c != pid]:
             # the configuration belongs to the members present: an empty swarm takes the next one's
             self.fingerprint = None

@@ -726,6 +726,14 @@ class Peer:
                     raise ConfigError(str(exc)) from None
                 if exc.code == "banned":
                     raise PeerError(str(exc)) from None
+                if exc.code == "probation":  # new identities queue for a place: wait as long as it takes
+                    if not waiting_logged:
+                        log.warning("%s", exc)
+                        self._emit(event="waiting", round=self.round, reason=str(exc))
+                        waiting_logged = True
+                    await self._interruptible(asyncio.sleep(delay))
+                    delay = min(2 * delay, 2.0)
+                    continue
                 if exc.code == "stale":  # an empty swarm waits for a member that holds its agreed state
                     if not waiting_logged:
                         log.warning("%s", exc)

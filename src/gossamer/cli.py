@@ -156,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     tru.add_argument("--steps", type=_positive_int, default=200, help="ddp steps = rounds per run (default 200)")
     tru.add_argument("--alpha", type=_positive_float, default=1.0, help="Dirichlet non-iid shards (default 1.0)")
     tru.add_argument("--seed", type=_nonneg_int, default=0)
+    tru.add_argument("--check-sim", action="store_true", help="also run each attack in the simulator and compare the exclusions")
     tru.add_argument("--json", dest="json_out", metavar="PATH")
     tr = bsub.add_parser("transport", help="all-reduce over our TCP transport vs torch.distributed gloo, 4 processes on loopback")
     tr.add_argument("--sizes-mib", default="1,16,64", help="payload sizes in MiB, comma-separated (default 1,16,64)")
@@ -303,7 +304,8 @@ def cmd_bench_trust(args: argparse.Namespace, console: Any) -> int:
     defenses = [d for d in args.defenses.split(",") if d] if args.defenses else None
     with console.status("trust ...") as status:
         r = run_trust_bench(attacks, defenses, peers=args.peers, byzantine=args.byzantine, steps=args.steps,
-                            alpha=args.alpha, seed=args.seed, progress=status.update, partial=args.json_out)
+                            alpha=args.alpha, seed=args.seed, progress=status.update, partial=args.json_out,
+                            check_sim=args.check_sim)
     table = Table(title=f"trust: digits, ddp, {r['peers']} peers of which {r['byzantine']} Byzantine, "
                         f"alpha {r['alpha']}, {r['steps']} rounds, audited all-reduce ({r['cores']} cores)")
     for col in ("attack", "defense", "accuracy", "clean", "excluded (round)", "honest excluded", "bytes vs butterfly"):

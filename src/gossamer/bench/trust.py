@@ -24,7 +24,10 @@ over the plain butterfly (no audit) with the same aggregator, measured in the
 same invocation. ``final_val_metric`` is the accuracy of the state an honest peer
 committed last (its checkpoint), on digits' validation split. Attackers attack
 from round 0, so ``first_attack_round`` is 0 and an exclusion at round ``r``
-took ``r + 1`` rounds.
+took ``r + 1`` rounds. With ``check_sim`` each attack row also runs the same
+scenario in the simulator (same peer ids in rank order, shards, seed, colluding
+attackers) and adds ``sim_excluded`` and ``same_exclusions_as_sim``
+(``withhold`` needs real deadlines and is not simulated).
 """
 
 from __future__ import annotations
@@ -64,9 +67,22 @@ def _evaluate(checkpoint: Path, seed: int) -> float:
     return float(task.evaluate(model)[1])
 
 
+def simulate_same(*, attack: str | None, aggregator: str, audit: int, ids: Sequence[str], byzantine: int, steps: int,
+                  alpha: float, seed: int) -> dict[str, int]:
+    """The exclusions of the same scenario in the simulator ({peer: round}), peers in rank order."""
+    from ..sim.runner import run_algorithm
+    from ..sim.scenario import Scenario
+
+    scenario = Scenario(task="digits", algorithms=("ddp",), peers=len(ids), steps=steps, alpha=alpha, seed=seed,
+                        byzantine=byzantine if attack else 0, attack=attack, audit=audit, collude=True,
+                        aggregator=aggregator, tolerate=byzantine if aggregator != "mean" else 0, evals=1,
+                        peer_ids=tuple(ids))
+    return dict(run_algorithm(scenario, "ddp").extra["excluded"])
+
+
 def run_swarm(*, attack: str | None, aggregator: str, audit: int, peers: int = 10, byzantine: int = 3,
               steps: int = 200, alpha: float = 1.0, seed: int = 0, timeout: float = 900.0,
-              workdir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+              workdir: str | os.PathLike[str] | None = None, check_sim: bool = False) -> dict[str, Any]:
     """One real swarm run (see the module docstring); raises ``GossamerError`` with the logs
     when it does not finish."""
     from ..swarm.keys import load_identity
@@ -160,6 +176,11 @@ def run_swarm(*, attack: str | None, aggregator: str, audit: int, peers: int = 1
            "honest_excluded": sorted(p for p in excluded if p not in {ids[i] for i in attackers}),
            "rounds": rounds, "bytes_per_peer_round": per_round[len(per_round) // 2] if per_round else 0.0,
            "wall_s": round(wall, 1)}
+    if check_sim and (attack is None or attack != "withhold"):
+        sim = simulate_same(attack=attack, aggregator=aggregator, audit=audit, ids=[ids[i] for i in order],
+                            byzantine=byzantine, steps=steps, alpha=alpha, seed=seed)
+        row["sim_excluded"] = sim
+        row["same_exclusions_as_sim"] = sim == excluded
     if workdir is None:
         shutil.rmtree(root, ignore_errors=True)
     return row
@@ -168,7 +189,7 @@ def run_swarm(*, attack: str | None, aggregator: str, audit: int, peers: int = 1
 def run_trust_bench(attacks: Sequence[str] | None = None, defenses: Sequence[str] | None = None, *, peers: int = 10,
                     byzantine: int = 3, steps: int = 200, alpha: float = 1.0, seed: int = 0,
                     progress: Callable[[str], None] | None = None,
-                    partial: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+                    partial: str | os.PathLike[str] | None = None, check_sim: bool = False) -> dict[str, Any]:
     """Every attack x defense row, the clean runs and the butterfly baseline (see the module docstring).
     ``partial``: a JSON file rewritten after every run (a long bench that is stopped keeps its rows)."""
     attacks = list(attacks or ATTACKS)
@@ -209,7 +230,7 @@ def run_trust_bench(attacks: Sequence[str] | None = None, defenses: Sequence[str
                      "bytes_ratio_vs_butterfly": clean[d]["bytes_per_peer_round"] / base})
         for a in attacks:
             say(f"{d}: attack {a}")
-            row = run_swarm(attack=a, aggregator=DEFENSES[d], audit=1, **common)
+            row = run_swarm(attack=a, aggregator=DEFENSES[d], audit=1, check_sim=check_sim, **common)
             row.update(defense=d, clean_val_metric=clean[d]["final_val_metric"],
                        bytes_ratio_vs_butterfly=row["bytes_per_peer_round"] / base)
             runs.append(row)

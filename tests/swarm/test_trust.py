@@ -25,7 +25,8 @@ def run_swarm(attack, *, n=5, rounds=8, aggregator="mean", tolerate=0, attackers
         ids = sorted((Identity.generate() for _ in range(n)), key=lambda i: i.peer_id)
         bad = {i.peer_id for i in ids[n - attackers:]}
         peers = [Peer(task.make_model(0), task.loss, coordinator=addr, swarm_id="trust", identity=ident,
-                      algorithm="ddp", aggregator=aggregator, tolerate=tolerate, audit=1, deadline_floor=10.0,
+                      algorithm="ddp", aggregator=aggregator, tolerate=tolerate, audit=1,
+                      deadline_floor=4.0 if attack == "withhold" else 10.0,  # a withholder costs two deadlines
                       attack=attack if ident.peer_id in bad else None) for ident in ids]
 
         async def one(k, p):

@@ -236,3 +236,19 @@ def run_trust_bench(attacks: Sequence[str] | None = None, defenses: Sequence[str
             runs.append(row)
             save()
     return result()
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """The rows of ``run_trust_bench`` as a markdown table (docs/trust.md)."""
+    lines = ["| attack | defense | accuracy | clean | attackers excluded at round | honest excluded | bytes vs butterfly |",
+             "|---|---|---|---|---|---|---|"]
+    for row in result["runs"]:
+        byz = row["byzantine"]
+        rounds = sorted(row["excluded"][p] for p in byz if p in row["excluded"])
+        caught = f"{len(rounds)} of {len(byz)}: {', '.join(str(r) for r in rounds)}" if byz else "-"
+        if byz and not rounds:
+            caught = f"0 of {len(byz)}"
+        lines.append(f"| {row['attack']} | {row['defense']} ({row['aggregator']}) | {100 * row['final_val_metric']:.1f}% | "
+                     f"{100 * row['clean_val_metric']:.1f}% | {caught} | {len(row['honest_excluded'])} | "
+                     f"{row['bytes_ratio_vs_butterfly']:.2f}x |")
+    return "\n".join(lines)

@@ -15,12 +15,12 @@ def batches(shard):
     return iter(shard.next_batch, None)
 
 
-def run_swarm(attack, *, n=5, rounds=8, aggregator="mean", tolerate=0, attackers=1):
+def run_swarm(attack, *, n=5, rounds=8, aggregator="mean", tolerate=0, attackers=1, state=None):
     """n in-process peers over TCP (digits, ddp, --audit 1), the last `attackers` attack."""
     task = make_task("digits")
 
     async def main():
-        coord = await Coordinator.start(Identity.generate(), "trust", "127.0.0.1", 0, min_peers=n)
+        coord = await Coordinator.start(Identity.generate(), "trust", "127.0.0.1", 0, min_peers=n, state_path=state)
         addr = f"127.0.0.1:{coord.address[1]}"
         ids = sorted((Identity.generate() for _ in range(n)), key=lambda i: i.peer_id)
         bad = {i.peer_id for i in ids[n - attackers:]}
@@ -109,3 +109,26 @@ def test_new_identities_queue_on_probation_beside_established_members():
     assert most == 1
     joined = sorted(r.joined_round for r in reports[3:])
     assert all(j is not None for j in joined) and joined[0] < joined[1] < joined[2]
+
+
+@pytest.mark.timeout(120)
+def test_a_restarted_coordinator_still_refuses_an_excluded_key(tmp_path):
+    state = tmp_path / "coord.sqlite"
+    reports, coord, bad, ids = run_swarm("tamper", rounds=3, state=state)
+    (liar,) = bad
+    task = make_task("digits")
+
+    async def rejoin():
+        again = await Coordinator.start(Identity.generate(), "trust", "127.0.0.1", 0, state_path=state)
+        try:
+            ident = next(i for i in ids if i.peer_id == liar)
+            p = Peer(task.make_model(0), task.loss, coordinator=f"127.0.0.1:{again.address[1]}", swarm_id="trust",
+                     identity=ident, algorithm="ddp", audit=1)
+            with pytest.raises(Exception, match="excluded") as info:
+                await p.run(batches(task.shard(0, 5, seed=0)), rounds=1)
+            return str(info.value), again.trust.reputation.is_excluded(liar)
+        finally:
+            await again.close()
+
+    message, remembered = asyncio.run(rejoin())
+    assert remembered and "tampered" in message

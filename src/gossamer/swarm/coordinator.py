@@ -155,6 +155,10 @@ class _Store:
         c.genesis = kv.get("genesis") or None
         c.epoch = max(c.epoch, int(kv.get("epoch", 0)) + 1)
         c._transfer = max(c._transfer, int(kv.get("transfer", 0)) + 1)
+        if kv.get("banned"):
+            c.banned.update(json.loads(kv["banned"]))
+        if kv.get("reputation"):
+            c.trust.reputation.load_state_dict(json.loads(kv["reputation"]))
         for r, h, free in self.db.execute("SELECT round, hash, free FROM agreed"):
             c.agreed[int(r)] = str(h)
             if free:
@@ -164,7 +168,8 @@ class _Store:
 
     def save(self, c: "Coordinator") -> None:
         rows = [("round", str(c.round)), ("genesis", c.genesis or ""), ("epoch", str(c.epoch)),
-                ("transfer", str(c._transfer))]
+                ("transfer", str(c._transfer)), ("banned", json.dumps(c.banned)),
+                ("reputation", json.dumps(c.trust.reputation.state_dict()))]
         self.db.execute("BEGIN IMMEDIATE")
         try:
             self.db.executemany("INSERT OR REPLACE INTO kv (k, v) VALUES (?, ?)", rows)
@@ -603,6 +608,7 @@ class Coordinator:
     def _exclude(self, pid: str, reason: str, record: dict[str, Any]) -> None:
         """The trust desk convicted ``pid``: refuse its key from now on and remove it."""
         self.banned[pid] = reason
+        self._persist()  # a restarted coordinator still refuses the key
         self._event("exclude", peer=pid, round=record["round"], rule=record["rule"], evidence=record["evidence"])
         asyncio.get_running_loop().call_soon(lambda: self._remove(pid, reason, kind="exclude"))
 

@@ -311,6 +311,9 @@ def cmd_bench_trust(args: argparse.Namespace, console: Any) -> int:
     for col in ("attack", "defense", "accuracy", "clean", "excluded (round)", "honest excluded", "bytes vs butterfly"):
         table.add_column(col, justify="left" if col in ("attack", "defense", "excluded (round)") else "right")
     for row in r["runs"]:
+        if "error" in row:
+            table.add_row(row["attack"], f"{row['defense']} ({row['aggregator']})", "failed", "", row["error"].splitlines()[0][:60], "", "")
+            continue
         ex = ", ".join(f"{p[:6]}@{k}" for p, k in sorted(row["excluded"].items(), key=lambda kv: kv[1])) or "-"
         table.add_row(row["attack"], f"{row['defense']} ({row['aggregator']})", f"{100 * row['final_val_metric']:.1f}%",
                       f"{100 * row['clean_val_metric']:.1f}%", ex, str(len(row["honest_excluded"])),

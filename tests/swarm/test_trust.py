@@ -66,7 +66,6 @@ def test_new_identities_queue_on_probation_beside_established_members():
     """3 established members: at most max(1, floor(0.25 * 3)) = 1 new peer is on probation at a time;
     the others wait for a place (Sybils cannot flood the swarm), and all get in eventually."""
     task = make_task("digits")
-    R = 24
 
     async def main():
         coord = await Coordinator.start(Identity.generate(), "prob", "127.0.0.1", 0, min_peers=3)
@@ -89,16 +88,21 @@ def test_new_identities_queue_on_probation_beside_established_members():
                 established = [m for m in coord.members if not rep.on_probation(m)]
                 if established:
                     most = max(most, sum(1 for m in coord.members if rep.on_probation(m)))
+                if all(p.report is not None and p.report.joined_round is not None for p in late):
+                    for p in first + late:  # everyone got in: the test is over
+                        p.request_stop()
+                    return
                 await asyncio.sleep(0.005)
 
         async def join_later(k, p):
             while coord.round < 7:
                 await asyncio.sleep(0.02)
-            return await p.run(batches(task.shard(3 + k, 6, seed=0)), rounds=R)
+            return await p.run(batches(task.shard(3 + k, 6, seed=0)), rounds=10_000)
 
         w = asyncio.ensure_future(watch())
         try:
-            reports = await asyncio.gather(*(p.run(batches(task.shard(k, 6, seed=0)), rounds=R) for k, p in enumerate(first)),
+            reports = await asyncio.gather(*(p.run(batches(task.shard(k, 6, seed=0)), rounds=10_000)
+                                             for k, p in enumerate(first)),
                                            *(join_later(k, p) for k, p in enumerate(late)))
         finally:
             w.cancel()

@@ -230,7 +230,13 @@ def run_trust_bench(attacks: Sequence[str] | None = None, defenses: Sequence[str
                      "bytes_ratio_vs_butterfly": clean[d]["bytes_per_peer_round"] / base})
         for a in attacks:
             say(f"{d}: attack {a}")
-            row = run_swarm(attack=a, aggregator=DEFENSES[d], audit=1, check_sim=check_sim, **common)
+            try:
+                row = run_swarm(attack=a, aggregator=DEFENSES[d], audit=1, check_sim=check_sim, **common)
+            except GossamerError as exc:  # a run that fails is a result too: recorded, and the bench goes on
+                say(f"{d}: attack {a} failed: {str(exc).splitlines()[0]}")
+                runs.append({"attack": a, "defense": d, "aggregator": DEFENSES[d], "error": str(exc)[:2000]})
+                save()
+                continue
             row.update(defense=d, clean_val_metric=clean[d]["final_val_metric"],
                        bytes_ratio_vs_butterfly=row["bytes_per_peer_round"] / base)
             runs.append(row)
@@ -243,6 +249,9 @@ def markdown_table(result: dict[str, Any]) -> str:
     lines = ["| attack | defense | accuracy | clean | attackers excluded at round | honest excluded | bytes vs butterfly |",
              "|---|---|---|---|---|---|---|"]
     for row in result["runs"]:
+        if "error" in row:
+            lines.append(f"| {row['attack']} | {row['defense']} ({row['aggregator']}) | failed: {row['error'].splitlines()[0][:80]} | | | | |")
+            continue
         byz = row["byzantine"]
         rounds = sorted(row["excluded"][p] for p in byz if p in row["excluded"])
         caught = f"{len(rounds)} of {len(byz)}: {', '.join(str(r) for r in rounds)}" if byz else "-"

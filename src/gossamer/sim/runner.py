@@ -265,8 +265,8 @@ async def _simulate(scenario: Scenario, algorithm: str, task: Any, progress: Pro
     ids = [p[0] for p in peers]
     honest_ids = [p for p in ids if p not in byzantine]
     lie = scenario.protocol_attack()
-    trust = SimTrust(ids, seed=scenario.seed, lies={p: lie for p in byzantine if lie in ("hashlie", "scorelie")}) \
-        if scenario.audit else None
+    trust = SimTrust(ids, seed=scenario.seed, lies={p: lie for p in byzantine if lie in ("hashlie", "scorelie")},
+                     trace=trace) if scenario.audit else None
     steps = scenario.steps
     assert steps is not None
     points = eval_steps(steps, scenario.evals)
@@ -327,6 +327,13 @@ async def _simulate(scenario: Scenario, algorithm: str, task: Any, progress: Pro
                     self.pid, report, None if failed is not None else self.algo.shared_hash())
                 if decision == "excluded":
                     raise Excluded(self.pid)
+                if decision == "commit" and trace is not None and self.pid == self.comm.group[0]:
+                    # one reporter's scores (every honest member holds the same), as a peer's trace has them
+                    for o in self.comm.audits:
+                        for p, sc in o.scores.items():
+                            trace.record("score", round=trust.round - 1, peer=p, other=self.pid, value=sc.cosine,
+                                         cosine=sc.cosine, norm_ratio=sc.norm_ratio, dist_ratio=sc.dist_ratio,
+                                         long_cosine=sc.long_cosine, bad=sc.bad, reasons=list(sc.reasons))
                 if tuple(group) != self.comm.group or decision == "retry":
                     self.comm.regroup(group, epoch=epoch)
                 if decision == "commit":

@@ -147,7 +147,15 @@ class Scenario:
         make_aggregator(self.aggregator, self.tolerate).check(self.peers)
         if isinstance(self.audit, bool) or not isinstance(self.audit, int) or self.audit < 0:
             raise ConfigError(f"audit must be the number of auditors per chunk (0 = off), got {self.audit!r}")
+        if self.audit and self.audit > self.peers - 1:
+            raise ConfigError(f"audit must be at most peers - 1 = {self.peers - 1} auditors per chunk, got {self.audit}")
+        if self.collude and not self.byzantine:
+            raise ConfigError("collude is for Byzantine peers: add --byzantine F and --attack NAME")
         if self.audit:
+            from ..algorithms import ALGORITHMS  # noqa: PLC0415
+            for a in self.algorithms:
+                if not ALGORITHMS[a][0].individual_contributions:
+                    raise ConfigError(f"--audit does not apply to {a}: it has no all-reduce of individual contributions to audit")
             from ..comm.audit import check_audit_codec  # noqa: PLC0415
             from ..comm import make_run_codec  # noqa: PLC0415
             for a in self.algorithms:
@@ -159,7 +167,9 @@ class Scenario:
                 raise ConfigError("attack 'withhold' needs real deadlines, which the simulator does not model; "
                                   "run it over TCP (gossamer bench trust)")
             if not self.audit:
-                raise ConfigError(f"attack {self.attack!r} lies inside the audited all-reduce: add --audit 1")
+                what = ("lies to the coordinator about audited rounds" if self.attack in ("hashlie", "scorelie")
+                        else "lies inside the audited all-reduce")
+                raise ConfigError(f"attack {self.attack!r} {what}: add --audit 1")
         elif self.attack is not None:
             attack = self.make_attack()
             if self.byzantine == 0:

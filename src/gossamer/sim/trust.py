@@ -33,8 +33,9 @@ class Excluded(Exception):
 
 
 class SimTrust:
-    def __init__(self, ids: Sequence[str], *, seed: int, lies: dict[str, str] | None = None) -> None:
+    def __init__(self, ids: Sequence[str], *, seed: int, lies: dict[str, str] | None = None, trace: Any = None) -> None:
         self.group = list(ids)
+        self.trace = trace  # a trace.TraceWriter: exclusions and aborts go there, as the coordinator's do
         self.lies = dict(lies or {})
         book = KeyBook.simulated(ids[0], ids, seed)
         self.desk = TrustDesk(self._exclude, verify=lambda s, c, st: verify_statement(s, c, st, owns=book.owns))
@@ -48,6 +49,9 @@ class SimTrust:
 
     def _exclude(self, peer: str, reason: str, record: dict[str, Any]) -> None:
         self.excluded[peer] = int(record["round"])
+        if self.trace is not None:
+            self.trace.record("exclude", round=int(record["round"]), peer=peer, other=record.get("accuser"),
+                              rule=record["rule"], evidence=record["evidence"])
 
     async def attempt(self, peer: str, report: dict[str, Any], state_hash: str | None) -> tuple[str, list[str], int]:
         """Report one attempt; returns (decision, next group, next epoch) once every member reported.
@@ -77,6 +81,12 @@ class SimTrust:
             self.round += 1
         else:
             self.aborts += 1
+            if self.trace is not None:
+                proven = sorted({p for rep, _ in self._reports.values() for p in rep.get("proven", {})})
+                reason = ("proven misbehaviour: " + ", ".join(proven)) if proven else \
+                    (f"members saw different signed statements from {', '.join(differ)}" if differ else "a member failed")
+                self.trace.record("abort", round=self.round, peer=proven[0] if proven else None, reason=reason,
+                                  attempt=self.epoch, proven=proven)
         self._reports = {}
         self.group = [p for p in self.group if p not in self.excluded]
         self.epoch += 1

@@ -88,7 +88,7 @@ def add_swarm_commands(subparsers: Any) -> None:
     g.add_argument("--iid", action="store_true", default=None, help="iid shards (default)")
     g.add_argument("--alpha", type=_positive_float, default=None, help="non-iid shards: Dirichlet(alpha) by label, or by module for charlm")
     p.add_argument("--audit", type=_nonneg_int, default=0, metavar="S",
-                   help="audited all-reduce with S auditors per chunk: holds when chunk owners lie, scores every contribution, and lets the coordinator exclude liars (every peer must use the same; default 0 = plain butterfly)")
+                   help="audited all-reduce with S auditors per chunk (at most the group size - 1): holds when chunk owners lie, scores every contribution, and lets the coordinator exclude liars (every peer must use the same; ddp, fedavg, diloco, streaming_diloco; default 0 = plain butterfly)")
     p.add_argument("--attack", default=None, metavar="NAME",
                    help="RED-TEAM ONLY: this peer attacks the swarm: a contributor attack (signflip, ipm, alie, gaussian, labelflip, mimic, freerider, freerider:stale), an owner attack (tamper, equivocate, withhold, statlie, falseaccuse; needs --audit) or a swarm lie (hashlie, scorelie)")
     p.add_argument("--collude", default=None, metavar="DIR:F",

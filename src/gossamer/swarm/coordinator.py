@@ -333,7 +333,8 @@ class Coordinator:
         elif kind == "evict":
             trace.record("evict", round=rnd, peer=peer, reason=fields.get("reason"), failures=fields.get("failures"))
         elif kind == "exclude":
-            trace.record("exclude", round=rnd, peer=peer, rule=fields.get("rule"), evidence=fields.get("evidence"))
+            trace.record("exclude", round=rnd, peer=peer, other=fields.get("accuser"), rule=fields.get("rule"),
+                         evidence=fields.get("evidence"))
         elif kind == "straggler":
             waited = fields.get("waited")
             for late in fields.get("late") or ():
@@ -609,8 +610,9 @@ class Coordinator:
         """The trust desk convicted ``pid``: refuse its key from now on and remove it."""
         self.banned[pid] = reason
         self._persist()  # a restarted coordinator still refuses the key
-        self._event("exclude", peer=pid, round=record["round"], rule=record["rule"], evidence=record["evidence"])
-        asyncio.get_running_loop().call_soon(lambda: self._remove(pid, reason, kind="exclude"))
+        self._event("exclude", peer=pid, round=record["round"], rule=record["rule"], evidence=record["evidence"],
+                    accuser=record.get("accuser"))
+        asyncio.get_running_loop().call_soon(lambda: self._remove(pid, reason, kind="leave"))
 
     def _persist(self) -> None:
         if self._store is not None:
@@ -729,6 +731,8 @@ class Coordinator:
     def _member(self, pid: str) -> _Member:
         m = self.members.get(pid)
         if m is None:
+            if pid in self.banned:
+                raise SwarmError("banned", self.banned[pid])
             raise SwarmError("evicted", f"peer {pid} is not a member of the swarm (join and admit first)")
         return m
 
@@ -752,6 +756,7 @@ class Coordinator:
         config = msg.get("config") if isinstance(msg.get("config"), dict) else {}
         config = {str(k)[:100]: str(v)[:200] for k, v in list(config.items())[:256]}
         if pid in self.banned:
+            self._event("reject", peer=pid, reason=f"banned: {self.banned[pid]}"[:300])
             raise SwarmError("banned", self.banned[pid])
         rep_ = self.trust.reputation
         if rep_.on_probation(pid):

@@ -347,12 +347,19 @@ class Peer:
         self.attack = attack
         self.collude = collude
         self._statements: dict[str, Any] | None = None
+        if audit and not ALGORITHMS[algorithm][0].individual_contributions:
+            raise ConfigError(f"--audit does not apply to {algorithm}: it has no all-reduce of individual contributions to audit")
         if attack is not None:
             kind = attack_kind(attack)  # unknown names fail here, before joining
             if kind == "owner" and not audit:
                 raise ConfigError(f"--attack {attack} lies inside the audited all-reduce: it needs --audit")
+            if kind == "swarm" and not audit:
+                raise ConfigError(f"--attack {attack} lies to the coordinator about audited rounds (scores and "
+                                  f"state hashes are judged only in audited swarms): it needs --audit")
             if collude is not None:
                 parse_collude(collude)
+        elif collude is not None:
+            raise ConfigError("--collude is for attacking peers: it needs --attack")
         if not deadline_floor > 0:
             raise ConfigError(f"deadline_floor must be > 0 seconds, got {deadline_floor}")
         self.deadline_floor = deadline_floor
@@ -831,6 +838,8 @@ class Peer:
                 if exc.code == "busy":
                     await asyncio.sleep(0.1)
                     continue
+                if exc.code == "banned":
+                    raise PeerError(str(exc)) from None
                 raise _Rejoin(str(exc)) from None
             group, epoch, addrs = list(start["group"]), int(start["epoch"]), dict(start["addrs"])
             if int(start["round"]) != self.round or self.tcp.peer_id not in group:
@@ -941,6 +950,8 @@ class Peer:
                 try:
                     return await req
                 except SwarmError as err:
+                    if err.code == "banned":
+                        raise PeerError(str(err)) from None
                     if err.code == "evicted":
                         raise _Rejoin(str(err)) from None
                     return {"decision": "abort", "reason": str(err)}
@@ -958,6 +969,8 @@ class Peer:
                         await self._c.request("audit", epoch=epoch, audit=audit)
             return result
         except SwarmError as err:
+            if err.code == "banned":
+                raise PeerError(str(err)) from None
             if err.code == "evicted":
                 raise _Rejoin(str(err)) from None
             return {"decision": "abort", "reason": str(err)}

@@ -9,7 +9,8 @@ Contract: pure functions over a ``TraceReader`` (they read events, never write).
   event), median seconds it waited at the barrier, median seconds others waited
   for it per round it was seen, ``straggler`` events, payload bytes sent and
   received (``bytes`` events: ``peer`` sent to ``other``). A peer is *slow* when
-  its median compute is above ``SLOW_FACTOR`` (1.5) times the swarm median, or
+  its median compute (over at least ``MIN_SAMPLES`` = 3 rounds: one warm-up
+  round says nothing) is above ``SLOW_FACTOR`` (1.5) times the swarm median, or
   when a ``straggler`` event names it. Barrier waits are blamed on the
   ``other`` of the ``barrier_wait`` event when the recorder knew whom it waited
   for, else on the peer with the longest compute in that round.
@@ -38,6 +39,8 @@ from typing import Any
 from .recorder import Event, TraceReader
 
 SLOW_FACTOR = 1.5
+#: Compute samples a peer needs before it can be called slow (a warm-up round says nothing).
+MIN_SAMPLES = 3
 
 
 @dataclass(frozen=True)
@@ -175,7 +178,7 @@ def summarize(reader: TraceReader) -> Report:
             stragglers=stragglers[peer],
             bytes_sent=float(sent[peer]),
             bytes_received=float(received[peer]),
-            slow=(ratio is not None and ratio > SLOW_FACTOR) or stragglers[peer] > 0,
+            slow=(ratio is not None and ratio > SLOW_FACTOR and len(compute[peer]) >= MIN_SAMPLES) or stragglers[peer] > 0,
         ))
 
     aborts: dict[str | None, list[Event]] = defaultdict(list)

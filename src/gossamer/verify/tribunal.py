@@ -225,7 +225,13 @@ class TrustDesk:
                 self._excluded(ex.peer, ex.round, ex.rule, list(ex.evidence))
 
     def _excluded(self, peer: str, round_: int, rule: str, evidence: list[Any]) -> None:
-        record = {"peer": peer, "round": round_, "rule": rule, "evidence": [str(e)[:300] for e in evidence]}
+        lines = []
+        for item in evidence:
+            r, reasons = item if isinstance(item, (tuple, list)) and len(item) == 2 else (round_, (str(item),))
+            lines.append(f"round {r}: " + "; ".join(str(w) for w in reasons)[:300])
+        text = " | ".join(lines)
+        accuser = text.rsplit("(shown by ", 1)[1].split(")", 1)[0] if "(shown by " in text else None
+        record = {"peer": peer, "round": round_, "rule": rule, "evidence": lines, "accuser": accuser}
         self.decisions.append(record)
         logging.getLogger(__name__).warning("excluded peer %s at round %d (%s): %s", peer, round_, rule, "; ".join(record["evidence"])[:400])
-        self.exclude(peer, f"excluded at round {round_} ({rule}): {'; '.join(record['evidence'])}"[:400], record)
+        self.exclude(peer, f"excluded from the swarm at round {round_} ({rule}): {text}"[:500], record)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, GossamerError
+from .procs import LocalProcesses
 
 #: Per algorithm: options that make a short run exercise what matters
 #: (several rounds; gossip ends with its final merge; streaming overlaps).
@@ -90,61 +90,29 @@ def run_parity(algorithm: str, *, task: str = "digits", peers: int = 4, steps: i
     # (b) real processes
     env = dict(os.environ, GOSSAMER_HOME=str(root / "home"), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1",
                MKL_NUM_THREADS="1")
-    cli = [sys.executable, "-m", "gossamer.cli"]
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def logs() -> str:
-        out = []
-        for name in ["coordinator"] + [f"peer{i}" for i in range(peers)]:
-            for ext in ("out", "err"):
-                f = root / f"{name}.{ext}"
-                if f.exists():
-                    out.append(f"--- {name}.{ext}\n{f.read_text()[-2000:]}")
-        return "\n".join(out)
-
-    def start(name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        with open(root / f"{name}.out", "wb") as out, open(root / f"{name}.err", "wb") as err:
-            proc = subprocess.Popen(cli + args, stdout=out, stderr=err, env=env, start_new_session=True)
-        procs.append(proc)
-        return proc
-
     t0 = time.perf_counter()
-    try:
-        coord = start("coordinator", ["coordinator", "--listen", "127.0.0.1:0", "--min-peers", str(peers),
-                                      "--key", str(root / "coordinator.pem")])
-        port = None
-        deadline = time.monotonic() + 60
-        while port is None and time.monotonic() < deadline:
-            text = (root / "coordinator.out").read_text()
-            if "listening on" in text:
-                port = int(text.split("listening on")[1].split()[0].rsplit(":", 1)[1])
-            elif coord.poll() is not None:
-                break
-            else:
-                time.sleep(0.05)
+    with LocalProcesses(root, env) as swarm:
+        coord = swarm.start("coordinator", ["coordinator", "--listen", "127.0.0.1:0", "--min-peers", str(peers),
+                                            "--key", str(root / "coordinator.pem")])
+        port = swarm.coordinator_port("coordinator", coord)
         if port is None:
-            raise GossamerError(f"parity {algorithm}: the coordinator did not start\n{logs()}")
+            raise GossamerError(f"parity {algorithm}: the coordinator did not start\n{swarm.logs()}")
         opt_args = [a for k, v in options.items() for a in ("--option", f"{k}={_toml(v)}")]
         inner = ["--inner-steps", str(inner_steps)] if "inner_steps" in scenario.options_for(algorithm) else []
         for rank, i in enumerate(order):
-            start(f"peer{i}", ["peer", "--coordinator", f"127.0.0.1:{port}", "--task", task, "--algorithm", algorithm,
-                               "--steps", str(steps), *inner, "--seed", str(seed), "--shard", f"{rank}/{peers}",
-                               "--key", str(keys[i]), "--json", str(root / f"peer{i}.json"),
-                               "--deadline-floor", "60", *opt_args])
+            swarm.start(f"peer{i}", ["peer", "--coordinator", f"127.0.0.1:{port}", "--task", task, "--algorithm", algorithm,
+                                     "--steps", str(steps), *inner, "--seed", str(seed), "--shard", f"{rank}/{peers}",
+                                     "--key", str(keys[i]), "--json", str(root / f"peer{i}.json"),
+                                     "--deadline-floor", "60", *opt_args])
         deadline = time.monotonic() + timeout
-        for proc in procs[1:]:
+        for proc in swarm.procs[1:]:
             left = max(0.1, deadline - time.monotonic())
             try:
                 rc = proc.wait(timeout=left)
             except subprocess.TimeoutExpired:
-                raise GossamerError(f"parity {algorithm}: the swarm did not finish within {timeout:g} s\n{logs()}") from None
+                raise GossamerError(f"parity {algorithm}: the swarm did not finish within {timeout:g} s\n{swarm.logs()}") from None
             if rc != 0:
-                raise GossamerError(f"parity {algorithm}: a peer exited with status {rc}\n{logs()}")
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
+                raise GossamerError(f"parity {algorithm}: a peer exited with status {rc}\n{swarm.logs()}")
     tcp_wall = time.perf_counter() - t0
     reports = [json.loads((root / f"peer{i}.json").read_text()) for i in order]
     from ..algorithms import ALGORITHMS

@@ -36,7 +36,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, GossamerError
+from .procs import LocalProcesses
 
 CONTRIBUTOR = ("signflip", "ipm", "alie", "gaussian", "labelflip", "mimic", "freerider", "freerider:stale")
 OWNER = ("tamper", "equivocate", "withhold", "statlie", "falseaccuse")
@@ -95,42 +95,16 @@ def run_swarm(*, attack: str | None, aggregator: str, audit: int, peers: int = 1
     attackers = {order[r] for r in range(peers - byzantine, peers)} if attack else set()
     env = dict(os.environ, GOSSAMER_HOME=str(root / "home"), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1",
                MKL_NUM_THREADS="1")
-    cli = [sys.executable, "-m", "gossamer.cli"]
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def logs() -> str:
-        out = []
-        for name in ["coordinator"] + [f"peer{i}" for i in range(peers)]:
-            f = root / f"{name}.err"
-            if f.exists():
-                out.append(f"--- {name}.err\n{f.read_text()[-1500:]}")
-        return "\n".join(out)
-
-    def start(name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        with open(root / f"{name}.out", "wb") as out, open(root / f"{name}.err", "wb") as err:
-            proc = subprocess.Popen(cli + args, stdout=out, stderr=err, env=env, start_new_session=True)
-        procs.append(proc)
-        return proc
-
     events = root / "events.jsonl"
     t0 = time.perf_counter()
     honest_first = next(i for i in order if i not in attackers)
-    try:
-        coord = start("coordinator", ["coordinator", "--listen", "127.0.0.1:0", "--min-peers", str(peers),
-                                      "--key", str(root / "coordinator.pem"), "--events", str(events),
-                                      "--straggler-grace", "30"])
-        port = None
-        deadline = time.monotonic() + 60
-        while port is None and time.monotonic() < deadline:
-            text = (root / "coordinator.out").read_text()
-            if "listening on" in text:
-                port = int(text.split("listening on")[1].split()[0].rsplit(":", 1)[1])
-            elif coord.poll() is not None:
-                break
-            else:
-                time.sleep(0.05)
+    with LocalProcesses(root, env) as swarm:
+        coord = swarm.start("coordinator", ["coordinator", "--listen", "127.0.0.1:0", "--min-peers", str(peers),
+                                            "--key", str(root / "coordinator.pem"), "--events", str(events),
+                                            "--straggler-grace", "30"])
+        port = swarm.coordinator_port("coordinator", coord)
         if port is None:
-            raise GossamerError(f"trust: the coordinator did not start\n{logs()}")
+            raise GossamerError(f"trust: the coordinator did not start\n{swarm.logs(('err',), 1500)}")
         tolerate = str(byzantine) if aggregator != "mean" else "0"
         for rank, i in enumerate(order):
             args = ["peer", "--coordinator", f"127.0.0.1:{port}", "--task", "digits", "--algorithm", "ddp",
@@ -141,19 +115,14 @@ def run_swarm(*, attack: str | None, aggregator: str, audit: int, peers: int = 1
                 args += ["--checkpoint", str(root / "ckpt"), "--checkpoint-every", str(10 * steps)]
             if i in attackers:
                 args += ["--attack", str(attack), "--collude", f"{root / 'collude'}:{byzantine}"]
-            start(f"peer{i}", args)
+            swarm.start(f"peer{i}", args)
         deadline = time.monotonic() + timeout
-        for k, proc in enumerate(procs[1:]):
-            left = max(0.1, deadline - time.monotonic())
+        for proc in swarm.procs[1:]:
             try:
-                proc.wait(timeout=left)
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                raise GossamerError(f"trust {attack}/{aggregator}: the swarm did not finish within {timeout:g} s\n{logs()}") from None
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
+                raise GossamerError(f"trust {attack}/{aggregator}: the swarm did not finish within {timeout:g} s\n"
+                                    f"{swarm.logs(('err',), 1500)}") from None
     wall = time.perf_counter() - t0
     excluded: dict[str, int] = {}
     rounds = 0

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .recorder import Event, TraceReader
+from .results import _finite
 
 SLOW_FACTOR = 1.5
 #: Compute samples a peer needs before it can be called slow (a warm-up round says nothing).
@@ -360,13 +361,3 @@ def plot_timeline(reader: TraceReader, path: str | PathLike[str], *, title: str 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj

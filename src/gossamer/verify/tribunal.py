@@ -53,6 +53,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .scores import combine_reports
+
 
 @dataclass
 class Judgement:
@@ -63,19 +65,10 @@ class Judgement:
     views_differ: tuple[str, ...] = ()
 
 
-def _majority(claims: Mapping[str, set[str]], voters: Sequence[str]) -> dict[str, int]:
-    """For each accused peer, how many voters (not itself) accuse it."""
-    counts: Counter[str] = Counter()
-    for voter in voters:
-        for peer in claims.get(voter, ()):
-            if peer != voter:
-                counts[peer] += 1
-    return dict(counts)
-
-
-def _carried(count: int, peer: str, voters: Sequence[str]) -> bool:
-    eligible = sum(1 for v in voters if v != peer)
-    return eligible > 0 and 2 * count > eligible
+def _carried(claims: Mapping[str, set[str]], voters: Sequence[str]) -> list[str]:
+    """The peers a strict majority of their eligible voters accuse (``scores.combine_reports``)."""
+    verdicts = combine_reports({r: dict.fromkeys(peers, True) for r, peers in claims.items()}, voters=voters)
+    return [peer for peer, bad in verdicts.items() if bad]
 
 
 def judge(reports: Mapping[str, Mapping[str, Any]], voters: Sequence[str], *,
@@ -89,21 +82,19 @@ def judge(reports: Mapping[str, Mapping[str, Any]], voters: Sequence[str], *,
     voters = list(voters)  # a majority of all voters of the attempt, whether they reported yet or not
     # proven offences: a majority of voters must have proven the same peer guilty
     proven_claims = {r: set(rep.get("proven", {})) for r, rep in reports.items()}
-    for peer, count in _majority(proven_claims, voters).items():
-        if _carried(count, peer, voters):
-            reasons = Counter(str(reports[v]["proven"][peer]) for v in voters if peer in reports.get(v, {}).get("proven", {}))
-            out.proven[peer] = "proof: " + reasons.most_common(1)[0][0]
+    for peer in _carried(proven_claims, voters):
+        reasons = Counter(str(reports[v]["proven"][peer]) for v in voters if peer in reports.get(v, {}).get("proven", {}))
+        out.proven[peer] = "proof: " + reasons.most_common(1)[0][0]
     # stalls: a majority of voters waited for the same member when the attempt timed out
     blame_claims = {r: ({rep["blame"]} if isinstance(rep.get("blame"), str) else
                         {b for b in rep.get("blame") or () if isinstance(b, str)})
                     for r, rep in reports.items() if rep.get("blame")}
-    for peer, count in _majority(blame_claims, voters).items():
-        if _carried(count, peer, voters):
-            out.bad.setdefault(peer, ())
-            out.bad[peer] += (f"stalled the collective ({count} of {len(voters)} voters waited for it)",)
+    for peer in _carried(blame_claims, voters):
+        count = sum(1 for v in voters if v != peer and peer in blame_claims.get(v, ()))
+        out.bad[peer] = out.bad.get(peer, ()) + (f"stalled the collective ({count} of {len(voters)} voters waited for it)",)
     # contribution scores
     bad_claims = {r: set(rep.get("bad", {})) for r, rep in reports.items()}
-    found = {peer for peer, count in _majority(bad_claims, voters).items() if _carried(count, peer, voters)}
+    found = set(_carried(bad_claims, voters))
     for peer in sorted(found):
         reasons: Counter[str] = Counter()
         for v in voters:

@@ -17,7 +17,7 @@ from gossamer.codecs import make_codec
 from gossamer.comm import Communicator
 from gossamer.transport.sim import LinkSpec, SimNetwork
 
-SPECS = ["int8+ef", "topk:0.1+ef21", "int8+econtrol", "int8+ef21", "topk:0.1+ef", "sign+ef", "powersgd:2:warm+ef21"]
+SPECS = ["int8+ef", "topk:0.1+ef21", "int8+econtrol", "int8+ef21", "topk:0.1+ef", "sign+ef", "powersgd:2:warm+ef21", "ctopk:4:16+ef:0.9"]
 NAME = "pseudo_gradient"
 
 

@@ -9,9 +9,13 @@
               | "randk:" FRACTION [":unbiased"]
               | "sign" [":" BLOCK]
               | "powersgd:" RANK [":warm"]
-    wrapper  := "ef" | "ef21" | "econtrol" [":" ETA]
+              | "ctopk:" K [":" CHUNK] [":" ("2bit" | "1bit" | "fp32")] [":dct"]
+    wrapper  := "ef" [":" BETA] | "ef21" | "econtrol" [":" ETA]
 
 BLOCK and RANK are positive integers, FRACTION is in (0, 1], ETA >= 0.
+K and CHUNK are integers with 1 <= K <= CHUNK (CHUNK default 4096, a square
+with ``:dct``); BETA in (0, 1] is the error-feedback decay (SparseLoCo's
+accumulator; default 1, classic error feedback).
 The returned codec's ``.spec`` is canonical (defaults filled in, ``none``
 spelled ``fp32``, numbers normalised) and ``make_codec(c.spec)`` rebuilds an
 equivalent codec. Bad specs raise ConfigError listing the accepted forms.
@@ -26,6 +30,7 @@ import math
 from gossamer.errors import CodecError, ConfigError
 
 from .base import Codec
+from .chunked import DEFAULT_CHUNK, VALUE_FORMATS, ChunkTopKCodec
 from .feedback import DEFAULT_ETA, EF21, EControl, ErrorFeedback, FeedbackCodec
 from .floats import FloatCodec
 from .lowrank import PowerSGDCodec
@@ -46,19 +51,21 @@ __all__ = [
     "RandKCodec",
     "SignCodec",
     "PowerSGDCodec",
+    "ChunkTopKCodec",
     "FeedbackCodec",
     "ErrorFeedback",
     "EF21",
     "EControl",
 ]
 
-CODEC_NAMES: tuple[str, ...] = ("fp32", "none", "fp16", "bf16", "int8", "int4", "topk", "randk", "sign", "powersgd")
+CODEC_NAMES: tuple[str, ...] = ("fp32", "none", "fp16", "bf16", "int8", "int4", "topk", "randk", "sign", "powersgd", "ctopk")
 WRAPPER_NAMES: tuple[str, ...] = ("ef", "ef21", "econtrol")
 
 _FORMS = (
     "fp32 | none | fp16 | bf16 | int8[:BLOCK][:sr] | int4[:BLOCK][:sr] | topk:FRACTION | "
-    "randk:FRACTION[:unbiased] | sign[:BLOCK] | powersgd:RANK[:warm], optionally followed by "
-    "+ef | +ef21 | +econtrol[:ETA]  (BLOCK, RANK: integers >= 1; FRACTION in (0, 1]; ETA >= 0)"
+    "randk:FRACTION[:unbiased] | sign[:BLOCK] | powersgd:RANK[:warm] | ctopk:K[:CHUNK][:2bit|1bit|fp32][:dct], "
+    "optionally followed by +ef[:BETA] | +ef21 | +econtrol[:ETA]  (BLOCK, RANK, K, CHUNK: integers >= 1, "
+    "K <= CHUNK; FRACTION, BETA in (0, 1]; ETA >= 0)"
 )
 
 
@@ -116,10 +123,32 @@ def _base(spec: str, text: str) -> Codec:
         if len(args) > 1:
             raise _fail(spec, "sign takes [:BLOCK]")
         return SignCodec(_int(spec, "BLOCK", args[0])) if args else SignCodec()
+    if name == "ctopk":
+        return _ctopk(spec, args)
     # powersgd
     if len(args) not in (1, 2) or (len(args) == 2 and args[1] != "warm"):
         raise _fail(spec, "powersgd takes :RANK[:warm]")
     return PowerSGDCodec(_int(spec, "RANK", args[0]), warm=len(args) == 2)
+
+
+def _ctopk(spec: str, args: list[str]) -> Codec:
+    if not args:
+        raise _fail(spec, "ctopk takes :K[:CHUNK][:2bit|1bit|fp32][:dct]")
+    k = _int(spec, "K", args[0])
+    rest = args[1:]
+    dct = bool(rest) and rest[-1] == "dct"
+    if dct:
+        rest = rest[:-1]
+    values = "2bit"
+    if rest and rest[-1] in VALUE_FORMATS:
+        values = rest.pop()
+    if len(rest) > 1:
+        raise _fail(spec, f"ctopk takes :K[:CHUNK][:2bit|1bit|fp32][:dct], found {args}")
+    chunk = _int(spec, "CHUNK", rest[0]) if rest else DEFAULT_CHUNK
+    try:
+        return ChunkTopKCodec(k, chunk, values, dct)
+    except ValueError as exc:
+        raise _fail(spec, str(exc)) from None
 
 
 def make_codec(spec: str) -> Codec:
@@ -138,8 +167,9 @@ def make_codec(spec: str) -> Codec:
         return inner
     wname, *wargs = [a.strip() for a in parts[1].split(":")]
     wname = wname.lower()
-    if wname == "ef" and not wargs:
-        return ErrorFeedback(inner)
+    if wname == "ef" and len(wargs) <= 1:
+        beta = _float(spec, "BETA", wargs[0], 0.0, 1.0, True) if wargs else 1.0
+        return ErrorFeedback(inner, beta)
     if wname == "ef21" and not wargs:
         return EF21(inner)
     if wname == "econtrol" and len(wargs) <= 1:
@@ -148,17 +178,30 @@ def make_codec(spec: str) -> Codec:
     raise _fail(spec, f"unknown wrapper {parts[1]!r} (wrappers: {', '.join(WRAPPER_NAMES)})")
 
 
-def codec_for_mean(codec: Codec, n: int) -> Codec:
+def codec_for_mean(codec: Codec, n: int, *, exact: bool = False) -> Codec:
     """The codec for re-encoding the mean of ``n`` contributions that each went
     through ``codec`` (the all-gather phase of a butterfly all-reduce).
 
-    Top-k (bare or with classic error feedback, whose decoded messages are
-    k-sparse) gives a mean with at most ``n k`` non-zeros, so it is re-sent with
-    ``topk:min(1, n * FRACTION)``: exact for that input, no second loss and no
-    error memory at the aggregator. Every other codec is returned unchanged
-    (for EF21 and EControl the decoded contributions are dense estimates).
+    * ``ctopk`` under error feedback (``+ef``, ``+ef:BETA``): the same
+      chunked top-k wrapped in classic error feedback (``+ef``), i.e. the chunk
+      owner re-sparsifies the mean to K per chunk and keeps what it did not
+      send in its own memory for the next round. The gather phase then costs
+      what the scatter phase did, whatever ``n`` (no ``n K`` blow-up).
+    * top-k (bare ``topk``, or ``topk`` under ``+ef``) and bare ``ctopk``, or
+      any of them with ``exact=True``: the mean has at most ``n k`` non-zeros,
+      so it is re-sent with ``n`` times the entries (``topk:min(1, n
+      FRACTION)``, ``ctopk:min(CHUNK, n K)`` with fp32 values): exact, no
+      second loss, no memory at the owner, but ``n`` times the bytes. The
+      audited all-reduce asks for this, because an auditor must be able to
+      recompute the owner's bytes.
+    * Every other codec is returned unchanged (for EF21 and EControl the
+      decoded contributions are dense estimates).
     """
     inner = codec.inner if isinstance(codec, ErrorFeedback) else codec
+    if isinstance(inner, ChunkTopKCodec):
+        if isinstance(codec, ErrorFeedback) and not exact:
+            return ErrorFeedback(ChunkTopKCodec(inner.k, inner.chunk, inner.values, inner.dct))
+        return ChunkTopKCodec(min(inner.chunk, inner.k * max(1, n)), inner.chunk, "fp32", inner.dct)
     if isinstance(inner, TopKCodec):
         return TopKCodec(min(1.0, inner.fraction * max(1, n)))
     return codec

@@ -10,6 +10,11 @@ encode, ``D`` = inner decode (same ``seed``), ``x`` the tensor handed to
 
       c = C(x + e);   e <- x + e - D(c)
 
+  ``+ef:BETA`` decays the memory first (SparseLoCo's accumulator, Sarfi et
+  al. 2025; DeMo's momentum, Peng et al. 2024)::
+
+      c = C(x + beta e);   e <- x + beta e - D(c)
+
   The receiver decodes statelessly: ``decode`` returns ``D(c)``.
 
 * ``EF21`` (``+ef21``; Richtarik, Sokolov, Fatkhullin 2021). Sender keeps the
@@ -338,14 +343,27 @@ class FeedbackCodec(Codec):
 
 
 class ErrorFeedback(FeedbackCodec):
-    """Classic error feedback: ``c = C(x + e); e <- x + e - D(c)``."""
+    """Error feedback with decay ``beta``: ``c = C(x + beta e); e <- x + beta e - D(c)``.
 
-    suffix = "+ef"
+    ``beta = 1`` (``+ef``) is classic error feedback. ``beta < 1``
+    (``+ef:BETA``) is SparseLoCo's accumulator (Sarfi et al. 2025), which
+    also stands in for DiLoCo's outer momentum: run it with
+    ``outer_momentum = 0``. Raises ValueError for beta outside (0, 1].
+    """
+
     state_names = ("e",)
+
+    def __init__(self, inner: Codec, beta: float = 1.0) -> None:
+        beta = float(beta)
+        if not 0.0 < beta <= 1.0:
+            raise ValueError(f"beta must be in (0, 1], found {beta}")
+        self.beta = beta
+        self.suffix = "+ef" if beta == 1.0 else f"+ef:{beta!r}"
+        super().__init__(inner)
 
     def _step(self, x: torch.Tensor, st: dict[str, torch.Tensor],
               send: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, torch.Tensor]:
-        p = x + st["e"]
+        p = x + st["e"] if self.beta == 1.0 else torch.add(x, st["e"], alpha=self.beta)
         d = send(p)
         return {"e": p.sub_(d)}
 

@@ -307,7 +307,7 @@ class AuditedReduce:
         check_audit_codec(codec)
         self.codec = codec
         self.lossy = codec is not None and not codec.lossless
-        bcodec = codec_for_mean(codec, self.n) if self.lossy else None
+        bcodec = codec_for_mean(codec, self.n, exact=True) if self.lossy else None
         if isinstance(bcodec, ErrorFeedback):
             bcodec = bcodec.inner  # no owner-side memory: an auditor must re-encode the same bytes
         self.bcodec = bcodec

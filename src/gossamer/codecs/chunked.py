@@ -1,0 +1,314 @@
+"""Chunked top-k with packed indices and 1- or 2-bit values: ``ctopk:K[:CHUNK][:VALUES][:dct]``.
+
+The pseudo-gradient codec of SparseLoCo (Sarfi et al. 2025, "SparseLoCo:
+Communication-efficient LLM training"): the flat tensor is cut into fixed
+chunks of ``CHUNK`` elements (default 4096; the last chunk may be shorter),
+and each chunk keeps its ``K`` entries of largest magnitude
+(``k_c = min(K, len_c)``). Because an index only has to address its own
+chunk, it travels in ``b = bit_length(CHUNK - 1)`` bits (12 for 4096), not
+32. The kept values travel as
+
+* ``2bit`` (default): a sign bit and a magnitude bit per value; per chunk two
+  float32 levels ``lo <= hi``. The ``ceil(k_c / 2)`` largest kept magnitudes
+  get ``hi`` = their mean, the others ``lo`` = theirs (a two-level quantizer
+  split at the median);
+* ``1bit``: the sign only; per chunk one float32 level, the mean kept magnitude;
+* ``fp32``: the exact values (an ablation: what quantization costs).
+
+With ``:dct`` (DeMo, Peng et al. 2024, "DeMo: Decoupled Momentum
+Optimization") each chunk, zero-padded to ``CHUNK = s * s`` elements, is
+viewed as an ``s x s`` block and moved to the orthonormal 2-D DCT-II basis
+before the top-k; the decoder applies the inverse transform. Smooth
+pseudo-gradients concentrate their energy in few coefficients. With DCT
+every chunk keeps ``K`` coefficients and ``CHUNK`` must be a square.
+
+Payload, little-endian: 8-byte header | indices, ``m = sum k_c`` fields of
+``b`` bits, least significant bit first, strictly increasing within each
+chunk, zero-padded to a byte | levels (float32, 2 or 1 per chunk; none for
+fp32) | values (2-bit codes packed four to a byte, bit 0 = negative, bit 1 =
+high level; or sign bits packed eight to a byte, 1 = negative; or m float32),
+zero-padded to a byte.
+
+Bytes per ``CHUNK`` elements at K = 64, CHUNK = 4096, 2bit:
+``64 * 12 / 8 + 8 + 64 * 2 / 8 = 120`` against 16,384 in fp32 (136x); the
+all-reduce re-sends the reduced chunk at the same size (see
+``codec_for_mean``), so per peer about ``2 x`` that per sync.
+
+Error bound: the dropped entries are no larger than any kept one, so
+``||x - x^||^2 <= ||x||^2`` always, and it is ``<= (1 - k_c/len_c) ||x||^2``
+per chunk for ``fp32`` values; the level quantization adds its own error.
+The codec is meant to run under error feedback (``+ef`` or SparseLoCo's
+decaying accumulator ``+ef:BETA``), which carries everything not sent into
+the next round.
+
+The decoder rejects: a payload of the wrong size, indices at or past the
+end of their chunk, unsorted or repeated indices within a chunk, non-zero
+padding bits, levels that are negative, non-finite or out of order
+(``lo > hi``), non-finite values, and a result that overflows float32.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable
+
+import numpy as np
+import torch
+
+from gossamer.errors import CodecError
+
+from .base import (
+    HEADER_SIZE,
+    Codec,
+    all_finite,
+    alloc_out,
+    as_float32_flat,
+    check_payload,
+    frombuffer,
+    numel,
+    pack_header,
+    spec_tag,
+    tensor_bytes,
+)
+
+__all__ = ["ChunkTopKCodec", "VALUE_FORMATS", "DEFAULT_CHUNK"]
+
+VALUE_FORMATS: tuple[str, ...] = ("2bit", "1bit", "fp32")
+DEFAULT_CHUNK = 4096
+MAX_CHUNK = 1 << 20
+_LEVELS = {"2bit": 2, "1bit": 1, "fp32": 0}
+_VALUE_BITS = {"2bit": 2, "1bit": 1, "fp32": 32}
+
+
+def _dct_matrix(s: int) -> torch.Tensor:
+    """Orthonormal DCT-II matrix ``D`` (s x s, float32): ``y = D x``, ``x = D^T y``."""
+    n = torch.arange(s, dtype=torch.float64)
+    d = torch.cos(math.pi / s * (n[None, :] + 0.5) * n[:, None]) * math.sqrt(2.0 / s)
+    d[0] /= math.sqrt(2.0)
+    return d.to(torch.float32).contiguous()
+
+
+class ChunkTopKCodec(Codec):
+    """Top-K per fixed chunk, in-chunk indices at their real bit width, 1/2-bit or fp32 values."""
+
+    codec_id = 10
+
+    def __init__(self, k: int, chunk: int = DEFAULT_CHUNK, values: str = "2bit", dct: bool = False) -> None:
+        k, chunk = int(k), int(chunk)
+        if k < 1:
+            raise ValueError(f"K must be >= 1, found {k}")
+        if not 2 <= chunk <= MAX_CHUNK:
+            raise ValueError(f"CHUNK must be in [2, {MAX_CHUNK}], found {chunk}")
+        if k > chunk:
+            raise ValueError(f"K must be <= CHUNK, found K={k} > CHUNK={chunk}")
+        if values not in VALUE_FORMATS:
+            raise ValueError(f"VALUES must be one of {', '.join(VALUE_FORMATS)}, found {values!r}")
+        self.side = math.isqrt(chunk)
+        if dct and self.side * self.side != chunk:
+            raise ValueError(f"with :dct, CHUNK must be a square (e.g. 4096 = 64 x 64), found {chunk}")
+        self.k, self.chunk, self.values, self.dct = k, chunk, values, bool(dct)
+        self.bits = max(1, (chunk - 1).bit_length())
+        self.spec = f"ctopk:{k}:{chunk}:{values}" + (":dct" if dct else "")
+        self.lossless = False
+        self._tag = spec_tag(self.spec)
+        self._basis = _dct_matrix(self.side) if dct else None
+        self._weights = torch.tensor([1 << j for j in range(self.bits)], dtype=torch.int64)
+
+    # ------------------------------------------------------------------ layout
+    def _layout(self, n: int) -> tuple[int, int, int]:
+        """``(full, tail, k_tail)``: chunks holding ``chunk`` (or, with DCT, padded
+        to it) elements, the length of a shorter last chunk (0 if none) and its K."""
+        if self.dct:
+            return -(-n // self.chunk), 0, 0
+        full, tail = divmod(n, self.chunk)
+        return full, tail, min(self.k, tail)
+
+    def _sizes(self, n: int) -> tuple[int, int, int, int]:
+        """``(kept, index bytes, level count, value bytes)`` for ``n`` elements."""
+        full, tail, kt = self._layout(n)
+        m = full * self.k + kt
+        chunks = full + (1 if tail else 0)
+        vbits = _VALUE_BITS[self.values]
+        return m, (m * self.bits + 7) // 8, chunks * _LEVELS[self.values], (m * vbits + 7) // 8
+
+    def encoded_size(self, shape: tuple[int, ...]) -> int:
+        _, ib, levels, vb = self._sizes(numel(tuple(shape)))
+        return HEADER_SIZE + ib + 4 * levels + vb
+
+    # ------------------------------------------------------------------ transform
+    def _forward(self, rows: torch.Tensor) -> torch.Tensor:
+        s, d = self.side, self._basis
+        blocks = rows.view(-1, s, s)
+        return torch.matmul(torch.matmul(d, blocks), d.t()).reshape(rows.shape)
+
+    def _inverse(self, rows: torch.Tensor) -> torch.Tensor:
+        s, d = self.side, self._basis
+        blocks = rows.view(-1, s, s)
+        return torch.matmul(torch.matmul(d.t(), blocks), d).reshape(rows.shape)
+
+    # ------------------------------------------------------------------ encode
+    def _select(self, rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per row: sorted in-row indices (int64), their values, and a bool 'high level' flag."""
+        _, idx = torch.topk(rows.abs(), k, dim=1, sorted=True)  # rank order: largest first
+        rank = torch.arange(k).expand_as(idx)
+        idx, order = torch.sort(idx, dim=1)
+        high = torch.gather(rank, 1, order) < (k + 1) // 2
+        return idx, torch.gather(rows, 1, idx), high
+
+    def _levels(self, vals: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+        """Per-row levels: ``[lo, hi]`` means (2bit) or ``[mean]`` (1bit)."""
+        mag = vals.abs().to(torch.float64)
+        if self.values == "1bit":
+            return mag.mean(dim=1, keepdim=True).to(torch.float32)
+        hf = high.to(torch.float64)
+        nh = hf.sum(dim=1)
+        nl = vals.shape[1] - nh
+        hi = (mag * hf).sum(dim=1) / nh
+        lo = torch.where(nl > 0, (mag * (1 - hf)).sum(dim=1) / nl.clamp(min=1), torch.zeros_like(hi))
+        lo = torch.minimum(lo, hi)  # float rounding must not put lo above hi
+        return torch.stack([lo, hi], dim=1).to(torch.float32)
+
+    def encode(self, x: torch.Tensor, *, key: Hashable = None, seed: int = 0) -> bytes:
+        flat = as_float32_flat(x, self.spec)
+        n = flat.numel()
+        if not all_finite(flat):
+            raise CodecError(f"{self.spec}: expected finite input, found NaN or inf")
+        header = pack_header(self.codec_id, self._tag, n)
+        if n == 0:
+            return header
+        full, tail, kt = self._layout(n)
+        groups: list[tuple[torch.Tensor, int]] = []
+        if self.dct:
+            padded = torch.zeros(full * self.chunk, dtype=torch.float32)
+            padded[:n] = flat
+            rows = self._forward(padded.view(full, self.chunk))
+            if not all_finite(rows):
+                raise CodecError(f"{self.spec}: input too large: its DCT overflows float32")
+            groups.append((rows, self.k))
+        else:
+            if full:
+                groups.append((flat[: full * self.chunk].view(full, self.chunk), self.k))
+            if tail:
+                groups.append((flat[full * self.chunk :].view(1, tail), kt))
+        idx_parts, val_parts, high_parts = [], [], []
+        for rows, k in groups:
+            idx, vals, high = self._select(rows, k)
+            idx_parts.append(idx.reshape(-1))
+            val_parts.append(vals)
+            high_parts.append(high)
+        idx = torch.cat(idx_parts)
+        body = [header, _pack_bits(idx, self.bits)]
+        if self.values == "fp32":
+            body.append(tensor_bytes(torch.cat([v.reshape(-1) for v in val_parts]).contiguous()).tobytes())
+            return b"".join(body)
+        levels = torch.cat([self._levels(v, h) for v, h in zip(val_parts, high_parts)])
+        if not all_finite(levels):
+            raise CodecError(f"{self.spec}: input too large: a chunk's mean magnitude overflows float32")
+        body.append(tensor_bytes(levels.reshape(-1).contiguous()).tobytes())
+        neg = torch.cat([(v < 0).reshape(-1) for v in val_parts]).to(torch.int64)
+        if self.values == "1bit":
+            body.append(_pack_bits(neg, 1))
+        else:
+            high = torch.cat([h.reshape(-1) for h in high_parts]).to(torch.int64)
+            body.append(_pack_bits(neg | (high << 1), 2))
+        return b"".join(body)
+
+    # ------------------------------------------------------------------ decode
+    def _decode(self, data: bytes | memoryview, shape: tuple[int, ...], *, key: Hashable, seed: int,
+                out: torch.Tensor | None) -> torch.Tensor:
+        n = numel(shape)
+        m, ib, nlev, vb = self._sizes(n)
+        mv = check_payload(data, codec_id=self.codec_id, tag=self._tag, n=n,
+                           size=self.encoded_size(shape), name=self.spec)
+        if n == 0:
+            return alloc_out(shape, out)
+        full, tail, kt = self._layout(n)
+        at = HEADER_SIZE
+        idx = _unpack_bits(mv[at : at + ib], m, self.bits, self._weights, self.spec, "index")
+        at += ib
+        # per kept entry: its chunk's length and first element
+        kcount = [self.k] * full + ([kt] if tail else [])
+        lengths = [self.chunk] * full + ([tail] if tail else [])
+        within = torch.tensor(lengths, dtype=torch.int64).repeat_interleave(torch.tensor(kcount))
+        bad = torch.nonzero(idx >= within)
+        if bad.numel():
+            i = int(bad[0, 0])
+            raise CodecError(f"{self.spec}: index out of range at entry {i}: expected < {int(within[i])}, "
+                             f"found {int(idx[i])}")
+        self._check_sorted(idx, full, tail, kt)
+        if self.values == "fp32":
+            vals = frombuffer(mv, "<f4", at, m)
+            if not all_finite(vals):
+                raise CodecError(f"{self.spec}: expected finite values, found NaN or inf")
+        else:
+            levels = frombuffer(mv, "<f4", at, nlev).view(-1, _LEVELS[self.values])
+            at += 4 * nlev
+            if not all_finite(levels) or bool((levels < 0).any()):
+                raise CodecError(f"{self.spec}: expected finite levels >= 0, found a negative or non-finite one")
+            if self.values == "2bit" and bool((levels[:, 0] > levels[:, 1]).any()):
+                c = int(torch.nonzero(levels[:, 0] > levels[:, 1])[0, 0])
+                raise CodecError(f"{self.spec}: expected lo <= hi in chunk {c}, found lo {float(levels[c, 0]):.6g} "
+                                 f"> hi {float(levels[c, 1]):.6g}")
+            per_entry = levels.repeat_interleave(torch.tensor(kcount), dim=0)
+            if self.values == "1bit":
+                neg = _unpack_bits(mv[at : at + vb], m, 1, self._weights[:1], self.spec, "sign")
+                mag = per_entry[:, 0]
+            else:
+                code = _unpack_bits(mv[at : at + vb], m, 2, self._weights[:2], self.spec, "value")
+                neg = code & 1
+                mag = torch.where((code >> 1).bool(), per_entry[:, 1], per_entry[:, 0])
+            vals = torch.where(neg.bool(), -mag, mag)
+        starts = torch.arange(len(kcount), dtype=torch.int64).repeat_interleave(torch.tensor(kcount)) * self.chunk
+        pos = starts + idx
+        if self.dct:
+            coef = torch.zeros(full * self.chunk, dtype=torch.float32)
+            coef[pos] = vals
+            dense = self._inverse(coef.view(full, self.chunk)).reshape(-1)[:n]
+            if not all_finite(dense):
+                raise CodecError(f"{self.spec}: expected a finite result, found one that overflows float32")
+            res = alloc_out(shape, out)
+            res.view(-1).copy_(dense)
+            return res
+        res = alloc_out(shape, out)
+        flat = res.view(-1)
+        flat.zero_()
+        flat[pos] = vals
+        return res
+
+    def _check_sorted(self, idx: torch.Tensor, full: int, tail: int, kt: int) -> None:
+        groups = []
+        if full:
+            groups.append((idx[: full * self.k].view(full, self.k), 0))
+        if tail and kt > 1:
+            groups.append((idx[full * self.k :].view(1, kt), full))
+        for rows, first in groups:
+            if rows.shape[1] < 2:
+                continue
+            steps = rows[:, 1:] - rows[:, :-1]
+            bad = torch.nonzero(steps <= 0)
+            if bad.numel():
+                c, j = int(bad[0, 0]), int(bad[0, 1]) + 1
+                what = "repeated" if int(steps[c, j - 1]) == 0 else "unsorted"
+                raise CodecError(f"{self.spec}: {what} index in chunk {first + c} at position {j}: expected > "
+                                 f"{int(rows[c, j - 1])}, found {int(rows[c, j])}")
+
+
+def _pack_bits(values: torch.Tensor, bits: int) -> bytes:
+    """``values`` (int64, each < 2**bits) as ``bits``-bit fields, least significant bit first."""
+    if values.numel() == 0:
+        return b""
+    shifts = torch.arange(bits, dtype=torch.int64)
+    planes = ((values.reshape(-1, 1) >> shifts) & 1).to(torch.uint8)
+    return np.packbits(planes.numpy().reshape(-1), bitorder="little").tobytes()
+
+
+def _unpack_bits(mv: memoryview, m: int, bits: int, weights: torch.Tensor, spec: str, what: str) -> torch.Tensor:
+    """Inverse of ``_pack_bits`` for ``m`` fields; rejects non-zero padding bits."""
+    if m == 0:
+        return torch.zeros(0, dtype=torch.int64)
+    raw = np.frombuffer(mv, dtype=np.uint8)
+    flat = np.unpackbits(raw, bitorder="little")
+    if flat[m * bits :].any():
+        raise CodecError(f"{spec}: expected zero padding after the {what} fields, found set bits")
+    planes = torch.from_numpy(flat[: m * bits].reshape(m, bits).astype(np.int64))
+    return planes @ weights

@@ -74,6 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     comm = bsub.add_parser("comm", help="ddp vs diloco at equal samples per peer: bytes ratio and loss gap")
     _add_swarm_args(comm, task_default="charlm")
 
+    front = bsub.add_parser("frontier", help="bytes vs loss from per-step ddp down to sparse 2-bit pseudo-gradients; ratios vs ddp")
+    front.add_argument("--task", default="charlm", help="workload (default charlm)")
+    front.add_argument("--peers", type=_positive_int, default=8)
+    front.add_argument("--steps", type=_positive_int, default=None, help="training steps per peer, equal for every run (default 1500)")
+    front.add_argument("--inner-steps", type=_positive_int, default=None, help="H for the local-update runs that name none (default 30)")
+    front.add_argument("--runs", default=None, help="LABEL=ALGORITHM[:H][@CODEC] entries, ';'-separated (default: the standard set; ddp is always added)")
+    front.add_argument("--only", default=None, help="comma-separated labels of the standard set to run (ddp is always run)")
+    front.add_argument("--seed", type=_nonneg_int, default=0)
+    front.add_argument("--json", dest="json_out", metavar="PATH", help="write the results (schema of docs/results.md) here")
+    front.add_argument("--plot", metavar="PATH", default=None, help="PNG of validation loss against bytes sent (default: next to --json, else frontier.png)")
+
     codecs = bsub.add_parser("codecs", help="codec encode+decode throughput vs memcpy, compression ratio, error")
     codecs.add_argument("--sizes", default="1M,16M,64M", help="element counts, comma-separated, K/M suffixes (default 1M,16M,64M)")
     codecs.add_argument("--repeats", type=_positive_int, default=5, help="timed repetitions per size (median reported)")
@@ -193,6 +204,51 @@ def cmd_bench_algorithms(args: argparse.Namespace, console: Any) -> int:
                       _human_bytes(r.peak_bytes_per_round), str(r.rounds), *(_human_time(times[k]) for k in links))
     console.print(table)
     _write_outputs(results, args, console)
+    return 0
+
+
+def cmd_bench_frontier(args: argparse.Namespace, console: Any) -> int:
+    from rich.table import Table
+
+    from .bench.frontier import DEFAULT_H, DEFAULT_RUNS, DEFAULT_STEPS, FrontierRun, parse_run, plot_frontier
+
+    runs: list[FrontierRun] = list(DEFAULT_RUNS)
+    if args.only:
+        wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+        known = [r.label for r in DEFAULT_RUNS]
+        unknown = [w for w in wanted if w not in known]
+        if unknown:
+            raise ConfigError(f"--only: unknown run(s) {', '.join(unknown)}; the standard runs are: {', '.join(known)}")
+        runs = [r for r in DEFAULT_RUNS if r.label in wanted or r.algorithm == "ddp"]
+    if args.runs:
+        runs = [DEFAULT_RUNS[0]] + [parse_run(t) for t in args.runs.split(";") if t.strip()]
+        runs = [r for i, r in enumerate(runs) if r.algorithm != "ddp" or i == 0 or r.label != "ddp"]
+    plot = args.plot or (str(Path(args.json_out).with_suffix(".png")) if args.json_out else "frontier.png")
+    for out in (args.json_out, plot):
+        if out:
+            _check_writable(out)
+    from .bench.frontier import run_frontier_bench
+
+    with _Steps(console, "frontier") as progress:
+        results = run_frontier_bench(task=args.task, peers=args.peers, steps=args.steps or DEFAULT_STEPS, runs=runs,
+                                     inner_steps=args.inner_steps or DEFAULT_H, seed=args.seed, progress=progress,
+                                     task_options=None)
+    x = results.extra
+    table = Table(title=f"bench frontier: {args.task}, {args.peers} peers, {x['steps']} steps per peer (equal samples); "
+                        f"target: >= {x['target_ratio']:,.0f}x fewer bytes than ddp at <= {x['target_gap']:.0%} higher loss")
+    for col in ("run", "codec", "H", "val loss", "vs ddp", "bytes/peer", "fewer bytes", "target"):
+        table.add_column(col, justify="left" if col in ("run", "codec") else "right")
+    for r in results.runs:
+        e = r.extra
+        table.add_row(e["label"], r.codec, str(e["inner_steps"]), f"{r.final_val_loss:.4f}", f"{e['loss_gap_vs_ddp']:+.2%}",
+                      _human_bytes(r.bytes_sent_per_peer), f"{e['bytes_ratio_vs_ddp']:,.0f}x",
+                      "baseline" if r is results.runs[0] else ("met" if e["meets_target"] else "-"))
+    console.print(table)
+    if args.json_out:
+        results.write(args.json_out)
+        console.print(f"wrote {args.json_out}")
+    plot_frontier(results, plot)
+    console.print(f"wrote {plot}")
     return 0
 
 
@@ -678,7 +734,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             handlers = {"comm": cmd_bench_comm, "codecs": cmd_bench_codecs, "compression": cmd_bench_compression,
                         "robust": cmd_bench_robust, "algorithms": cmd_bench_algorithms, "transport": cmd_bench_transport,
                         "spsa": cmd_bench_spsa, "equal-bytes": cmd_bench_equal_bytes, "parity": cmd_bench_parity,
-                        "soak": cmd_bench_soak, "trust": cmd_bench_trust}
+                        "soak": cmd_bench_soak, "trust": cmd_bench_trust,
+                        "frontier": cmd_bench_frontier}
             if args.bench in handlers:
                 return handlers[args.bench](args, console)
             parser.parse_args(["bench", "--help"])

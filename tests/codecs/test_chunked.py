@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from gossamer.codecs import ChunkTopKCodec, ErrorFeedback, codec_for_mean, make_codec
+from gossamer.codecs import ChunkTopKCodec, codec_for_mean, make_codec
 from gossamer.codecs.base import HEADER_SIZE
 from gossamer.errors import CodecError, ConfigError
 
@@ -156,11 +156,15 @@ def test_ef_beta_decays_the_memory_before_adding() -> None:
     y2 = c.decode(c.encode(x2, key="k"), (4,))
     assert torch.equal(y2, torch.tensor([0.0, 1.5, 0, 0]))  # 1 + 0.5 * 1
     assert torch.equal(c.sender_state("k")["e"], torch.tensor([0.0, 0.0, 0.25, 0.0]))  # 0.5 * 0.5
+    # encode_segments may override the decay (the all-reduce's owner keeps its memory whole)
+    c.encode_segments(torch.zeros(4), [(0, 4, (4,))], key="s", seeds=[0])
+    c.encode_segments(torch.tensor([0.0, 0.0, 0.0, 0.0]), [(0, 4, (4,))], key="s", seeds=[0], decay=1.0)
+    assert c.beta == 0.5 and c._decay is None
 
 
 def test_codec_for_mean_resparsifies_under_error_feedback_and_is_exact_otherwise() -> None:
-    ef = codec_for_mean(make_codec("ctopk:64+ef:0.95"), 8)
-    assert isinstance(ef, ErrorFeedback) and ef.spec == "ctopk:64:4096:2bit+ef"
+    run = make_codec("ctopk:64+ef:0.95")
+    assert codec_for_mean(run, 8) is run  # the owner's memory lives in the run's codec (saved with it)
     assert codec_for_mean(make_codec("ctopk:64+ef"), 8, exact=True).spec == "ctopk:512:4096:fp32"
     assert codec_for_mean(make_codec("ctopk:64"), 100).spec == "ctopk:4096:4096:fp32"
     # the exact form really is exact on a mean of n K-sparse contributions

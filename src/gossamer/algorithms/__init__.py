@@ -11,7 +11,7 @@ from ..comm import Communicator
 from ..errors import ConfigError
 from .base import Algorithm, config_from_options
 from .ddp import DDP, DDPConfig
-from .diloco import DiLoCo, DiLoCoConfig
+from .diloco import DiLoCo, DiLoCoConfig, SparseLoCo, SparseLoCoConfig
 from .fedavg import FedAvg, FedAvgConfig
 from .gossip import Gossip, GossipConfig
 from .noloco import NoLoCo, NoLoCoConfig
@@ -22,6 +22,7 @@ ALGORITHMS: dict[str, tuple[type[Algorithm], type]] = {
     "ddp": (DDP, DDPConfig),
     "fedavg": (FedAvg, FedAvgConfig),
     "diloco": (DiLoCo, DiLoCoConfig),
+    "sparseloco": (SparseLoCo, SparseLoCoConfig),
     "streaming_diloco": (StreamingDiLoCo, StreamingDiLoCoConfig),
     "noloco": (NoLoCo, NoLoCoConfig),
     "spsa": (SPSA, SPSAConfig),

@@ -75,3 +75,49 @@ class DiLoCo(LocalUpdateAlgorithm):
 
     def shared_state(self) -> list[torch.Tensor]:
         return list(self.start) + list(self.momentum)
+
+
+@dataclass(frozen=True)
+class SparseLoCoConfig(DiLoCoConfig):
+    """DiLoCo's options with SparseLoCo's outer step: no outer momentum, outer lr 1."""
+
+    outer_lr: float = 1.0
+    outer_momentum: float = 0.0
+
+
+class SparseLoCo(DiLoCo):
+    """SparseLoCo (Sarfi et al. 2025, "SparseLoCo: Communication-efficient LLM
+    training"): DiLoCo whose outer momentum is replaced by each peer's
+    error-feedback accumulator, with pseudo-gradients sent as chunked top-k
+    at 2 bits per value.
+
+    Per peer and sync, with ``Delta_i = theta - theta_i^{(H)}``::
+
+        a_i   <- beta a_i + Delta_i                 (the accumulator: the codec's +ef:BETA memory)
+        c_i    = C(a_i);   a_i <- a_i - D(c_i)      (C: ctopk, 64 of every 4096, 2-bit values)
+        theta <- theta - eta mean_i D(c_i)          (eta = outer_lr = 1, no outer momentum)
+
+    The accumulator lives in the communicator's codec (sender memory per
+    collective name), so it is part of each peer's local state: it survives
+    regroups, aborts and restarts like every error-feedback memory
+    (``comm.collectives``). The chunk owner re-sparsifies the mean with its
+    own error feedback (``codecs.codec_for_mean``), so every peer sends about
+    twice the compressed size per sync, whatever the group size.
+
+    Default codec ``ctopk:64:4096:2bit+ef:0.95`` (1.6% density, about 136x
+    smaller than fp32 per sync). Any codec is accepted; without error
+    feedback nothing carries the unsent part and the run degrades, so the
+    constructor raises ConfigError for a codec without ``+ef``.
+    """
+
+    name = "sparseloco"
+    default_codec = "ctopk:64:4096:2bit+ef:0.95"
+
+    def __init__(self, model: torch.nn.Module, loss_fn: Any, comm: Any, config: DiLoCoConfig) -> None:
+        codec = getattr(comm, "codec", None)
+        if codec is not None and getattr(comm, "size", 1) > 1 and not hasattr(codec, "beta"):
+            from ..errors import ConfigError  # noqa: PLC0415
+
+            raise ConfigError(f"sparseloco needs an error-feedback codec (e.g. {self.default_codec!r}); "
+                              f"found {codec.spec!r}, which would drop what it does not send")
+        super().__init__(model, loss_fn, comm, config)

@@ -182,11 +182,13 @@ def codec_for_mean(codec: Codec, n: int, *, exact: bool = False) -> Codec:
     """The codec for re-encoding the mean of ``n`` contributions that each went
     through ``codec`` (the all-gather phase of a butterfly all-reduce).
 
-    * ``ctopk`` under error feedback (``+ef``, ``+ef:BETA``): the same
-      chunked top-k wrapped in classic error feedback (``+ef``), i.e. the chunk
-      owner re-sparsifies the mean to K per chunk and keeps what it did not
-      send in its own memory for the next round. The gather phase then costs
-      what the scatter phase did, whatever ``n`` (no ``n K`` blow-up).
+    * ``ctopk`` under error feedback (``+ef``, ``+ef:BETA``): ``codec``
+      itself, i.e. the chunk owner re-sparsifies the mean to K per chunk and
+      keeps what it did not send in its own memory (its key is the
+      all-gather's; the all-reduce asks for no decay there) for the next
+      round. The gather phase then costs what the scatter phase did,
+      whatever ``n`` (no ``n K`` blow-up), and the memory is part of the
+      codec's state, so it is saved and restored with it.
     * top-k (bare ``topk``, or ``topk`` under ``+ef``) and bare ``ctopk``, or
       any of them with ``exact=True``: the mean has at most ``n k`` non-zeros,
       so it is re-sent with ``n`` times the entries (``topk:min(1, n
@@ -200,7 +202,7 @@ def codec_for_mean(codec: Codec, n: int, *, exact: bool = False) -> Codec:
     inner = codec.inner if isinstance(codec, ErrorFeedback) else codec
     if isinstance(inner, ChunkTopKCodec):
         if isinstance(codec, ErrorFeedback) and not exact:
-            return ErrorFeedback(ChunkTopKCodec(inner.k, inner.chunk, inner.values, inner.dct))
+            return codec
         return ChunkTopKCodec(min(inner.chunk, inner.k * max(1, n)), inner.chunk, "fp32", inner.dct)
     if isinstance(inner, TopKCodec):
         return TopKCodec(min(1.0, inner.fraction * max(1, n)))

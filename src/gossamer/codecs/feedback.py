@@ -112,6 +112,8 @@ class FeedbackCodec(Codec):
         self._dec: dict[Hashable, torch.Tensor] = {}
         #: Element ranges of the keys used by ``encode_segments``.
         self._ranges: dict[Hashable, tuple[tuple[int, int], ...]] = {}
+        #: A decay that overrides the wrapper's own for one ``encode_segments`` call.
+        self._decay: float | None = None
 
     def encoded_size(self, shape: tuple[int, ...]) -> int:
         return self.inner.encoded_size(shape)
@@ -257,13 +259,14 @@ class FeedbackCodec(Codec):
 
     def encode_segments(self, x: torch.Tensor, segments: Sequence[tuple[int, int, tuple[int, ...]]], *,
                         key: Hashable, seeds: Sequence[int],
-                        inner_keys: Sequence[Hashable] | None = None) -> list[bytes]:
+                        inner_keys: Sequence[Hashable] | None = None, decay: float | None = None) -> list[bytes]:
         """One payload per segment (``b""`` for an empty one); see the module docstring.
 
         ``x``: the segments' values, concatenated in order (any floating
         tensor of that many elements); ``seeds[i]`` / ``inner_keys[i]``: the
         seed and the inner codec's key of segment ``i`` (its decoder uses the
-        same)."""
+        same). ``decay`` overrides ``+ef:BETA``'s decay for this call (the
+        all-reduce's chunk owner keeps its memory of the mean undecayed)."""
         x = as_float32_flat(x, self.spec)
         ranges = tuple((int(lo), int(hi)) for lo, hi, _ in segments)
         if len(seeds) != len(ranges) or (inner_keys is not None and len(inner_keys) != len(ranges)):
@@ -298,7 +301,11 @@ class FeedbackCodec(Codec):
                 at += n
             return d
 
-        self._commit(st, **self._step(x, st, send))
+        self._decay = decay
+        try:
+            self._commit(st, **self._step(x, st, send))
+        finally:
+            self._decay = None
         return out
 
     def _commit(self, st: dict[str, torch.Tensor], **new: torch.Tensor) -> None:
@@ -363,7 +370,8 @@ class ErrorFeedback(FeedbackCodec):
 
     def _step(self, x: torch.Tensor, st: dict[str, torch.Tensor],
               send: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, torch.Tensor]:
-        p = x + st["e"] if self.beta == 1.0 else torch.add(x, st["e"], alpha=self.beta)
+        beta = self.beta if self._decay is None else self._decay
+        p = x + st["e"] if beta == 1.0 else torch.add(x, st["e"], alpha=beta)
         d = send(p)
         return {"e": p.sub_(d)}
 

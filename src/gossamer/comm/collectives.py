@@ -145,6 +145,13 @@ def _raw_decode(data: bytes | bytearray | memoryview, numel: int, src: str) -> t
     return torch.frombuffer(data if isinstance(data, bytearray) else bytearray(data), dtype=torch.float32)
 
 
+def _writable_bytes(t: torch.Tensor) -> memoryview:
+    """A writable byte view of the contiguous CPU tensor ``t`` (for ``recv_into``)."""
+    if t.numel() == 0:
+        return memoryview(bytearray())
+    return memoryview(t.numpy()).cast("B")
+
+
 def _all_nan(row: torch.Tensor) -> bool:
     """``isnan(row).all()`` (an empty row is not all-NaN), looking at the
     first value before scanning the row."""
@@ -212,6 +219,8 @@ def unflatten(flat: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Te
 
 #: Collectives kept in ``Communicator.history``.
 HISTORY = 4096
+#: Scratch rows the plain-mean all-reduce keeps between calls (bytes, per chunk size).
+SCRATCH_CAP = 512 << 20
 
 
 class CollectiveHandle:
@@ -332,6 +341,8 @@ class Communicator:
         #: The most recent collectives (bounded: a long run must not grow with its length).
         self.history: collections.deque[CollectiveStats] = collections.deque(maxlen=HISTORY)
         self.listeners: list[Callable[[CollectiveStats], None]] = []
+        #: Receive buffers of the plain-mean all-reduce, by row length, reused between calls.
+        self._scratch: dict[int, list[torch.Tensor]] = {}
         #: Collectives started with ``start_all_reduce`` and not finished.
         self.in_flight: set[CollectiveHandle] = set()
         #: Per collective name, the (group, shapes) its codec estimates were
@@ -662,14 +673,15 @@ class Communicator:
             segs = [flat[lo:hi] for lo, hi, _ in plan[owner]]
             return torch.cat(segs) if segs else torch.zeros(0)
 
-        def encode_memory(c: Any, owners: Sequence[int], vec: torch.Tensor, key: Any, phase: str) -> list[bytes]:
+        def encode_memory(c: Any, owners: Sequence[int], vec: torch.Tensor, key: Any, phase: str,
+                          decay: float | None = None) -> list[bytes]:
             """Encode the chunks of ``owners`` (``vec``: their values, concatenated
             in owner order) with the feedback codec ``c``, whose sender state
             for ``key`` spans the vector (see "Error feedback"); one payload per owner."""
             segs = [(j, k, seg) for j in owners for k, seg in enumerate(plan[j])]
             datas = c.encode_segments(vec, [seg for _, _, seg in segs], key=key,
                                       seeds=[seed_for(j, k, phase) for j, k, _ in segs],
-                                      inner_keys=[(*key, j, k) for j, k, _ in segs])
+                                      inner_keys=[(*key, j, k) for j, k, _ in segs], decay=decay)
             parts: dict[int, list[bytes]] = {j: [] for j in owners}
             for (j, _, _), data in zip(segs, datas):
                 parts[j].append(data)
@@ -752,7 +764,7 @@ class Communicator:
         # and any receiver-side codec state stay bit-identical.
         bcodec = codec_for_mean(codec, self.size) if lossy else None
         if bcodec is not None and hasattr(bcodec, "encode_segments"):
-            mine = encode_memory(bcodec, [self.rank], reduced, (name, "ag"), "ag")[0]
+            mine = encode_memory(bcodec, [self.rank], reduced, (name, "ag"), "ag", decay=1.0)[0]
         else:
             mine = encode(bcodec, self.rank, reduced, (name, "ag", self.rank), "ag")
         sent += await self._send_all(op, 1, {p: mine for p in self.group if p != self.peer_id})
@@ -773,79 +785,126 @@ class Communicator:
         results as the general path.
 
         Sends are views of the input (one fp32 contiguous tensor is not even
-        flattened). The owner accumulates its chunk in rank order as the
-        rows arrive, ``acc = row_first; acc += row_i; acc /= len(ok)`` (the
-        first valid row is cloned unless it is a received buffer, which is
-        ours to overwrite), skipping rows that failed to decode, empty rows
-        (a member that withheld its non-finite contribution) and rows with a
-        non-finite value. The gathered chunks are written straight into the
-        output."""
+        flattened). Every row and gathered chunk is received with
+        ``recv_into`` into its final place: the gathered chunks straight
+        into the output, the rows of this member's chunk into reused scratch
+        buffers, except the first row in rank order, which lands in this
+        member's chunk of the output and is the accumulator. On a transport
+        with ``posted_receives`` (TCP) all receives are posted before the
+        first send and the sends of a phase run concurrently, so the kernel
+        writes each payload where it is used. The owner accumulates its chunk
+        in rank order, ``acc = row_first; acc += row_i; acc /= len(ok)``,
+        skipping rows that are empty (a member that withheld its non-finite
+        contribution), of the wrong size, or hold a non-finite value."""
         if len(like) == 1 and like[0].dtype == torch.float32 and like[0].is_contiguous():
             flat = like[0].detach().reshape(-1)
         else:
             flat = flatten(like)
         op = self._next_op()
         bounds = chunk_bounds(flat.numel(), self.size)
-        sent = 0
-        withheld = not all_finite(flat)
-        if withheld:
-            log.warning("our contribution to %s (round %d) has non-finite values: sending none, it is rejected",
-                        name, self.round)
-        for j, peer in enumerate(self.group):
-            if peer != self.peer_id:
-                lo, hi = bounds[j]
-                data = b"" if withheld else _raw_encode(flat[lo:hi])
-                await self.transport.send(peer, self.tag(op, 0), data)
-                sent += len(data)
-
         lo, hi = bounds[self.rank]
-        acc: torch.Tensor | None = None
-        count = 0
-        rejected: list[str] = [self.peer_id] if withheld else []
-        for src in self.group:
-            if src == self.peer_id:
-                if withheld:
-                    continue
-                row, owned = flat[lo:hi], False
+        transport = self.transport
+        posted = transport.posted_receives
+        out = torch.empty(flat.numel(), dtype=torch.float32)
+        acc = out[lo:hi]
+        remote = [p for p in self.group if p != self.peer_id]
+        rows: dict[str, torch.Tensor] = {}
+        scratch = self._scratch.pop(hi - lo, [])
+        for src in remote:
+            if src == self.group[0]:
+                rows[src] = acc  # the first row in rank order is the accumulator
             else:
-                data = await self._recv(src, op, 0)
-                try:
-                    if not data and hi > lo:
-                        raise AggregationError(f"peer {src!r} sent no contribution (it withheld a non-finite one)")
-                    row, owned = _raw_decode(data, hi - lo, src), isinstance(data, bytearray)
-                    if not all_finite(row):
-                        raise AggregationError(f"peer {src!r} sent non-finite values")
-                except AggregationError as exc:
-                    # A bad contribution costs that contribution, never the run.
-                    log.warning("rejected the contribution of peer %s to %s: %s", src, name, exc)
-                    rejected.append(src)
-                    continue
-            if acc is None:
-                acc = row if owned else row.clone()
+                rows[src] = scratch.pop() if scratch else torch.empty(hi - lo, dtype=torch.float32)
+        pending: list[Any] = []
+
+        def receive(src: str, phase: int, into: torch.Tensor) -> Any:
+            aw = transport.recv_into(src, self.tag(op, phase), _writable_bytes(into), timeout=self.timeout)
+            if posted:
+                aw = asyncio.ensure_future(aw)
+            pending.append(aw)
+            return aw
+
+        async def send_all(phase: int, payloads: dict[str, Any]) -> int:
+            if posted:  # concurrently: every link is busy at once
+                sends = [asyncio.ensure_future(transport.send(p, self.tag(op, phase), d)) for p, d in payloads.items()]
+                pending.extend(sends)
+                await asyncio.gather(*sends)
             else:
-                acc += row
-            count += 1
-        if acc is None:
-            if hi > lo:
+                for p, d in payloads.items():
+                    await transport.send(p, self.tag(op, phase), d)
+            return sum(len(d) for d in payloads.values())
+
+        completed = False
+        try:
+            got0 = {src: receive(src, 0, rows[src]) for src in remote} if posted else {}
+            got1 = {src: receive(src, 1, out[a:b]) for src, (a, b) in zip(self.group, bounds)
+                    if src != self.peer_id} if posted else {}
+            withheld = not all_finite(flat)
+            if withheld:
+                log.warning("our contribution to %s (round %d) has non-finite values: sending none, it is rejected",
+                            name, self.round)
+            # one payload per owner: its chunk of our vector
+            sent = await send_all(0, {peer: b"" if withheld else _raw_encode(flat[a:b])
+                                      for peer, (a, b) in zip(self.group, bounds) if peer != self.peer_id})
+            count = 0
+            rejected: list[str] = [self.peer_id] if withheld else []
+            for src in self.group:
+                if src == self.peer_id:
+                    if withheld:
+                        continue
+                    row = flat[lo:hi]
+                else:
+                    n = await (got0[src] if posted else receive(src, 0, rows[src]))
+                    row = rows[src]
+                    try:
+                        if n == 0 and hi > lo:
+                            raise AggregationError(f"peer {src!r} sent no contribution (it withheld a non-finite one)")
+                        if n != 4 * (hi - lo):
+                            raise AggregationError(f"peer {src!r} sent {n} bytes for {hi - lo} float32 values "
+                                                   f"(expected {4 * (hi - lo)})")
+                        if not all_finite(row):
+                            raise AggregationError(f"peer {src!r} sent non-finite values")
+                    except AggregationError as exc:
+                        # A bad contribution costs that contribution, never the run.
+                        log.warning("rejected the contribution of peer %s to %s: %s", src, name, exc)
+                        rejected.append(src)
+                        continue
+                if count == 0:
+                    if row is not acc:
+                        acc.copy_(row)
+                else:
+                    acc += row
+                count += 1
+            if count == 0 and hi > lo:
                 raise AggregationError(f"{name} (round {self.round}): every member's contribution was rejected "
                                        f"(non-finite or malformed); nothing to apply")
-            acc = torch.zeros(0, dtype=torch.float32)
-        else:
-            acc /= count
-        dropped = tuple(sorted(set(rejected), key=self.group.index))
+            if count:
+                acc /= count
+            dropped = tuple(sorted(set(rejected), key=self.group.index))
 
-        mine = _raw_encode(acc)
-        for peer in self.group:
-            if peer != self.peer_id:
-                await self.transport.send(peer, self.tag(op, 1), mine)
-                sent += len(mine)
-        out = torch.empty(flat.numel(), dtype=torch.float32)
-        for j, src in enumerate(self.group):
-            a, b = bounds[j]
-            if src == self.peer_id:
-                out[a:b] = acc
-            else:
-                out[a:b] = _raw_decode(await self._recv(src, op, 1), b - a, src)
+            mine = _raw_encode(acc)
+            sent += await send_all(1, {peer: mine for peer in remote})
+            for j, src in enumerate(self.group):
+                if src != self.peer_id:
+                    a, b = bounds[j]
+                    n = await (got1[src] if posted else receive(src, 1, out[a:b]))
+                    if n != 4 * (b - a):
+                        raise AggregationError(f"peer {src!r} sent {n} bytes for {b - a} float32 values "
+                                               f"(expected {4 * (b - a)})")
+            completed = True
+        finally:
+            for aw in pending:
+                if isinstance(aw, asyncio.Future):
+                    if not aw.done():
+                        aw.cancel()
+                    elif not aw.cancelled():
+                        aw.exception()  # retrieved: the error that matters is already raised
+                else:
+                    aw.close()  # a receive never awaited (an earlier one failed)
+            if completed:  # every receive is done: the scratch rows are ours again
+                spare = [t for src, t in rows.items() if t is not acc]
+                if spare and (hi - lo) * 4 * len(spare) <= SCRATCH_CAP:
+                    self._scratch[hi - lo] = spare
         self._record(CollectiveStats(name, op, sent, dropped))
         return unflatten(out, like)
 

@@ -173,3 +173,24 @@ def test_codec_for_mean_resparsifies_under_error_feedback_and_is_exact_otherwise
     mean = torch.stack(xs).mean(0)
     m = codec_for_mean(c, 3)
     assert torch.equal(m.decode(m.encode(mean), (48,)), mean)
+
+
+def test_crandk_sends_no_indices_and_every_sender_of_a_seed_shares_the_positions() -> None:
+    c = make_codec("crandk:256")
+    assert c.spec == "crandk:256:4096:2bit"
+    assert c.encoded_size((4096 * 10,)) == HEADER_SIZE + 10 * (8 + 64)  # levels + 2-bit codes, no index
+    a, b = rand(4096 * 2 + 50, 1), rand(4096 * 2 + 50, 2)
+    ya, yb = (c.decode(c.encode(v, seed=9), v.shape, seed=9) for v in (a, b))
+    assert torch.equal(ya != 0, yb != 0)  # same support
+    assert int((ya != 0).sum()) == 2 * 256 + 50
+    other = c.decode(c.encode(a, seed=10), a.shape, seed=10)
+    assert not torch.equal(other != 0, ya != 0)  # a new seed (round) picks new positions
+    # the mean of contributions on a shared support is re-sent without a selection loss
+    f = make_codec("crandk:8:64:fp32")
+    xs = [f.decode(f.encode(rand(200, s), seed=3), (200,), seed=3) for s in range(4)]
+    mean = torch.stack(xs).mean(0)
+    m = codec_for_mean(f, 4)
+    assert m is f and torch.equal(m.decode(m.encode(mean, seed=3), (200,), seed=3), mean)
+    assert codec_for_mean(make_codec("crandk:8:64+ef"), 4, exact=True).spec == "crandk:8:64:fp32"
+    with pytest.raises(ConfigError, match="crandk takes"):
+        make_codec("crandk:8:64:dct")

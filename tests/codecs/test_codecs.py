@@ -17,7 +17,7 @@ ALL_SPECS = [
     "fp32", "fp16", "bf16", "int8:256", "int8:64:sr", "int4:128", "int4:33:sr", "topk:0.1",
     "randk:0.25", "randk:0.25:unbiased", "sign:256", "sign:7", "powersgd:2", "powersgd:3:warm",
     "topk:0.1+ef", "int4:64+ef21", "sign:32+econtrol:0.3", "powersgd:2+ef",
-    "ctopk:3:16", "ctopk:5:64:1bit:dct", "ctopk:2:9:fp32+ef:0.9",
+    "ctopk:3:16", "ctopk:5:64:1bit:dct", "ctopk:2:9:fp32+ef:0.9", "crandk:3:16", "crandk:4:9:1bit+ef",
 ]
 
 shapes = st.lists(st.integers(0, 9), min_size=1, max_size=3).map(tuple) | st.sampled_from(
@@ -235,7 +235,7 @@ def test_make_codec_grammar() -> None:
         c = make_codec(spec)
         assert isinstance(c, Codec) and c.spec == canon and make_codec(canon).spec == canon
     for name in CODEC_NAMES:
-        arg = {"topk": ":0.5", "randk": ":0.5", "powersgd": ":2", "ctopk": ":8"}.get(name, "")
+        arg = {"topk": ":0.5", "randk": ":0.5", "powersgd": ":2", "ctopk": ":8", "crandk": ":8"}.get(name, "")
         c = make_codec(name + arg)
         assert make_codec(c.spec).spec == c.spec
     for bad in ["", "zip", "int8:0", "int8:abc", "int8:4:sr:x", "topk", "topk:0", "topk:1.5", "topk:nan",

@@ -343,7 +343,7 @@ def test_wrapped_codecs_keep_inner_checks() -> None:
 SPECS = [
     "fp32", "fp16", "bf16", "int8:4", "int8:16:sr", "int4:4", "int4:5:sr", "topk:0.3", "randk:0.3",
     "randk:0.3:unbiased", "sign:3", "powersgd:1", "powersgd:2:warm", "int4:4+ef", "fp32+ef21",
-    "bf16+econtrol:0.1", "ctopk:3:16", "ctopk:2:9:1bit:dct", "ctopk:4:16:fp32",
+    "bf16+econtrol:0.1", "ctopk:3:16", "ctopk:2:9:1bit:dct", "ctopk:4:16:fp32", "crandk:3:16",
 ]
 SHAPES = [(1,), (7,), (16,), (9, 7), (2, 3, 4)]
 

@@ -14,7 +14,7 @@ SPECS = [
     "fp32", "fp16", "bf16", "int8:16", "int8:256:sr", "int4:8", "int4:5:sr", "topk:0.2", "randk:0.3",
     "randk:0.3:unbiased", "sign:8", "sign:3", "powersgd:2", "powersgd:1:warm", "topk:0.2+ef21",
     "int8:16+econtrol:0.1", "sign:8+ef",
-    "ctopk:3:16", "ctopk:2:16:1bit", "ctopk:4:16:fp32", "ctopk:3:16:2bit:dct", "ctopk:2:9+ef:0.9",
+    "ctopk:3:16", "ctopk:2:16:1bit", "ctopk:4:16:fp32", "ctopk:3:16:2bit:dct", "ctopk:2:9+ef:0.9", "crandk:3:16", "crandk:2:5:1bit",
 ]
 SHAPES = [(0,), (1,), (13,), (64,), (9, 7), (2, 3, 4)]
 

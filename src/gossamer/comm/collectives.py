@@ -100,6 +100,7 @@ import asyncio
 import collections
 import copy
 import logging
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -143,6 +144,37 @@ def _raw_decode(data: bytes | bytearray | memoryview, numel: int, src: str) -> t
     if numel == 0:
         return torch.zeros(0, dtype=torch.float32)
     return torch.frombuffer(data if isinstance(data, bytearray) else bytearray(data), dtype=torch.float32)
+
+
+class _BufferPool:
+    """fp32 buffers of the plain-mean all-reduce, kept between calls so that a
+    steady run of same-size collectives touches no fresh memory (a fresh
+    64 MiB buffer costs ~16k page faults, about as much as copying it
+    twice). A buffer is handed out again only once nothing references it
+    any more: the pool's own reference and the check's are its only ones
+    (CPython reference counts; a tensor made by ``torch.frombuffer``, and
+    every view of it, holds one). At most ``per_size`` buffers per size and
+    ``cap`` bytes in all are kept; beyond that buffers are plain
+    allocations."""
+
+    def __init__(self, cap: int, per_size: int) -> None:
+        self.cap, self.per_size = cap, per_size
+        self._bufs: dict[int, list[bytearray]] = {}
+        self._held = 0
+
+    def take(self, numel: int) -> torch.Tensor:
+        nbytes = 4 * numel
+        if nbytes == 0:
+            return torch.empty(0, dtype=torch.float32)
+        bufs = self._bufs.setdefault(nbytes, [])
+        for buf in bufs:
+            if sys.getrefcount(buf) <= 3:  # the list, ``buf`` and getrefcount's argument: nobody else
+                return torch.frombuffer(buf, dtype=torch.float32)
+        buf = bytearray(nbytes)
+        if len(bufs) < self.per_size and self._held + nbytes <= self.cap:
+            bufs.append(buf)
+            self._held += nbytes
+        return torch.frombuffer(buf, dtype=torch.float32)
 
 
 def _writable_bytes(t: torch.Tensor) -> memoryview:
@@ -219,8 +251,8 @@ def unflatten(flat: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Te
 
 #: Collectives kept in ``Communicator.history``.
 HISTORY = 4096
-#: Scratch rows the plain-mean all-reduce keeps between calls (bytes, per chunk size).
-SCRATCH_CAP = 512 << 20
+#: Bytes of buffers (results and received rows) the plain-mean all-reduce keeps between calls.
+BUFFER_CAP = 512 << 20
 
 
 class CollectiveHandle:
@@ -341,8 +373,8 @@ class Communicator:
         #: The most recent collectives (bounded: a long run must not grow with its length).
         self.history: collections.deque[CollectiveStats] = collections.deque(maxlen=HISTORY)
         self.listeners: list[Callable[[CollectiveStats], None]] = []
-        #: Receive buffers of the plain-mean all-reduce, by row length, reused between calls.
-        self._scratch: dict[int, list[torch.Tensor]] = {}
+        #: Result and row buffers of the plain-mean all-reduce, reused between calls.
+        self._buffers = _BufferPool(BUFFER_CAP, 2 * len(self.group))
         #: Collectives started with ``start_all_reduce`` and not finished.
         self.in_flight: set[CollectiveHandle] = set()
         #: Per collective name, the (group, shapes) its codec estimates were
@@ -786,16 +818,20 @@ class Communicator:
 
         Sends are views of the input (one fp32 contiguous tensor is not even
         flattened). Every row and gathered chunk is received with
-        ``recv_into`` into its final place: the gathered chunks straight
-        into the output, the rows of this member's chunk into reused scratch
-        buffers, except the first row in rank order, which lands in this
-        member's chunk of the output and is the accumulator. On a transport
-        with ``posted_receives`` (TCP) all receives are posted before the
-        first send and the sends of a phase run concurrently, so the kernel
-        writes each payload where it is used. The owner accumulates its chunk
-        in rank order, ``acc = row_first; acc += row_i; acc /= len(ok)``,
-        skipping rows that are empty (a member that withheld its non-finite
-        contribution), of the wrong size, or hold a non-finite value."""
+        ``recv_into`` into its final place: the gathered chunks straight into
+        the output, the rows of this member's chunk into row buffers (both
+        reused between calls, see ``_BufferPool``). On a transport with
+        ``posted_receives`` (TCP) all receives are posted before the first
+        send and the sends of a phase run concurrently, so the kernel writes
+        each payload where it is used. The owner sums its chunk in rank
+        order into its part of the output, ``acc = row_1 + row_2; acc +=
+        row_i; acc /= len(ok)`` (the same float operations as ``acc =
+        row_1.clone(); acc += row_2 ...``), skipping rows that are empty (a
+        member that withheld its non-finite contribution) or of the wrong
+        size. A finite sum proves every row finite (a NaN or inf in any row
+        makes its element NaN or inf), so rows are checked one by one only
+        when the sum is not finite; those with a non-finite value are then
+        rejected and the sum is taken again over the rest."""
         if len(like) == 1 and like[0].dtype == torch.float32 and like[0].is_contiguous():
             flat = like[0].detach().reshape(-1)
         else:
@@ -805,16 +841,10 @@ class Communicator:
         lo, hi = bounds[self.rank]
         transport = self.transport
         posted = transport.posted_receives
-        out = torch.empty(flat.numel(), dtype=torch.float32)
+        out = self._buffers.take(flat.numel())
         acc = out[lo:hi]
         remote = [p for p in self.group if p != self.peer_id]
-        rows: dict[str, torch.Tensor] = {}
-        scratch = self._scratch.pop(hi - lo, [])
-        for src in remote:
-            if src == self.group[0]:
-                rows[src] = acc  # the first row in rank order is the accumulator
-            else:
-                rows[src] = scratch.pop() if scratch else torch.empty(hi - lo, dtype=torch.float32)
+        rows = {src: self._buffers.take(hi - lo) for src in remote}
         pending: list[Any] = []
 
         def receive(src: str, phase: int, into: torch.Tensor) -> Any:
@@ -834,7 +864,14 @@ class Communicator:
                     await transport.send(p, self.tag(op, phase), d)
             return sum(len(d) for d in payloads.values())
 
-        completed = False
+        def mean_of(kept: list[torch.Tensor]) -> None:
+            if len(kept) == 1:
+                acc.copy_(kept[0])
+            elif kept:
+                torch.add(kept[0], kept[1], out=acc)
+                for row in kept[2:]:
+                    acc.add_(row)
+
         try:
             got0 = {src: receive(src, 0, rows[src]) for src in remote} if posted else {}
             got1 = {src: receive(src, 1, out[a:b]) for src, (a, b) in zip(self.group, bounds)
@@ -846,40 +883,36 @@ class Communicator:
             # one payload per owner: its chunk of our vector
             sent = await send_all(0, {peer: b"" if withheld else _raw_encode(flat[a:b])
                                       for peer, (a, b) in zip(self.group, bounds) if peer != self.peer_id})
-            count = 0
+            kept: list[tuple[str, torch.Tensor]] = []
             rejected: list[str] = [self.peer_id] if withheld else []
             for src in self.group:
                 if src == self.peer_id:
-                    if withheld:
-                        continue
-                    row = flat[lo:hi]
-                else:
-                    n = await (got0[src] if posted else receive(src, 0, rows[src]))
-                    row = rows[src]
-                    try:
-                        if n == 0 and hi > lo:
-                            raise AggregationError(f"peer {src!r} sent no contribution (it withheld a non-finite one)")
-                        if n != 4 * (hi - lo):
-                            raise AggregationError(f"peer {src!r} sent {n} bytes for {hi - lo} float32 values "
-                                                   f"(expected {4 * (hi - lo)})")
-                        if not all_finite(row):
-                            raise AggregationError(f"peer {src!r} sent non-finite values")
-                    except AggregationError as exc:
-                        # A bad contribution costs that contribution, never the run.
-                        log.warning("rejected the contribution of peer %s to %s: %s", src, name, exc)
+                    if not withheld:
+                        kept.append((src, flat[lo:hi]))
+                    continue
+                n = await (got0[src] if posted else receive(src, 0, rows[src]))
+                if n == 4 * (hi - lo):
+                    kept.append((src, rows[src]))
+                    continue
+                # A bad contribution costs that contribution, never the run.
+                why = ("sent no contribution (it withheld a non-finite one)" if n == 0 else
+                       f"sent {n} bytes for {hi - lo} float32 values (expected {4 * (hi - lo)})")
+                log.warning("rejected the contribution of peer %s to %s: peer %r %s", src, name, src, why)
+                rejected.append(src)
+            mean_of([row for _, row in kept])
+            if not all_finite(acc):  # some row is not finite (or the sum overflowed): find which
+                for src, row in kept:
+                    if not all_finite(row):
+                        log.warning("rejected the contribution of peer %s to %s: peer %r sent non-finite values",
+                                    src, name, src)
                         rejected.append(src)
-                        continue
-                if count == 0:
-                    if row is not acc:
-                        acc.copy_(row)
-                else:
-                    acc += row
-                count += 1
-            if count == 0 and hi > lo:
+                kept = [(src, row) for src, row in kept if src not in rejected]
+                mean_of([row for _, row in kept])
+            if not kept and hi > lo:
                 raise AggregationError(f"{name} (round {self.round}): every member's contribution was rejected "
                                        f"(non-finite or malformed); nothing to apply")
-            if count:
-                acc /= count
+            if kept:
+                acc /= len(kept)
             dropped = tuple(sorted(set(rejected), key=self.group.index))
 
             mine = _raw_encode(acc)
@@ -891,7 +924,6 @@ class Communicator:
                     if n != 4 * (b - a):
                         raise AggregationError(f"peer {src!r} sent {n} bytes for {b - a} float32 values "
                                                f"(expected {4 * (b - a)})")
-            completed = True
         finally:
             for aw in pending:
                 if isinstance(aw, asyncio.Future):
@@ -901,10 +933,6 @@ class Communicator:
                         aw.exception()  # retrieved: the error that matters is already raised
                 else:
                     aw.close()  # a receive never awaited (an earlier one failed)
-            if completed:  # every receive is done: the scratch rows are ours again
-                spare = [t for src, t in rows.items() if t is not acc]
-                if spare and (hi - lo) * 4 * len(spare) <= SCRATCH_CAP:
-                    self._scratch[hi - lo] = spare
         self._record(CollectiveStats(name, op, sent, dropped))
         return unflatten(out, like)
 

@@ -30,6 +30,9 @@ def test_tiny_bench_rows_and_agreement() -> None:
     assert row["max_abs_diff"] < 1e-5
     assert any("0.25 MiB" in m for m in messages)
     assert "0.25 MiB" in format_table(result)
+    # the machine's load before and after, so a reader can judge the times
+    assert len(result["load"]) == 2 and all(x >= 0 for x in result["load"])
+    assert "load average" in format_table(result)
 
 
 def test_rejects_bad_arguments() -> None:

@@ -24,6 +24,10 @@ Definitions:
 - ``ours_cpu_s`` / ``gloo_cpu_s``: CPU seconds of one call (every thread,
   ``time.process_time``) summed over the workers, median over repetitions;
   on a shared, loaded machine this is the steadier measure of cost.
+- ``load``: the machine's 1-minute load average (``os.getloadavg``) before
+  the workers start and after they end; with more runnable threads than
+  cores, time is shared with other work and times grow with it (both
+  sides', interleaved, so the ratio less so).
 
 Correctness: after the warm-up and after the last repetition each worker
 compares our mean with gloo's sum / n (``|a - b| <= 1e-5 + 1e-5 |b|``) and
@@ -110,7 +114,7 @@ def run_transport_bench(
 
     Returns ``{"rows": [{"size_bytes", "ours_GBps", "gloo_GBps", "ratio",
     "ours_s", "gloo_s", "ours_cpu_s", "gloo_cpu_s", "max_abs_diff",
-    "match"}], "cores", "processes",
+    "match"}], "cores", "load", "processes",
     "repeats", "patches", "definition"}``. Raises ``ConfigError`` for bad
     arguments and ``GossamerError`` if a worker fails or ``timeout`` seconds
     pass (every worker is killed first)."""
@@ -124,6 +128,7 @@ def run_transport_bench(
     unknown = [p for p in patches if p not in PATCHES]
     if unknown:
         raise ConfigError(f"unknown patches {unknown}; known: {list(PATCHES)}")
+    load_before = os.getloadavg()[0]
     tmp = tempfile.mkdtemp(prefix="gossamer-bench-transport-")
     procs: list[subprocess.Popen[bytes]] = []
     logs: list[tuple[Any, Any]] = []
@@ -168,6 +173,7 @@ def run_transport_bench(
             out.close()
             err.close()
         shutil.rmtree(tmp, ignore_errors=True)
+    load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
 
     rows = []
     for i, size in enumerate(sizes):
@@ -196,6 +202,7 @@ def run_transport_bench(
     return {
         "rows": rows,
         "cores": os.cpu_count(),
+        "load": load,
         "processes": processes,
         "repeats": repeats,
         "patches": list(patches),
@@ -212,8 +219,10 @@ def _apply_patches(names: Sequence[str]) -> None:
 
     None is pending: the four measured earlier (Poly1305 frame MAC, reading
     each frame into one preallocated buffer, the lean plain-mean all-reduce,
-    bigger stream chunks) are now part of the library. A new proposal adds
-    its name to ``PATCHES`` and its code here."""
+    bigger stream chunks) are part of the library, and so are their
+    successors (frame v3: GMAC after the payload, receives posted into the
+    collective's buffers, buffer reuse). A new proposal adds its name to
+    ``PATCHES`` and its code here."""
     for name in names:  # pragma: no cover - PATCHES is empty
         raise ConfigError(f"unknown patch {name!r}")
 
@@ -335,8 +344,10 @@ def _worker(cfg: dict[str, Any]) -> None:
 
 def format_table(result: dict[str, Any]) -> str:
     """The result as a plain-text table."""
-    lines = [f"all-reduce fp32, {result['processes']} processes on 127.0.0.1, {result['cores']} cores, "
-             f"median of {result['repeats']} (warm-up dropped)"
+    load = result.get("load")
+    lines = [f"all-reduce fp32, {result['processes']} processes on 127.0.0.1, {result['cores']} cores"
+             + (f" (load average {load[0]:g} before, {load[1]:g} after)" if load else "")
+             + f", median of {result['repeats']} (warm-up dropped)"
              + (f", patches {result['patches']}" if result["patches"] else ""),
              f"{'size':>10} {'ours GB/s':>10} {'gloo GB/s':>10} {'ratio':>7} {'ours ms':>9} {'gloo ms':>9} "
              f"{'ours cpu ms':>12} {'gloo cpu ms':>12}  match"]

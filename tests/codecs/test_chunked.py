@@ -194,3 +194,23 @@ def test_crandk_sends_no_indices_and_every_sender_of_a_seed_shares_the_positions
     assert codec_for_mean(make_codec("crandk:8:64+ef"), 4, exact=True).spec == "crandk:8:64:fp32"
     with pytest.raises(ConfigError, match="crandk takes"):
         make_codec("crandk:8:64:dct")
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 12, 13, 20])
+@pytest.mark.parametrize("m", [1, 2, 3, 7, 8, 9, 100])
+def test_bit_fields_round_trip_and_padding_is_checked(bits: int, m: int) -> None:
+    import numpy as np
+
+    from gossamer.codecs.chunked import _pack_bits, _unpack_bits
+
+    rng = np.random.default_rng(bits * 1000 + m)
+    values = rng.integers(0, 1 << bits, size=m)
+    data = _pack_bits(values, bits)
+    assert len(data) == (m * bits + 7) // 8
+    weights = torch.tensor([1 << j for j in range(bits)], dtype=torch.int64)
+    assert _unpack_bits(memoryview(data), m, bits, weights, "t", "x").tolist() == values.tolist()
+    if (m * bits) % 8:
+        bad = bytearray(data)
+        bad[-1] |= 0x80
+        with pytest.raises(CodecError, match="zero padding after the x fields"):
+            _unpack_bits(memoryview(bytes(bad)), m, bits, weights, "t", "x")

@@ -42,8 +42,10 @@ The codec is meant to run under error feedback (``+ef`` or SparseLoCo's
 decaying accumulator ``+ef:BETA``), which carries everything not sent into
 the next round.
 
-``crandk`` keeps ``k_c`` positions per chunk drawn without replacement from
-a generator seeded by the shared ``seed`` (the same for every sender of a
+``crandk`` keeps ``k_c`` positions per chunk, one drawn uniformly inside each
+of ``k_c`` equal strata of the chunk (stratum ``j`` of a chunk of length
+``L`` is ``[floor(j L / k_c), floor((j+1) L / k_c))``: distinct, sorted and
+spread over the chunk), from a generator seeded by the shared ``seed`` (the same for every sender of a
 chunk in a round: ``comm.collectives`` derives it from the round, the
 operation, the owner and the segment), so no index travels: the payload is
 the header, the levels and the values. Every contribution to a chunk then
@@ -174,11 +176,13 @@ class ChunkTopKCodec(Codec):
 
     # ------------------------------------------------------------------ encode
     def _random_rows(self, rows: int, length: int, k: int, seed: int, stream: int) -> torch.Tensor:
-        """``k`` sorted distinct positions in ``[0, length)`` per row, from the shared ``seed``."""
+        """``k`` sorted distinct positions in ``[0, length)`` per row, one per stratum, from the shared ``seed``."""
         gen = make_generator(seed, stream=stream)
-        keys = torch.rand((rows, length), generator=gen)
-        idx = torch.topk(keys, k, dim=1, sorted=False).indices
-        return torch.sort(idx, dim=1).values
+        j = torch.arange(k + 1, dtype=torch.int64)
+        bounds = (j * length) // k
+        lo, size = bounds[:-1], bounds[1:] - bounds[:-1]
+        u = torch.rand((rows, k), generator=gen, dtype=torch.float64)
+        return lo + torch.minimum((u * size).to(torch.int64), size - 1)
 
     def _positions(self, n: int, seed: int) -> list[torch.Tensor]:
         """crandk: the in-chunk positions of the full chunks and of the tail (one tensor each, if any)."""
@@ -191,33 +195,38 @@ class ChunkTopKCodec(Codec):
         return out
 
     def _select(self, rows: torch.Tensor, k: int,
-                given: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per row: sorted in-row indices (int64), their values, and a bool 'high level' flag
-        (the ``(k + 1) // 2`` largest magnitudes among them)."""
+                given: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per row: sorted in-row indices (int64), their values (float32), and a bool 'high level'
+        flag: magnitude at least the ``(k + 1) // 2``-th largest kept one (ties all go high)."""
+        src = rows.numpy()
         if given is None:
-            _, idx = torch.topk(rows.abs(), k, dim=1, sorted=True)  # rank order: largest first
-            rank = torch.arange(k).expand_as(idx)
-            idx, order = torch.sort(idx, dim=1)
-            high = torch.gather(rank, 1, order) < (k + 1) // 2
-            return idx, torch.gather(rows, 1, idx), high
-        vals = torch.gather(rows, 1, given)
-        order = torch.argsort(vals.abs(), dim=1, descending=True, stable=True)
-        high = torch.zeros_like(given, dtype=torch.bool)
-        high.scatter_(1, order[:, : (k + 1) // 2], True)
-        return given, vals, high
+            length = src.shape[1]
+            # introselect: the k largest magnitudes of each row at [length - k, length), in O(length)
+            part = np.argpartition(np.abs(src), length - k, axis=1)[:, length - k :]
+            idx = np.sort(part, axis=1)
+        else:
+            idx = given.numpy()
+        vals = np.take_along_axis(src, idx, axis=1)
+        if self.values != "2bit":
+            return idx, vals, np.zeros(0, dtype=bool)
+        mag = np.abs(vals)
+        h = (k + 1) // 2
+        thr = -np.partition(-mag, h - 1, axis=1)[:, h - 1 : h]
+        return idx, vals, mag >= thr
 
-    def _levels(self, vals: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-        """Per-row levels: ``[lo, hi]`` means (2bit) or ``[mean]`` (1bit)."""
-        mag = vals.abs().to(torch.float64)
+    def _levels(self, vals: np.ndarray, high: np.ndarray) -> np.ndarray:
+        """Per-row levels (float32): ``[lo, hi]`` means (2bit) or ``[mean]`` (1bit)."""
+        mag = np.abs(vals).astype(np.float64)
         if self.values == "1bit":
-            return mag.mean(dim=1, keepdim=True).to(torch.float32)
-        hf = high.to(torch.float64)
-        nh = hf.sum(dim=1)
+            return mag.mean(axis=1, keepdims=True).astype(np.float32)
+        nh = high.sum(axis=1)
         nl = vals.shape[1] - nh
-        hi = (mag * hf).sum(dim=1) / nh
-        lo = torch.where(nl > 0, (mag * (1 - hf)).sum(dim=1) / nl.clamp(min=1), torch.zeros_like(hi))
-        lo = torch.minimum(lo, hi)  # float rounding must not put lo above hi
-        return torch.stack([lo, hi], dim=1).to(torch.float32)
+        total = mag.sum(axis=1)
+        sh = np.where(high, mag, 0.0).sum(axis=1)
+        hi = sh / nh
+        lo = np.where(nl > 0, (total - sh) / np.maximum(nl, 1), 0.0)
+        lo = np.clip(np.minimum(lo, hi), 0.0, None)  # float rounding must not put lo above hi (or below 0)
+        return np.stack([lo, hi], axis=1).astype(np.float32)
 
     def encode(self, x: torch.Tensor, *, key: Hashable = None, seed: int = 0) -> bytes:
         flat = as_float32_flat(x, self.spec)
@@ -241,28 +250,25 @@ class ChunkTopKCodec(Codec):
                 groups.append((flat[: full * self.chunk].view(full, self.chunk), self.k))
             if tail:
                 groups.append((flat[full * self.chunk :].view(1, tail), kt))
-        idx_parts, val_parts, high_parts = [], [], []
         given = self._positions(n, seed) if self.select == "rand" else [None] * len(groups)
-        for (rows, k), pos in zip(groups, given):
-            idx, vals, high = self._select(rows, k, pos)
-            idx_parts.append(idx.reshape(-1))
-            val_parts.append(vals)
-            high_parts.append(high)
-        idx = torch.cat(idx_parts)
-        body = [header, _pack_bits(idx, self.bits) if self.select == "top" else b""]
+        picked = [self._select(rows, k, pos) for (rows, k), pos in zip(groups, given)]
+        body = [header]
+        if self.select == "top":
+            body.append(_pack_bits(np.concatenate([i.reshape(-1) for i, _, _ in picked]), self.bits))
+        vals = np.concatenate([v.reshape(-1) for _, v, _ in picked])
         if self.values == "fp32":
-            body.append(tensor_bytes(torch.cat([v.reshape(-1) for v in val_parts]).contiguous()).tobytes())
+            body.append(vals.astype("<f4", copy=False).tobytes())
             return b"".join(body)
-        levels = torch.cat([self._levels(v, h) for v, h in zip(val_parts, high_parts)])
-        if not all_finite(levels):
+        levels = np.concatenate([self._levels(v, h) for _, v, h in picked])
+        if not np.isfinite(levels).all():
             raise CodecError(f"{self.spec}: input too large: a chunk's mean magnitude overflows float32")
-        body.append(tensor_bytes(levels.reshape(-1).contiguous()).tobytes())
-        neg = torch.cat([(v < 0).reshape(-1) for v in val_parts]).to(torch.int64)
+        body.append(levels.astype("<f4", copy=False).tobytes())
+        neg = vals < 0
         if self.values == "1bit":
             body.append(_pack_bits(neg, 1))
         else:
-            high = torch.cat([h.reshape(-1) for h in high_parts]).to(torch.int64)
-            body.append(_pack_bits(neg | (high << 1), 2))
+            high = np.concatenate([h.reshape(-1) for _, _, h in picked])
+            body.append(_pack_bits(neg.astype(np.uint8) | (high.astype(np.uint8) << 1), 2))
         return b"".join(body)
 
     # ------------------------------------------------------------------ decode
@@ -304,17 +310,17 @@ class ChunkTopKCodec(Codec):
                 c = int(torch.nonzero(levels[:, 0] > levels[:, 1])[0, 0])
                 raise CodecError(f"{self.spec}: expected lo <= hi in chunk {c}, found lo {float(levels[c, 0]):.6g} "
                                  f"> hi {float(levels[c, 1]):.6g}")
-            per_entry = levels.repeat_interleave(torch.tensor(kcount), dim=0)
+            chunk_of = np.repeat(np.arange(len(kcount)), kcount)
+            lv = levels.numpy()[chunk_of]
             if self.values == "1bit":
-                neg = _unpack_bits(mv[at : at + vb], m, 1, self._weights[:1], self.spec, "sign")
-                mag = per_entry[:, 0]
+                neg = _unpack_bits(mv[at : at + vb], m, 1, self._weights[:1], self.spec, "sign").numpy()
+                mag = lv[:, 0]
             else:
-                code = _unpack_bits(mv[at : at + vb], m, 2, self._weights[:2], self.spec, "value")
+                code = _unpack_bits(mv[at : at + vb], m, 2, self._weights[:2], self.spec, "value").numpy()
                 neg = code & 1
-                mag = torch.where((code >> 1).bool(), per_entry[:, 1], per_entry[:, 0])
-            vals = torch.where(neg.bool(), -mag, mag)
-        starts = torch.arange(len(kcount), dtype=torch.int64).repeat_interleave(torch.tensor(kcount)) * self.chunk
-        pos = starts + idx
+                mag = np.where(code >> 1, lv[:, 1], lv[:, 0])
+            vals = torch.from_numpy(np.where(neg, -mag, mag).astype(np.float32, copy=False))
+        pos = torch.from_numpy(np.repeat(np.arange(len(kcount), dtype=np.int64) * self.chunk, kcount)) + idx
         if self.dct:
             coef = torch.zeros(full * self.chunk, dtype=torch.float32)
             coef[pos] = vals
@@ -348,22 +354,54 @@ class ChunkTopKCodec(Codec):
                                  f"{int(rows[c, j - 1])}, found {int(rows[c, j])}")
 
 
-def _pack_bits(values: torch.Tensor, bits: int) -> bytes:
-    """``values`` (int64, each < 2**bits) as ``bits``-bit fields, least significant bit first."""
-    if values.numel() == 0:
+def _pack_bits(values: np.ndarray, bits: int) -> bytes:
+    """``values`` (non-negative integers or bools, each < 2**bits) as ``bits``-bit fields,
+    least significant bit first, zero-padded to a byte."""
+    values = np.asarray(values).reshape(-1)
+    m = values.size
+    if m == 0:
         return b""
-    shifts = torch.arange(bits, dtype=torch.int64)
-    planes = ((values.reshape(-1, 1) >> shifts) & 1).to(torch.uint8)
-    return np.packbits(planes.numpy().reshape(-1), bitorder="little").tobytes()
+    if bits == 1:
+        return np.packbits(values.astype(bool), bitorder="little").tobytes()
+    if bits in (2, 4):
+        per = 8 // bits
+        v = np.zeros(-(-m // per) * per, dtype=np.uint8)
+        v[:m] = values
+        v = v.reshape(-1, per)
+        out = v[:, 0].copy()
+        for j in range(1, per):
+            out |= v[:, j] << (bits * j)
+        return out.tobytes()
+    if bits == 12:  # two fields in three bytes
+        v = np.zeros(m + (m & 1), dtype=np.uint32)
+        v[:m] = values
+        pair = v[0::2] | (v[1::2] << 12)
+        raw = pair.astype("<u4").view(np.uint8).reshape(-1, 4)[:, :3].reshape(-1)
+        return raw[: (m * 12 + 7) // 8].tobytes()
+    shifts = np.arange(bits, dtype=np.int64)
+    planes = ((values.astype(np.int64)[:, None] >> shifts) & 1).astype(np.uint8)
+    return np.packbits(planes.reshape(-1), bitorder="little").tobytes()
 
 
 def _unpack_bits(mv: memoryview, m: int, bits: int, weights: torch.Tensor, spec: str, what: str) -> torch.Tensor:
-    """Inverse of ``_pack_bits`` for ``m`` fields; rejects non-zero padding bits."""
+    """Inverse of ``_pack_bits`` for ``m`` fields (int64); rejects non-zero padding bits."""
     if m == 0:
         return torch.zeros(0, dtype=torch.int64)
     raw = np.frombuffer(mv, dtype=np.uint8)
-    flat = np.unpackbits(raw, bitorder="little")
-    if flat[m * bits :].any():
+    pad_bits = raw.size * 8 - m * bits
+    if pad_bits and int(raw[-1]) >> (8 - pad_bits):
         raise CodecError(f"{spec}: expected zero padding after the {what} fields, found set bits")
+    if bits in (1, 2, 4):
+        per = 8 // bits
+        fields = (raw[:, None] >> (np.arange(per, dtype=np.uint8) * bits)) & ((1 << bits) - 1)
+        return torch.from_numpy(fields.reshape(-1)[:m].astype(np.int64))
+    if bits == 12:
+        b = np.zeros(-(-m // 2) * 3, dtype=np.uint8)
+        b[: raw.size] = raw
+        b = b.reshape(-1, 3).astype(np.int64)
+        pair = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
+        fields = np.stack([pair & 0xFFF, pair >> 12], axis=1).reshape(-1)[:m]
+        return torch.from_numpy(fields)
+    flat = np.unpackbits(raw, bitorder="little")
     planes = torch.from_numpy(flat[: m * bits].reshape(m, bits).astype(np.int64))
-    return planes @ weights
+    return (planes * weights).sum(dim=1)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from gossamer.codecs import make_codec
+from gossamer.codecs import make_codec, quant
 
 __all__ = ["DEFAULT_SPECS", "run_codec_bench"]
 
@@ -46,7 +46,10 @@ def run_codec_bench(
     specs: Sequence[str] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
-    """Benchmark codecs; returns ``{"rows": [...], "cores": os.cpu_count()}``.
+    """Benchmark codecs; returns ``{"rows": [...], "cores": os.cpu_count(), "threads": ..., "quant_kernels": ...}``.
+
+    ``threads`` is torch's intra-op thread count (the memcpy baseline uses it too);
+    ``quant_kernels`` says which int8/int4 implementation ran: ``"numba X.Y"`` or ``"torch"``.
 
     Each row: ``codec, elements, throughput_MBps, memcpy_MBps,
     throughput_ratio_vs_memcpy, compression_ratio, rel_error``.
@@ -96,4 +99,12 @@ def run_codec_bench(
             del data, y, out
             if progress is not None:
                 progress(f"{codec.spec} n={n}: {thr:.0f} MB/s ({thr / mem:.2f}x memcpy), ratio {row['compression_ratio']:.1f}")
-    return {"rows": rows, "cores": os.cpu_count()}
+    return {"rows": rows, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "quant_kernels": _quant_kernels()}
+
+
+def _quant_kernels() -> str:
+    if not quant.accelerated():
+        return "torch"
+    import numba
+
+    return f"numba {numba.__version__}"

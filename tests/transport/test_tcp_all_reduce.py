@@ -186,7 +186,7 @@ def test_reused_buffers_never_touch_a_result_the_caller_still_holds():
             gen = torch.Generator().manual_seed(11)
             held = []
             for step in range(4):
-                xs = [torch.randn(30_000, generator=gen) for _ in range(3)]
+                xs = [torch.randn(900_000, generator=gen) for _ in range(3)]  # pooled: rows and results >= 1 MiB
                 outs = await asyncio.gather(*(c.all_reduce(x) for c, x in zip(comms, xs)))
                 truth = _reference(xs)
                 assert all(torch.equal(o[0], truth) for o in outs)

@@ -153,25 +153,25 @@ class _BufferPool:
     twice). A buffer is handed out again only once nothing references it
     any more: the pool's own reference and the check's are its only ones
     (CPython reference counts; a tensor made by ``torch.frombuffer``, and
-    every view of it, holds one). At most ``per_size`` buffers per size and
-    ``cap`` bytes in all are kept; beyond that buffers are plain
+    every view of it, holds one). Only buffers of at least ``smallest``
+    bytes are kept, ``cap`` bytes in all; the others are plain
     allocations."""
 
-    def __init__(self, cap: int, per_size: int) -> None:
-        self.cap, self.per_size = cap, per_size
+    def __init__(self, cap: int, smallest: int = 1 << 20) -> None:
+        self.cap, self.smallest = cap, smallest
         self._bufs: dict[int, list[bytearray]] = {}
         self._held = 0
 
     def take(self, numel: int) -> torch.Tensor:
         nbytes = 4 * numel
-        if nbytes == 0:
-            return torch.empty(0, dtype=torch.float32)
+        if nbytes < self.smallest:
+            return torch.empty(numel, dtype=torch.float32)
         bufs = self._bufs.setdefault(nbytes, [])
         for buf in bufs:
             if sys.getrefcount(buf) <= 3:  # the list, ``buf`` and getrefcount's argument: nobody else
                 return torch.frombuffer(buf, dtype=torch.float32)
         buf = bytearray(nbytes)
-        if len(bufs) < self.per_size and self._held + nbytes <= self.cap:
+        if self._held + nbytes <= self.cap:
             bufs.append(buf)
             self._held += nbytes
         return torch.frombuffer(buf, dtype=torch.float32)
@@ -374,7 +374,7 @@ class Communicator:
         self.history: collections.deque[CollectiveStats] = collections.deque(maxlen=HISTORY)
         self.listeners: list[Callable[[CollectiveStats], None]] = []
         #: Result and row buffers of the plain-mean all-reduce, reused between calls.
-        self._buffers = _BufferPool(BUFFER_CAP, 2 * len(self.group))
+        self._buffers = _BufferPool(BUFFER_CAP)
         #: Collectives started with ``start_all_reduce`` and not finished.
         self.in_flight: set[CollectiveHandle] = set()
         #: Per collective name, the (group, shapes) its codec estimates were

@@ -42,6 +42,7 @@ PARITY_OPTIONS: dict[str, dict[str, Any]] = {
     "ddp": {},
     "fedavg": {},
     "diloco": {},
+    "sparseloco": {},
     "streaming_diloco": {"fragments": 2, "tau": 1},
     "noloco": {},
     "spsa": {},

@@ -68,7 +68,7 @@ def add_swarm_commands(subparsers: Any) -> None:
     p.add_argument("--coordinator", type=_hostport, required=True, help="HOST:PORT of the coordinator")
     p.add_argument("--coordinator-id", default=None, help="pin the coordinator's peer id (printed when it starts)")
     p.add_argument("--task", default="charlm", help="workload: charlm, digits or quadratic (default charlm, as in `gossamer simulate`)")
-    p.add_argument("--algorithm", default="diloco", help="ddp, fedavg, diloco, streaming_diloco, noloco, spsa or gossip (default diloco)")
+    p.add_argument("--algorithm", default="diloco", help="ddp, fedavg, diloco, sparseloco, streaming_diloco, noloco, spsa or gossip (default diloco)")
     p.add_argument("--steps", type=_positive_int, default=None, help="local steps per peer: the run's length, as in `gossamer simulate` (default per task)")
     p.add_argument("--rounds", type=_positive_int, default=None, help="also leave after the swarm's round R (rounds 0..R-1 committed)")
     p.add_argument("--inner-steps", type=_positive_int, default=None, help="H: local steps between syncs (default per task, as in `gossamer simulate`)")

@@ -57,6 +57,17 @@ smaller than fp32). Random positions hold less of the energy than the top
 ones, and error feedback makes up for it over rounds (Stich et al. 2018,
 "Sparsified SGD with Memory").
 
+Which entries a chunk keeps among equal magnitudes is fixed: every entry
+above the chunk's ``k_c``-th largest magnitude ``T``, then the lowest-index
+entries equal to ``T``. Levels are float64 sums in index order, rounded to
+float32. So the same input and seed always give the same bytes, on either
+implementation: numpy (always there, and used below ``_ACCEL_MIN`` elements)
+or, with numba installed (``pip install gossamer[fast]``), the compiled
+kernels of ``_chunked_kernels``, which select by threshold without a sort
+and decode each chunk in one pass, split over ``torch.get_num_threads()``
+threads. A payload the kernels find invalid is decoded by the numpy path,
+which names the fault.
+
 The decoder rejects: a payload of the wrong size, indices at or past the
 end of their chunk, unsorted or repeated indices within a chunk, non-zero
 padding bits, levels that are negative, non-finite or out of order
@@ -67,12 +78,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable
+from typing import Any
 
 import numpy as np
 import torch
 
 from gossamer.errors import CodecError
 
+from . import _chunked_kernels
 from .base import (
     HEADER_SIZE,
     Codec,
@@ -95,6 +108,17 @@ DEFAULT_CHUNK = 4096
 MAX_CHUNK = 1 << 20
 _LEVELS = {"2bit": 2, "1bit": 1, "fp32": 0}
 _VALUE_BITS = {"2bit": 2, "1bit": 1, "fp32": 32}
+_ACCEL_MIN = 1 << 15  # below this many elements the numpy path (the kernels' thread hand-off costs more)
+_PART_MIN = _chunked_kernels.PART_MIN  # elements per thread of the kernels, at least
+
+
+def accelerated() -> bool:
+    """True if the numba kernels are in use for tensors of at least ``_ACCEL_MIN`` elements."""
+    return _chunked_kernels.kernels() is not None
+
+
+def _kernels_for(n: int) -> Any:
+    return _chunked_kernels.kernels() if n >= _ACCEL_MIN else None
 
 
 def _dct_matrix(s: int) -> torch.Tensor:
@@ -197,13 +221,21 @@ class ChunkTopKCodec(Codec):
     def _select(self, rows: torch.Tensor, k: int,
                 given: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per row: sorted in-row indices (int64), their values (float32), and a bool 'high level'
-        flag: magnitude at least the ``(k + 1) // 2``-th largest kept one (ties all go high)."""
+        flag: magnitude at least the ``(k + 1) // 2``-th largest kept one (ties all go high).
+
+        Top-k keeps every entry above the ``k``-th largest magnitude ``T`` of its row, then the
+        lowest-index entries equal to ``T`` (the rule the numba kernels follow too)."""
         src = rows.numpy()
         if given is None:
             length = src.shape[1]
-            # introselect: the k largest magnitudes of each row at [length - k, length), in O(length)
-            part = np.argpartition(np.abs(src), length - k, axis=1)[:, length - k :]
-            idx = np.sort(part, axis=1)
+            mag = np.abs(src)
+            # introselect: the k-th largest magnitude of each row, in O(length)
+            thr = np.partition(mag, length - k, axis=1)[:, length - k : length - k + 1]
+            above = mag > thr
+            ties = mag == thr
+            need = k - above.sum(axis=1, keepdims=True)
+            keep = above | (ties & (np.cumsum(ties, axis=1, dtype=np.int64) <= need))
+            idx = np.nonzero(keep)[1].reshape(-1, k)
         else:
             idx = given.numpy()
         vals = np.take_along_axis(src, idx, axis=1)
@@ -215,14 +247,15 @@ class ChunkTopKCodec(Codec):
         return idx, vals, mag >= thr
 
     def _levels(self, vals: np.ndarray, high: np.ndarray) -> np.ndarray:
-        """Per-row levels (float32): ``[lo, hi]`` means (2bit) or ``[mean]`` (1bit)."""
+        """Per-row levels (float32): ``[lo, hi]`` means (2bit) or ``[mean]`` (1bit); float64
+        sums in index order (cumsum: a fixed order the kernels repeat)."""
         mag = np.abs(vals).astype(np.float64)
+        total = np.cumsum(mag, axis=1)[:, -1]
         if self.values == "1bit":
-            return mag.mean(axis=1, keepdims=True).astype(np.float32)
+            return (total / vals.shape[1])[:, None].astype(np.float32)
         nh = high.sum(axis=1)
         nl = vals.shape[1] - nh
-        total = mag.sum(axis=1)
-        sh = np.where(high, mag, 0.0).sum(axis=1)
+        sh = np.cumsum(np.where(high, mag, 0.0), axis=1)[:, -1]
         hi = sh / nh
         lo = np.where(nl > 0, (total - sh) / np.maximum(nl, 1), 0.0)
         lo = np.clip(np.minimum(lo, hi), 0.0, None)  # float rounding must not put lo above hi (or below 0)
@@ -231,6 +264,9 @@ class ChunkTopKCodec(Codec):
     def encode(self, x: torch.Tensor, *, key: Hashable = None, seed: int = 0) -> bytes:
         flat = as_float32_flat(x, self.spec)
         n = flat.numel()
+        kern = _kernels_for(n)
+        if kern is not None and not self.dct:
+            return self._encode_kernel(kern, flat.numpy(), n, pack_header(self.codec_id, self._tag, n), seed)
         if not all_finite(flat):
             raise CodecError(f"{self.spec}: expected finite input, found NaN or inf")
         header = pack_header(self.codec_id, self._tag, n)
@@ -244,6 +280,8 @@ class ChunkTopKCodec(Codec):
             rows = self._forward(padded.view(full, self.chunk))
             if not all_finite(rows):
                 raise CodecError(f"{self.spec}: input too large: its DCT overflows float32")
+            if kern is not None:
+                return self._encode_kernel(kern, rows.reshape(-1).numpy(), n, header, seed)
             groups.append((rows, self.k))
         else:
             if full:
@@ -271,6 +309,54 @@ class ChunkTopKCodec(Codec):
             body.append(_pack_bits(neg.astype(np.uint8) | (high.astype(np.uint8) << 1), 2))
         return b"".join(body)
 
+    def _uniforms(self, n: int, seed: int) -> np.ndarray:
+        """crandk: the uniforms ``_random_rows`` draws, by entry (float64; the kernels turn them
+        into positions); an empty array for ctopk."""
+        if self.select == "top":
+            return np.zeros(0, dtype=np.float64)
+        full, tail, kt = self._layout(n)
+        u = np.empty(full * self.k + kt, dtype=np.float64)
+        if full:
+            torch.rand((full, self.k), generator=make_generator(seed, stream=3), dtype=torch.float64,
+                       out=torch.from_numpy(u[: full * self.k]).view(full, self.k))
+        if tail:
+            torch.rand((1, kt), generator=make_generator(seed, stream=4), dtype=torch.float64,
+                       out=torch.from_numpy(u[full * self.k :]).view(1, kt))
+        return u
+
+    def _encode_kernel(self, kern: Any, src: np.ndarray, n: int, header: bytes, seed: int) -> bytes:
+        """The numba encoder (same bytes as the numpy path) of ``src``: the flat input, or with
+        DCT its coefficient rows; ``n`` is the input's element count."""
+        m, ib, nlev, vb = self._sizes(n)
+        full, tail, _ = self._layout(n)
+        chunks = full + (1 if tail else 0)
+        nl = _LEVELS[self.values]
+        vbits = _VALUE_BITS[self.values]
+        payload = np.empty(HEADER_SIZE + ib + 4 * nlev + vb, dtype=np.uint8)
+        payload[:HEADER_SIZE] = np.frombuffer(header, dtype=np.uint8)
+        ipay = payload[HEADER_SIZE : HEADER_SIZE + ib]
+        lev_at = HEADER_SIZE + ib
+        vpay = payload[lev_at + 4 * nlev :]
+        levels = np.empty((chunks, max(nl, 1)), dtype=np.float32)
+        fvals = np.empty(m if vbits == 32 else 0, dtype=np.float32)
+        u = self._uniforms(n, seed)
+        bits = self.bits if self.select == "top" else 0
+        ints = src.view(np.int32)
+
+        def part(c0: int, c1: int) -> int:
+            return kern.encode(src, ints, src.size, self.chunk, self.k, c0, c1, u, bits, vbits,
+                               ipay, levels, vpay, fvals)
+
+        if any(bad >= 0 for bad in _chunked_kernels.parallel(part, chunks, self.chunk, _PART_MIN)):
+            raise CodecError(f"{self.spec}: expected finite input, found NaN or inf")
+        if vbits == 32:
+            vpay[:] = fvals.astype("<f4", copy=False).view(np.uint8)
+            return payload.tobytes()
+        if not np.isfinite(levels).all():
+            raise CodecError(f"{self.spec}: input too large: a chunk's mean magnitude overflows float32")
+        payload[lev_at : lev_at + 4 * nlev] = levels.astype("<f4", copy=False).reshape(-1).view(np.uint8)
+        return payload.tobytes()
+
     # ------------------------------------------------------------------ decode
     def _decode(self, data: bytes | memoryview, shape: tuple[int, ...], *, key: Hashable, seed: int,
                 out: torch.Tensor | None) -> torch.Tensor:
@@ -280,6 +366,12 @@ class ChunkTopKCodec(Codec):
                            size=self.encoded_size(shape), name=self.spec)
         if n == 0:
             return alloc_out(shape, out)
+        kern = _kernels_for(n)
+        if kern is not None:
+            res = self._decode_kernel(kern, mv, n, shape, seed, out)
+            if res is not None:
+                return res
+            # an invalid payload: the numpy path below names the fault
         full, tail, kt = self._layout(n)
         at = HEADER_SIZE
         kcount = [self.k] * full + ([kt] if tail else [])
@@ -336,6 +428,70 @@ class ChunkTopKCodec(Codec):
         flat[pos] = vals
         return res
 
+    def _decode_kernel(self, kern: Any, mv: memoryview, n: int, shape: tuple[int, ...], seed: int,
+                       out: torch.Tensor | None) -> torch.Tensor | None:
+        """The numba decoder: the numpy path's result, or None for a payload the numpy path rejects."""
+        m, ib, nlev, vb = self._sizes(n)
+        full, tail, _ = self._layout(n)
+        chunks = full + (1 if tail else 0)
+        span = full * self.chunk if self.dct else n  # elements the chunks cover
+        nl = _LEVELS[self.values]
+        vbits = _VALUE_BITS[self.values]
+        raw = np.frombuffer(mv, dtype=np.uint8)
+        at = HEADER_SIZE
+        if self.select == "top":
+            ipay = raw[at : at + ib]
+            at += ib
+            if not _zero_padding(ipay, m * self.bits):
+                return None
+            idx = np.empty(m, dtype=np.int64)
+
+            def unpack(c0: int, c1: int) -> bool:
+                return kern.unpack_indices(ipay, self.bits, span, self.chunk, self.k, c0, c1, idx)
+
+            if not all(_chunked_kernels.parallel(unpack, chunks, self.chunk, _PART_MIN)):
+                return None
+        else:
+            idx = np.zeros(0, dtype=np.int64)
+        u = self._uniforms(n, seed)
+        if vbits == 32:
+            fvals = np.frombuffer(raw, dtype="<f4", count=m, offset=at).astype(np.float32)
+            if not np.isfinite(fvals).all():
+                return None
+            levels = np.zeros((chunks, 1), dtype=np.float32)
+            vpay = raw[:0]
+        else:
+            levels = np.frombuffer(raw, dtype="<f4", count=nlev, offset=at).astype(np.float32).reshape(chunks, nl)
+            if not np.isfinite(levels).all() or (levels < 0).any():
+                return None
+            if nl == 2 and (levels[:, 0] > levels[:, 1]).any():
+                return None
+            vpay = raw[at + 4 * nlev :]
+            if not _zero_padding(vpay, m * vbits):
+                return None
+            fvals = np.zeros(0, dtype=np.float32)
+        if self.dct:
+            target = np.empty(span, dtype=np.float32)
+        else:
+            direct = out is None or (out.dtype == torch.float32 and out.is_contiguous()
+                                     and out.device.type == "cpu" and not out.requires_grad)
+            res = alloc_out(shape, out)
+            target = res.view(-1).numpy() if direct else np.empty(n, dtype=np.float32)
+
+        def write(c0: int, c1: int) -> None:
+            kern.decode(idx, u, vpay, vbits, levels, fvals, span, self.chunk, self.k, c0, c1, target)
+
+        _chunked_kernels.parallel(write, chunks, self.chunk, _PART_MIN)
+        if self.dct:
+            dense = self._inverse(torch.from_numpy(target).view(full, self.chunk)).reshape(-1)[:n]
+            if not all_finite(dense):
+                raise CodecError(f"{self.spec}: expected a finite result, found one that overflows float32")
+            res = alloc_out(shape, out)
+            res.view(-1).copy_(dense)
+        elif not direct:
+            res.view(-1).copy_(torch.from_numpy(target))
+        return res
+
     def _check_sorted(self, idx: torch.Tensor, full: int, tail: int, kt: int) -> None:
         groups = []
         if full:
@@ -352,6 +508,12 @@ class ChunkTopKCodec(Codec):
                 what = "repeated" if int(steps[c, j - 1]) == 0 else "unsorted"
                 raise CodecError(f"{self.spec}: {what} index in chunk {first + c} at position {j}: expected > "
                                  f"{int(rows[c, j - 1])}, found {int(rows[c, j])}")
+
+
+def _zero_padding(raw: np.ndarray, nbits: int) -> bool:
+    """True if the bits of ``raw`` past the first ``nbits`` are all zero."""
+    pad = raw.size * 8 - nbits
+    return not (pad and int(raw[-1]) >> (8 - pad))
 
 
 def _pack_bits(values: np.ndarray, bits: int) -> bytes:

@@ -231,10 +231,13 @@ class ChunkTopKCodec(Codec):
             mag = np.abs(src)
             # introselect: the k-th largest magnitude of each row, in O(length)
             thr = np.partition(mag, length - k, axis=1)[:, length - k : length - k + 1]
-            above = mag > thr
-            ties = mag == thr
-            need = k - above.sum(axis=1, keepdims=True)
-            keep = above | (ties & (np.cumsum(ties, axis=1, dtype=np.int64) <= need))
+            keep = mag >= thr
+            surplus = np.nonzero(keep.sum(axis=1) > k)[0]  # rows with more ties at thr than room
+            if surplus.size:
+                sub, t = mag[surplus], thr[surplus]
+                ties = sub == t
+                need = k - (sub > t).sum(axis=1, keepdims=True)
+                keep[surplus] = (sub > t) | (ties & (np.cumsum(ties, axis=1) <= need))
             idx = np.nonzero(keep)[1].reshape(-1, k)
         else:
             idx = given.numpy()

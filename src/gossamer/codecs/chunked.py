@@ -76,6 +76,8 @@ padding bits, levels that are negative, non-finite or out of order
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from collections.abc import Hashable
 from typing import Any
@@ -85,7 +87,6 @@ import torch
 
 from gossamer.errors import CodecError
 
-from . import _chunked_kernels
 from .base import (
     HEADER_SIZE,
     Codec,
@@ -109,16 +110,32 @@ MAX_CHUNK = 1 << 20
 _LEVELS = {"2bit": 2, "1bit": 1, "fp32": 0}
 _VALUE_BITS = {"2bit": 2, "1bit": 1, "fp32": 32}
 _ACCEL_MIN = 1 << 15  # below this many elements the numpy path (the kernels' thread hand-off costs more)
-_PART_MIN = _chunked_kernels.PART_MIN  # elements per thread of the kernels, at least
+_PART_MIN = 1 << 18  # elements per thread of the kernels, at least
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _kernels() -> Any:
+    """The ``_chunked_kernels`` module, compiled, or None when numba is missing or fails."""
+    try:
+        from . import _chunked_kernels
+
+        _chunked_kernels.warm()
+    except Exception as exc:
+        if not (isinstance(exc, ModuleNotFoundError) and exc.name == "numba"):  # broken, not absent: say so once
+            log.warning("ctopk/crandk codecs: numba kernels unavailable (%s: %s); using numpy", type(exc).__name__, exc)
+        return None
+    return _chunked_kernels
 
 
 def accelerated() -> bool:
     """True if the numba kernels are in use for tensors of at least ``_ACCEL_MIN`` elements."""
-    return _chunked_kernels.kernels() is not None
+    return _kernels() is not None
 
 
 def _kernels_for(n: int) -> Any:
-    return _chunked_kernels.kernels() if n >= _ACCEL_MIN else None
+    return _kernels() if n >= _ACCEL_MIN else None
 
 
 def _dct_matrix(s: int) -> torch.Tensor:
@@ -350,7 +367,7 @@ class ChunkTopKCodec(Codec):
             return kern.encode(src, ints, src.size, self.chunk, self.k, c0, c1, u, bits, vbits,
                                ipay, levels, vpay, fvals)
 
-        if any(bad >= 0 for bad in _chunked_kernels.parallel(part, chunks, self.chunk, _PART_MIN)):
+        if any(bad >= 0 for bad in kern.parallel(part, chunks, self.chunk, _PART_MIN)):
             raise CodecError(f"{self.spec}: expected finite input, found NaN or inf")
         if vbits == 32:
             vpay[:] = fvals.astype("<f4", copy=False).view(np.uint8)
@@ -452,7 +469,7 @@ class ChunkTopKCodec(Codec):
             def unpack(c0: int, c1: int) -> bool:
                 return kern.unpack_indices(ipay, self.bits, span, self.chunk, self.k, c0, c1, idx)
 
-            if not all(_chunked_kernels.parallel(unpack, chunks, self.chunk, _PART_MIN)):
+            if not all(kern.parallel(unpack, chunks, self.chunk, _PART_MIN)):
                 return None
         else:
             idx = np.zeros(0, dtype=np.int64)
@@ -484,7 +501,7 @@ class ChunkTopKCodec(Codec):
         def write(c0: int, c1: int) -> None:
             kern.decode(idx, u, vpay, vbits, levels, fvals, span, self.chunk, self.k, c0, c1, target)
 
-        _chunked_kernels.parallel(write, chunks, self.chunk, _PART_MIN)
+        kern.parallel(write, chunks, self.chunk, _PART_MIN)
         if self.dct:
             dense = self._inverse(torch.from_numpy(target).view(full, self.chunk)).reshape(-1)[:n]
             if not all_finite(dense):

@@ -451,7 +451,8 @@ def cmd_bench_codecs(args: argparse.Namespace, console: Any) -> int:
         make_codec(spec)
     with console.status("benchmarking codecs ...") as status:
         result = run_codec_bench(sizes=sizes, repeats=args.repeats, specs=specs, progress=lambda msg: status.update(msg))
-    table = Table(title=f"codecs: encode+decode throughput vs memcpy ({result.get('cores')} cores, medians of {args.repeats})")
+    table = Table(title=f"codecs: encode+decode throughput vs memcpy ({result.get('cores')} cores, medians of {args.repeats}; "
+                        f"int8/int4 kernels: {result.get('quant_kernels')}, ctopk/crandk: {result.get('sparse_kernels')})")
     for col in ("codec", "elements", "MB/s", "memcpy MB/s", "vs memcpy", "compression", "rel error"):
         table.add_column(col, justify="left" if col == "codec" else "right")
     for r in result["rows"]:

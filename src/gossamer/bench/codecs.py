@@ -22,12 +22,13 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from gossamer.codecs import make_codec, quant
+from gossamer.codecs import chunked, make_codec, quant
 
 __all__ = ["DEFAULT_SPECS", "run_codec_bench"]
 
 DEFAULT_SPECS: tuple[str, ...] = (
     "fp16", "bf16", "int8:256", "int8:256:sr", "int4:128", "topk:0.01", "randk:0.01", "sign:256", "powersgd:4",
+    "ctopk:64:4096:2bit", "ctopk:16:4096:1bit", "crandk:256:4096:2bit",
 )
 
 
@@ -49,7 +50,8 @@ def run_codec_bench(
     """Benchmark codecs; returns ``{"rows": [...], "cores": os.cpu_count(), "threads": ..., "quant_kernels": ...}``.
 
     ``threads`` is torch's intra-op thread count (the memcpy baseline uses it too);
-    ``quant_kernels`` says which int8/int4 implementation ran: ``"numba X.Y"`` or ``"torch"``.
+    ``quant_kernels`` says which int8/int4 implementation ran: ``"numba X.Y"`` or ``"torch"``;
+    ``sparse_kernels`` the same for ctopk/crandk (``"numba X.Y"`` or ``"numpy"``).
 
     Each row: ``codec, elements, throughput_MBps, memcpy_MBps,
     throughput_ratio_vs_memcpy, compression_ratio, rel_error``.
@@ -99,12 +101,14 @@ def run_codec_bench(
             del data, y, out
             if progress is not None:
                 progress(f"{codec.spec} n={n}: {thr:.0f} MB/s ({thr / mem:.2f}x memcpy), ratio {row['compression_ratio']:.1f}")
-    return {"rows": rows, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "quant_kernels": _quant_kernels()}
+    return {"rows": rows, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "quant_kernels": _kernels(quant.accelerated(), "torch"),
+            "sparse_kernels": _kernels(chunked.accelerated(), "numpy")}
 
 
-def _quant_kernels() -> str:
-    if not quant.accelerated():
-        return "torch"
+def _kernels(accelerated: bool, fallback: str) -> str:
+    if not accelerated:
+        return fallback
     import numba
 
     return f"numba {numba.__version__}"

@@ -15,9 +15,13 @@ Contract:
 - With a lossy codec, contributions are encoded per chunk (the owner's own
   contribution goes through encode/decode too, so every contribution is
   treated alike), and the reduced chunk is encoded once by its owner with the
-  same codec (its error-feedback memory, if any, lives at the owner), or,
-  for top-k, with ``codecs.codec_for_mean`` (n times the entries: exact);
-  everyone, the owner included, decodes those same bytes under the same key,
+  same codec (its error-feedback memory, if any, lives at the owner), as
+  ``codecs.codec_for_mean`` decides: ``topk`` is re-sent with n times the
+  entries (exact; bytes grow with n), ``ctopk`` under error feedback is
+  re-sparsified to K per chunk with the owner's own memory (key ``(name,
+  "ag")``, never decayed; bytes independent of n), ``crandk`` is re-sent on
+  the positions every contribution shared; everyone, the owner included,
+  decodes those same bytes under the same key,
   so results stay bit-identical. Both phases of one chunk share a seed, so
   rand-k sends the reduced chunk on the indices its contributions used.
 - Error feedback (``+ef``, ``+ef21``, ``+econtrol``) survives regroups,

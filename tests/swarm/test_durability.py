@@ -82,10 +82,17 @@ def test_whole_swarm_dies_and_resumes_from_checkpoints_bit_identical(procs):
     procs.events_path.rename(procs.root / "events-before.jsonl")
     (procs.root / "coordinator.out").rename(procs.root / "coordinator-before.out")
     port = procs.coordinator("--min-peers", "2")
-    for i in range(2):
+    # the newest checkpoint resumes first, the other once the fresh coordinator adopted it: a
+    # coordinator without --state adopts what the first peer brings, and when the older peer came
+    # first and was already a member, the newer one was served the older state (a known limitation,
+    # see the issue 12 note; it flaked a 2-core CI run that started the newer peer second)
+    newest_first = sorted(range(2), key=lambda i: -saved[i]["round"])
+    for k, i in enumerate(newest_first):
         (procs.root / f"p{i}.json").unlink(missing_ok=True)
         procs.peer(f"p{i}", port, "--inner-steps", "5", "--rounds", str(R), "--resume", str(ck[i]),
                    "--checkpoint", str(ck[i]), env=FAST)
+        if k == 0:
+            procs.wait_event(lambda ev: ev["event"] == "adopt", 120)
     for i in range(2):
         assert procs.wait(f"p{i}", 200) == 0, procs.log(f"p{i}")
     after = [procs.report(f"p{i}") for i in range(2)]

@@ -37,3 +37,9 @@ class PeerError(GossamerError):
 
 class TaskError(GossamerError):
     """A workload could not be built (missing data, bad shard spec)."""
+
+
+class ShardError(TaskError, ConfigError):
+    """The training data cannot be split as asked (more peers than training
+    files, samples or rows): a workload fault that is also a configuration
+    error, so the command line answers it with one line and exit status 2."""

@@ -8,7 +8,7 @@ import sysconfig
 import pytest
 import torch
 
-from gossamer.errors import ConfigError, TaskError
+from gossamer.errors import ConfigError, ShardError, TaskError
 from gossamer.tasks import make_task
 from gossamer.tasks.charlm import (
     UNK_ID,
@@ -120,6 +120,42 @@ def test_too_many_peers_for_modules() -> None:
     t = make_task("charlm", max_chars=MAX, iid=False)
     with pytest.raises(TaskError):
         t.shard(0, 10_000, seed=0)
+
+
+@pytest.mark.parametrize("iid,alpha", [(True, None), (False, None), (False, 0.5)])
+def test_too_many_peers_is_a_config_error_naming_the_limit(iid: bool, alpha: float | None) -> None:
+    t = make_task("charlm", max_chars=MAX, iid=iid, alpha=alpha)
+    with pytest.raises(ShardError, match=r"at most \d+ peers") as info:
+        t.shard(0, 10_000, seed=0)
+    assert isinstance(info.value, ConfigError) and isinstance(info.value, TaskError)
+
+
+def _module_overlap(shards: list) -> float:
+    pairs = [(a, b) for i, a in enumerate(shards) for b in shards[i + 1:]]
+    return sum(len(set(a.modules) & set(b.modules)) for a, b in pairs) / len(pairs)
+
+
+def test_dirichlet_shards_by_module() -> None:
+    """``alpha``: Dirichlet(alpha) by module, as digits is by label; every
+    training file dealt once; seeded; smaller alpha, fewer shared modules."""
+    n = 4
+    shards = {a: [make_task("charlm", max_chars=MAX, iid=False, alpha=a).shard(p, n, seed=0) for p in range(n)]
+              for a in (0.05, 100.0)}
+    train = sorted(f.rel for f in make_task("charlm", max_chars=MAX).corpus.train)
+    for ss in shards.values():
+        assert sorted(f for s in ss for f in s.files) == train
+        assert all(s.num_samples > 0 for s in ss)
+    assert _module_overlap(shards[0.05]) < _module_overlap(shards[100.0]) / 2
+    t = make_task("charlm", max_chars=MAX, iid=False, alpha=0.5)
+    assert t.shard(1, n, seed=0).files == t.shard(1, n, seed=0).files
+    assert t.shard(1, n, seed=0).files != t.shard(1, n, seed=1).files
+
+
+def test_alpha_needs_non_iid_and_a_positive_value() -> None:
+    with pytest.raises(ConfigError, match="non-iid"):
+        make_task("charlm", alpha=0.5)
+    with pytest.raises(ConfigError, match="> 0"):
+        make_task("charlm", iid=False, alpha=0.0)
 
 
 def test_batches_are_deterministic_and_peer_specific(task: CharLMTask) -> None:

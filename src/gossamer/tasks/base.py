@@ -67,6 +67,9 @@ class Task(ABC):
     metric_name: str
     metric_higher_is_better: bool
     samples_per_batch: int
+    loss_unit: str = ""
+    """What the loss measures, for axis labels and table headers (e.g.
+    ``"nats per character"``); empty if the task does not say."""
 
     @abstractmethod
     def make_model(self, seed: int) -> torch.nn.Module:

@@ -35,10 +35,22 @@ Shards
 ------
 * iid: training files in a seeded random order, each dealt to the peer with
   the fewest characters so far (ties to the lowest peer).
-* non-iid: files grouped by top-level module (``asyncio/*`` is ``asyncio``,
-  ``os.py`` is ``os``); modules, largest first, dealt to the peer with the
-  fewest characters so far (longest-processing-time balancing). This split
-  does not depend on the seed.
+* non-iid (``iid=False``): files grouped by top-level module (``asyncio/*``
+  is ``asyncio``, ``os.py`` is ``os``); modules, largest first, dealt to the
+  peer with the fewest characters so far (longest-processing-time
+  balancing). This split does not depend on the seed. Needs
+  ``n_peers <= `` the number of modules.
+* non-iid with ``alpha`` (``iid=False, alpha=A``): Dirichlet by module, as
+  digits is Dirichlet by label: for every module (in sorted order),
+  proportions ``q ~ Dirichlet(A * 1)`` over the peers are drawn and each of
+  its files (in path order) goes to a peer drawn from ``q``; then, while a
+  peer has no file, the peer with the most files gives it its last one. Small ``A``: each module on one or a
+  few peers; large ``A``: close to iid. Seeded by ``seed``. Needs
+  ``n_peers <=`` the number of training files. ``alpha`` with ``iid=True``
+  is a ``ConfigError``.
+
+A split that cannot give every peer data raises ``ShardError`` (a
+``TaskError`` and a ``ConfigError``) naming the limit.
 
 A batch is ``batch_size`` random windows of ``context + 1`` characters from the
 shard's concatenated text (LongTensor ``(batch_size, context + 1)``), drawn
@@ -74,7 +86,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gossamer.errors import ConfigError, TaskError
+from gossamer.errors import ConfigError, ShardError, TaskError
 from gossamer.tasks.base import Shard, _ConfiguredTask, check_peer, check_seed, derive_seed, torch_generator
 
 # ---------------------------------------------------------------- vocabulary
@@ -238,14 +250,21 @@ def _concat(files: tuple[CorpusFile, ...] | list[CorpusFile]) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=16)
-def _partition(corpus: Corpus, n_peers: int, iid: bool, seed: int) -> tuple[tuple[int, ...], ...]:
+def _partition(corpus: Corpus, n_peers: int, iid: bool, seed: int,
+               alpha: float | None = None) -> tuple[tuple[int, ...], ...]:
     """Indices into ``corpus.train`` for each peer (each sorted)."""
     files = corpus.train
     loads = [0] * n_peers
     bins: list[list[int]] = [[] for _ in range(n_peers)]
-    if iid:
+    if iid or alpha is not None:
         if n_peers > len(files):
-            raise TaskError(f"charlm: {n_peers} peers but only {len(files)} training files")
+            raise ShardError(
+                f"charlm: {n_peers} peers but only {len(files)} training files "
+                f"(each peer needs at least one); use at most {len(files)} peers"
+            )
+    if not iid and alpha is not None:
+        return _dirichlet_partition(files, n_peers, alpha, seed)
+    if iid:
         rng = np.random.default_rng(derive_seed("charlm-iid", seed))
         for idx in rng.permutation(len(files)).tolist():
             p = min(range(n_peers), key=lambda q: (loads[q], q))
@@ -256,14 +275,37 @@ def _partition(corpus: Corpus, n_peers: int, iid: bool, seed: int) -> tuple[tupl
         for idx, f in enumerate(files):
             modules.setdefault(f.module, []).append(idx)
         if n_peers > len(modules):
-            raise TaskError(
-                f"charlm: non-iid sharding needs n_peers <= {len(modules)} modules, got {n_peers}"
+            raise ShardError(
+                f"charlm: non-iid sharding by module needs at most {len(modules)} peers "
+                f"(one module each at least), got {n_peers}"
             )
         sizes = {m: sum(files[i].chars for i in idxs) for m, idxs in modules.items()}
         for m in sorted(modules, key=lambda m: (-sizes[m], m)):
             p = min(range(n_peers), key=lambda q: (loads[q], q))
             bins[p].extend(modules[m])
             loads[p] += sizes[m]
+    return tuple(tuple(sorted(b)) for b in bins)
+
+
+def _dirichlet_partition(files: tuple[CorpusFile, ...], n_peers: int, alpha: float,
+                         seed: int) -> tuple[tuple[int, ...], ...]:
+    """Dirichlet(alpha) by module (see the module docstring); ``n_peers <= len(files)``."""
+    rng = np.random.default_rng(derive_seed("charlm-dirichlet", seed))
+    modules: dict[str, list[int]] = {}
+    for idx, f in enumerate(files):
+        modules.setdefault(f.module, []).append(idx)
+    bins: list[list[int]] = [[] for _ in range(n_peers)]
+    for m in sorted(modules):
+        props = rng.dirichlet(np.full(n_peers, alpha))
+        for idx, p in zip(modules[m], rng.choice(n_peers, size=len(modules[m]), p=props).tolist()):
+            bins[p].append(idx)
+    while True:
+        sizes = [len(b) for b in bins]
+        empty = min(range(n_peers), key=lambda q: (sizes[q], q))
+        if sizes[empty] > 0:
+            break
+        full = max(range(n_peers), key=lambda q: (sizes[q], -q))
+        bins[empty].append(bins[full].pop())
     return tuple(tuple(sorted(b)) for b in bins)
 
 
@@ -279,6 +321,7 @@ class CharLMConfig:
     context: int = 128
     batch_size: int = 4
     iid: bool = True
+    alpha: float | None = None
     max_chars: int = 10_000_000
     val_fraction: float = 0.05
     val_windows: int = 64
@@ -295,6 +338,11 @@ class CharLMConfig:
             )
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"charlm: val_fraction must be in (0, 1), got {self.val_fraction!r}")
+        if self.alpha is not None:
+            if not (math.isfinite(self.alpha) and self.alpha > 0):
+                raise ConfigError(f"charlm: alpha must be a finite number > 0, got {self.alpha!r}")
+            if self.iid:
+                raise ConfigError(f"charlm: alpha={self.alpha!r} applies only to non-iid shards; pass iid=False")
 
     @property
     def stdlib_root(self) -> str:
@@ -392,6 +440,7 @@ class CharLMTask(_ConfiguredTask):
     Config = CharLMConfig
     metric_name = "val_loss_nats_per_char"
     metric_higher_is_better = False
+    loss_unit = "nats per character"
     vocab_size = VOCAB_SIZE
 
     def __init__(self, config: CharLMConfig | None = None) -> None:
@@ -422,7 +471,7 @@ class CharLMTask(_ConfiguredTask):
         if label_flip:
             raise ConfigError("charlm: label_flip=True is meaningless for a language model (no labels)")
         corpus = self.corpus
-        idxs = _partition(corpus, n_peers, self.config.iid, seed)[peer]
+        idxs = _partition(corpus, n_peers, self.config.iid, seed, self.config.alpha)[peer]
         files = [corpus.train[i] for i in idxs]
         return CharLMShard(_concat(files), tuple(f.rel for f in files), peer, n_peers, seed,
                            self.config.batch_size, self.config.context)

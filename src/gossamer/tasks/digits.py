@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gossamer.errors import ConfigError, TaskError
+from gossamer.errors import ConfigError, ShardError, TaskError
 from gossamer.tasks.base import Shard, _ConfiguredTask, check_peer, check_seed, derive_seed, torch_generator
 
 N_FEATURES = 64
@@ -128,9 +128,9 @@ def dirichlet_partition(labels: np.ndarray, n_peers: int, alpha: float, min_size
     shard) provided ``len(labels) >= n_peers * min_size``. Each result sorted.
     """
     if len(labels) < n_peers * min_size:
-        raise TaskError(
+        raise ShardError(
             f"digits: {len(labels)} training samples cannot give {n_peers} peers "
-            f"at least min_shard_size={min_size} each"
+            f"at least min_shard_size={min_size} each; use at most {len(labels) // min_size} peers"
         )
     bins: list[list[int]] = [[] for _ in range(n_peers)]
     for c in np.unique(labels):
@@ -203,6 +203,7 @@ class DigitsTask(_ConfiguredTask):
     Config = DigitsConfig
     metric_name = "val_accuracy"
     metric_higher_is_better = True
+    loss_unit = "cross-entropy, nats"
 
     def __init__(self, config: DigitsConfig | None = None) -> None:
         self.config = config if config is not None else DigitsConfig()
@@ -261,6 +262,6 @@ def _compute_partition(config: DigitsConfig, n_peers: int, seed: int) -> list[np
     rng = np.random.default_rng(derive_seed("digits-shards", seed))
     if config.iid:
         if n_peers > len(labels):
-            raise TaskError(f"digits: {n_peers} peers but only {len(labels)} training samples")
+            raise ShardError(f"digits: {n_peers} peers but only {len(labels)} training samples; use at most {len(labels)} peers")
         return [np.sort(part) for part in np.array_split(rng.permutation(len(labels)), n_peers)]
     return dirichlet_partition(labels, n_peers, config.effective_alpha, config.min_shard_size, rng)

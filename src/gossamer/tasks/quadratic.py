@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gossamer.errors import ConfigError, TaskError
+from gossamer.errors import ConfigError, ShardError, TaskError
 from gossamer.tasks.base import Shard, _ConfiguredTask, check_peer, check_seed, derive_seed, torch_generator
 
 DEFAULT_HETEROGENEITY = 1.0
@@ -183,6 +183,7 @@ class QuadraticTask(_ConfiguredTask):
     Config = QuadraticConfig
     metric_name = "rel_dist_to_opt"
     metric_higher_is_better = False
+    loss_unit = "mean squared residual / 2"
 
     def __init__(self, config: QuadraticConfig | None = None) -> None:
         self.config = config if config is not None else QuadraticConfig()
@@ -217,7 +218,7 @@ class QuadraticTask(_ConfiguredTask):
         """Row indices of every peer (each sorted)."""
         n = self.config.n_rows
         if n_peers > n:
-            raise TaskError(f"quadratic: {n_peers} peers but only n_rows={n} rows")
+            raise ShardError(f"quadratic: {n_peers} peers but only n_rows={n} rows; use at most {n} peers or a larger n_rows")
         if self.config.iid:
             order = np.random.default_rng(derive_seed("quadratic-iid", seed)).permutation(n)
         else:

@@ -55,3 +55,20 @@ def check_writable(path: str) -> None:
         raise ConfigError(f"cannot write {path}: the folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
         raise ConfigError(f"cannot write {path}: the folder {folder} is not writable")
+
+
+class _AlgorithmNames:
+    """Formats as ``", ".join(gossamer.algorithms.ALGORITHM_NAMES)``, importing
+    the algorithms (and torch) only when help text is printed."""
+
+    def __str__(self) -> str:
+        from .algorithms import ALGORITHM_NAMES
+
+        return ", ".join(ALGORITHM_NAMES)
+
+
+def help_naming_algorithms(action: argparse.Action, text: str) -> None:
+    """Give ``action`` the help ``text``, in which ``%(algorithm_names)s``
+    stands for every registered algorithm, so help never lists a stale subset."""
+    action.algorithm_names = _AlgorithmNames()  # type: ignore[attr-defined]  # read by argparse's %-expansion of help
+    action.help = text

@@ -25,7 +25,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ..argtypes import check_writable
+from ..argtypes import check_writable, help_naming_algorithms
 from ..argtypes import nonneg_int as _nonneg_int, positive_float as _positive_float, positive_int as _positive_int
 from ..errors import ConfigError
 
@@ -68,7 +68,7 @@ def add_swarm_commands(subparsers: Any) -> None:
     p.add_argument("--coordinator", type=_hostport, required=True, help="HOST:PORT of the coordinator")
     p.add_argument("--coordinator-id", default=None, help="pin the coordinator's peer id (printed when it starts)")
     p.add_argument("--task", default="charlm", help="workload: charlm, digits or quadratic (default charlm, as in `gossamer simulate`)")
-    p.add_argument("--algorithm", default="diloco", help="ddp, fedavg, diloco, sparseloco, streaming_diloco, noloco, spsa or gossip (default diloco)")
+    help_naming_algorithms(p.add_argument("--algorithm", default="diloco"), "one of: %(algorithm_names)s (default diloco)")
     p.add_argument("--steps", type=_positive_int, default=None, help="local steps per peer: the run's length, as in `gossamer simulate` (default per task)")
     p.add_argument("--rounds", type=_positive_int, default=None, help="also leave after the swarm's round R (rounds 0..R-1 committed)")
     p.add_argument("--inner-steps", type=_positive_int, default=None, help="H: local steps between syncs (default per task, as in `gossamer simulate`)")
@@ -86,7 +86,8 @@ def add_swarm_commands(subparsers: Any) -> None:
     p.add_argument("--shard", default=None, metavar="I/N", help="train on shard I of N (default: from the peer id, N=16); shard i of a `gossamer simulate` run with N peers is peer i's")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--iid", action="store_true", default=None, help="iid shards (default)")
-    g.add_argument("--alpha", type=_positive_float, default=None, help="non-iid shards: Dirichlet(alpha) by label, or by module for charlm")
+    g.add_argument("--alpha", type=_positive_float, default=None, metavar="A",
+                   help="non-iid shards, Dirichlet(A) proportions per label (digits) or per top-level module (charlm); smaller A: more skewed")
     p.add_argument("--audit", type=_nonneg_int, default=0, metavar="S",
                    help="audited all-reduce with S auditors per chunk (at most the group size - 1): holds when chunk owners lie, scores every contribution, and lets the coordinator exclude liars (every peer must use the same; ddp, fedavg, diloco, streaming_diloco; default 0 = plain butterfly)")
     p.add_argument("--attack", default=None, metavar="NAME",

@@ -81,9 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     front = bsub.add_parser("frontier", help="bytes vs loss from per-step ddp down to sparse 2-bit pseudo-gradients; ratios vs ddp")
     front.add_argument("--task", default="charlm", help="workload (default charlm)")
     front.add_argument("--peers", type=_positive_int, default=8)
-    front.add_argument("--steps", type=_positive_int, default=None, help="training steps per peer, equal for every run (default 1500)")
-    front.add_argument("--inner-steps", type=_positive_int, default=None, help="H for the local-update runs that name none (default 30)")
-    front.add_argument("--runs", default=None, help="LABEL=ALGORITHM[:H][@CODEC] entries, ';'-separated (default: the standard set; ddp is always added)")
+    front.add_argument("--steps", type=_positive_int, default=None, help="training steps per peer, equal for every run (default 600)")
+    front.add_argument("--inner-steps", type=_positive_int, default=None, help="H for the local-update runs that name none (default 15)")
+    front.add_argument("--runs", default=None, help="LABEL=ALGORITHM[:H][@CODEC] entries, ';'-separated, instead of the standard set (a fp32 ddp baseline is added unless one of them is ddp)")
     front.add_argument("--only", default=None, help="comma-separated labels of the standard set to run (ddp is always run)")
     front.add_argument("--seed", type=_nonneg_int, default=0)
     front.add_argument("--json", dest="json_out", metavar="PATH", help="write the results (schema of docs/results.md) here")
@@ -218,6 +218,8 @@ def cmd_bench_frontier(args: argparse.Namespace, console: Any) -> int:
     from .bench.frontier import DEFAULT_H, DEFAULT_RUNS, DEFAULT_STEPS, FrontierRun, parse_run, plot_frontier
 
     runs: list[FrontierRun] = list(DEFAULT_RUNS)
+    if args.only and args.runs:
+        raise ConfigError("--only picks from the standard runs and --runs replaces them: give one of them")
     if args.only:
         wanted = [w.strip() for w in args.only.split(",") if w.strip()]
         known = [r.label for r in DEFAULT_RUNS]
@@ -226,8 +228,9 @@ def cmd_bench_frontier(args: argparse.Namespace, console: Any) -> int:
             raise ConfigError(f"--only: unknown run(s) {', '.join(unknown)}; the standard runs are: {', '.join(known)}")
         runs = [r for r in DEFAULT_RUNS if r.label in wanted or r.algorithm == "ddp"]
     if args.runs:
-        runs = [DEFAULT_RUNS[0]] + [parse_run(t) for t in args.runs.split(";") if t.strip()]
-        runs = [r for i, r in enumerate(runs) if r.algorithm != "ddp" or i == 0 or r.label != "ddp"]
+        runs = [parse_run(t) for t in args.runs.split(";") if t.strip()]
+        if not any(r.algorithm == "ddp" for r in runs):
+            runs.insert(0, DEFAULT_RUNS[0])
     plot = args.plot or (str(Path(args.json_out).with_suffix(".png")) if args.json_out else "frontier.png")
     for out in (args.json_out, plot):
         if out:

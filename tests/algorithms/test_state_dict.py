@@ -165,3 +165,21 @@ def test_a_state_of_another_model_is_refused():
     sd["shared"]["tensors"][0] = torch.zeros(3)
     with pytest.raises(ConfigError, match="shared tensor 0"):
         algos[1].load_state_dict(sd)
+
+
+def test_sparseloco_refuses_a_codec_without_its_accumulator_even_alone():
+    """A swarm peer starts in a group of one: the check must not depend on the group size."""
+    from gossamer.cli import main
+
+    task = make_task("digits")
+    net = SimNetwork(LinkSpec.parse("1gbit,1ms"))
+    for spec in ("int8", "ctopk:16:256", "ctopk:16:256+ef21", "none"):
+        comm = Communicator(net.add_peer(f"alone-{spec}"), [f"alone-{spec}"], codec=make_run_codec(spec))
+        with pytest.raises(ConfigError, match=r"\+ef or \+ef:BETA"):
+            make_algorithm("sparseloco", task.make_model(0), task.loss, comm)
+    # the simulator refuses before any run starts (ddp would otherwise train first)
+    assert main(["simulate", "--task", "digits", "--algorithms", "ddp,sparseloco", "--codec", "int8",
+                 "--peers", "2", "--steps", "100000"]) == 2
+    # a swarm peer refuses it before it connects (nothing listens on port 9)
+    assert main(["peer", "--coordinator", "127.0.0.1:9", "--task", "digits", "--algorithm", "sparseloco",
+                 "--codec", "ctopk:32:1024", "--steps", "10"]) == 2

@@ -41,7 +41,7 @@ def test_bad_configurations_fail_before_any_training():
     with pytest.raises(ConfigError, match="bad codec spec"):
         run_frontier_bench(runs=[FrontierRun("ddp", "ddp"), FrontierRun("b", "diloco", "ctopk:0")])
     assert parse_run("s=sparseloco:40@ctopk:64+ef:0.95") == FrontierRun("s", "sparseloco", "ctopk:64+ef:0.95", 40)
-    for bad in ("sparseloco", "x=diloco:0", "=ddp"):
+    for bad in ("sparseloco", "x=diloco:0", "=ddp", "a=sparseloco:", "a=diloco@"):
         with pytest.raises(ConfigError, match="bad run"):
             parse_run(bad)
 
@@ -51,3 +51,15 @@ def test_cli_errors_exit_2(capsys):
     assert "unknown run(s) nope" in capsys.readouterr().err
     assert main(["bench", "frontier", "--runs", "x=diloco@zip"]) == 2
     assert "bad codec spec 'zip'" in capsys.readouterr().err
+    assert main(["bench", "frontier", "--runs", "x=diloco", "--only", "ddp"]) == 2
+    assert "give one of them" in capsys.readouterr().err
+
+
+def test_a_users_ddp_run_is_the_baseline(tmp_path):
+    out = tmp_path / "f.json"
+    assert main(["bench", "frontier", "--task", "quadratic", "--peers", "2", "--steps", "6", "--inner-steps", "3",
+                 "--runs", "mine=ddp@int8;d=diloco", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert [r["label"] for r in data["runs"]] == ["mine", "d"]  # no second, built-in ddp
+    assert data["runs"][0]["codec"] == "int8:256"
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"

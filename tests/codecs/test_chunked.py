@@ -214,3 +214,16 @@ def test_bit_fields_round_trip_and_padding_is_checked(bits: int, m: int) -> None
         bad[-1] |= 0x80
         with pytest.raises(CodecError, match="zero padding after the x fields"):
             _unpack_bits(memoryview(bytes(bad)), m, bits, weights, "t", "x")
+
+
+def test_a_failed_first_encode_leaves_no_error_memory_behind() -> None:
+    c = make_codec("ctopk:2:64+ef:0.9")
+    bad = rand(10)
+    bad[3] = float("nan")
+    with pytest.raises(CodecError, match="finite"):
+        c.encode(bad, key="b")
+    assert c.sender_state("b") == {}
+    c.encode(rand(50), key="b")  # another shape under the same key is a fresh stream, not a mismatch
+    with pytest.raises(CodecError, match="finite"):
+        c.encode_segments(bad, [(0, 10, (10,))], key="s", seeds=[0])
+    assert c.sender_state("s") == {}

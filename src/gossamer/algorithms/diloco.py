@@ -105,19 +105,26 @@ class SparseLoCo(DiLoCo):
     twice the compressed size per sync, whatever the group size.
 
     Default codec ``ctopk:64:4096:2bit+ef:0.95`` (1.6% density, about 136x
-    smaller than fp32 per sync). Any codec is accepted; without error
-    feedback nothing carries the unsent part and the run degrades, so the
-    constructor raises ConfigError for a codec without ``+ef``.
+    smaller than fp32 per sync). The accumulator is the ``+ef`` wrapper's
+    memory, so the codec must end in ``+ef`` or ``+ef:BETA``: ``check_codec``
+    (called by the constructor, the simulator's scenario and the swarm peer
+    before any work) raises ConfigError for any other.
     """
 
     name = "sparseloco"
     default_codec = "ctopk:64:4096:2bit+ef:0.95"
 
+    @classmethod
+    def check_codec(cls, spec: str) -> None:
+        """Raise ConfigError unless ``spec`` carries the ``+ef[:BETA]`` accumulator."""
+        from ..codecs import ErrorFeedback, make_codec  # noqa: PLC0415
+        from ..errors import ConfigError  # noqa: PLC0415
+
+        if not isinstance(make_codec(spec), ErrorFeedback):
+            raise ConfigError(f"sparseloco keeps its accumulator in the codec's +ef memory: use a codec ending in "
+                              f"+ef or +ef:BETA (e.g. {cls.default_codec!r}); found {spec!r}")
+
     def __init__(self, model: torch.nn.Module, loss_fn: Any, comm: Any, config: DiLoCoConfig) -> None:
         codec = getattr(comm, "codec", None)
-        if codec is not None and getattr(comm, "size", 1) > 1 and not hasattr(codec, "beta"):
-            from ..errors import ConfigError  # noqa: PLC0415
-
-            raise ConfigError(f"sparseloco needs an error-feedback codec (e.g. {self.default_codec!r}); "
-                              f"found {codec.spec!r}, which would drop what it does not send")
+        self.check_codec(codec.spec if codec is not None else "fp32")
         super().__init__(model, loss_fn, comm, config)

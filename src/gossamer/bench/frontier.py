@@ -13,8 +13,9 @@ algorithm, a codec spec, H and algorithm options). It returns a ``Results``
 * ``loss_gap_vs_ddp`` = this run's final validation loss / ddp's - 1 (0.02 = 2% worse);
 * ``meets_target``: ratio >= ``target_ratio`` and gap <= ``target_gap``.
 
-Bytes are the transport's payload counters (every byte each peer sent, both
-phases of every collective), never arithmetic. ``plot_frontier`` draws
+Bytes are the transport's counters of bytes sent per peer (payload and
+framing, both phases of every collective; docs/results.md), never
+arithmetic: framing makes the ratios slightly conservative. ``plot_frontier`` draws
 validation loss against bytes sent per peer, log x-axis, one curve per run
 (the 0-byte start point is left out: it has no place on a log axis), with
 ddp's loss + ``target_gap`` and ddp's bytes / ``target_ratio`` as guides.
@@ -146,10 +147,12 @@ def parse_run(text: str) -> FrontierRun:
     label, sep, rest = text.partition("=")
     if not sep or not label.strip() or not rest.strip():
         raise ConfigError(f"bad run {text!r}: expected LABEL=ALGORITHM[:H][@CODEC]")
-    algo, _, codec = rest.partition("@")
-    name, _, h = algo.partition(":")
-    if h and not (h.isdigit() and int(h) >= 1):
+    algo, at, codec = rest.partition("@")
+    name, colon, h = algo.partition(":")
+    if colon and not (h.isdigit() and int(h) >= 1):
         raise ConfigError(f"bad run {text!r}: H must be an integer >= 1, found {h!r}")
+    if at and not codec.strip():
+        raise ConfigError(f"bad run {text!r}: a codec spec must follow '@'")
     return FrontierRun(label.strip(), name.strip(), codec.strip() or None, int(h) if h else None)
 
 
@@ -175,12 +178,13 @@ def plot_frontier(results: Results, path: str | Path) -> None:
                label=f"ddp's bytes / {target_ratio:,.0f}")
     ax.set_xscale("log")
     ax.set_xlabel("bytes sent per peer (log scale)")
-    ax.set_ylabel("validation loss (nats per character)")
+    ax.set_ylabel("validation loss (nats per character)" if results.task == "charlm" else "validation loss (nats)")
     ax.grid(True, alpha=0.3, which="both")
     ax.legend(fontsize=8)
     opts = results.extra.get("task_options", {})
-    ax.set_title(f"{results.task}: {results.peers} peers, {results.extra.get('steps')} steps per peer, "
-                 f"d_model {opts.get('d_model', '?')}, H {results.extra.get('inner_steps')}", fontsize=10)
+    model = f", d_model {opts['d_model']}" if "d_model" in opts else ""
+    ax.set_title(f"{results.task}: {results.peers} peers, {results.extra.get('steps')} steps per peer{model}, "
+                 f"H {results.extra.get('inner_steps')}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

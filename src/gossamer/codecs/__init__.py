@@ -14,7 +14,7 @@
     wrapper  := "ef" [":" BETA] | "ef21" | "econtrol" [":" ETA]
 
 BLOCK and RANK are positive integers, FRACTION is in (0, 1], ETA >= 0.
-K and CHUNK are integers with 1 <= K <= CHUNK (CHUNK default 4096, a square
+K and CHUNK are integers with 1 <= K <= CHUNK <= 2**20, CHUNK >= 2 (default 4096, a square
 with ``:dct``); BETA in (0, 1] is the error-feedback decay (SparseLoCo's
 accumulator; default 1, classic error feedback).
 The returned codec's ``.spec`` is canonical (defaults filled in, ``none``
@@ -66,8 +66,8 @@ _FORMS = (
     "fp32 | none | fp16 | bf16 | int8[:BLOCK][:sr] | int4[:BLOCK][:sr] | topk:FRACTION | "
     "randk:FRACTION[:unbiased] | sign[:BLOCK] | powersgd:RANK[:warm] | ctopk:K[:CHUNK][:2bit|1bit|fp32][:dct] | "
     "crandk:K[:CHUNK][:2bit|1bit|fp32], "
-    "optionally followed by +ef[:BETA] | +ef21 | +econtrol[:ETA]  (BLOCK, RANK, K, CHUNK: integers >= 1, "
-    "K <= CHUNK; FRACTION, BETA in (0, 1]; ETA >= 0)"
+    "optionally followed by +ef[:BETA] | +ef21 | +econtrol[:ETA]  (BLOCK, RANK, K: integers >= 1; "
+    "CHUNK: integer in [2, 1048576], K <= CHUNK; FRACTION, BETA in (0, 1]; ETA >= 0)"
 )
 
 

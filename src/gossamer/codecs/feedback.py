@@ -246,6 +246,7 @@ class FeedbackCodec(Codec):
     def encode(self, x: torch.Tensor, *, key: Hashable = None, seed: int = 0) -> bytes:
         x = self._as_input(x, self.spec)
         shape = check_shape(tuple(x.shape))
+        created = key not in self._enc
         st = self._state(key, shape, self.state_names)
         out: list[bytes] = []
 
@@ -254,7 +255,12 @@ class FeedbackCodec(Codec):
             out.append(data)
             return d
 
-        self._commit(st, **self._step(x, st, send))
+        try:
+            self._commit(st, **self._step(x, st, send))
+        except BaseException:
+            if created:  # a first encode that fails leaves no state behind
+                self._enc.pop(key, None)
+            raise
         return out[0]
 
     def encode_segments(self, x: torch.Tensor, segments: Sequence[tuple[int, int, tuple[int, ...]]], *,
@@ -283,6 +289,7 @@ class FeedbackCodec(Codec):
                 raise CodecError(f"{self.spec}: segments overlap at element {lo}")
         if x.numel() != total:
             raise CodecError(f"{self.spec}: expected {total} values for the segments, found {x.numel()}")
+        before = (self._enc.get(key), self._ranges.get(key))
         st = self._segment_state(key, ranges, total)
         out: list[bytes] = []
 
@@ -304,6 +311,14 @@ class FeedbackCodec(Codec):
         self._decay = decay
         try:
             self._commit(st, **self._step(x, st, send))
+        except BaseException:
+            # all or nothing: the state (and its element ranges) as before the call
+            for table, old in zip((self._enc, self._ranges), before):
+                if old is None:
+                    table.pop(key, None)
+                else:
+                    table[key] = old
+            raise
         finally:
             self._decay = None
         return out

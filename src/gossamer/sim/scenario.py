@@ -128,8 +128,13 @@ class Scenario:
         unknown = sorted(set(self.algorithm_options) - set(ALGORITHM_NAMES))
         if unknown:
             raise ConfigError(f"algorithm_options for unknown algorithm(s) {', '.join(unknown)}; accepted: {', '.join(ALGORITHM_NAMES)}")
+        from ..algorithms import ALGORITHMS
+
         for a in algos:
             algorithm_config(a, **self.options_for(a))
+            check = getattr(ALGORITHMS[a][0], "check_codec", None)
+            if check is not None:
+                check(self.codec_for(a))
 
     def _check_robustness(self) -> None:
         from ..aggregate import make_aggregator

@@ -190,3 +190,16 @@ def test_swarm_md_one_machine_snippet_returns_and_frees_the_port(tmp_path):
         report = json.loads((tmp_path / f"peer{i}.json").read_text())
         assert report, out
     assert _port_is_free(port), "the coordinator still holds its port"
+
+
+def test_peer_threads_default_to_a_quarter_of_the_cores_and_are_validated():
+    import subprocess
+    import sys
+
+    from gossamer.swarm.cli import default_threads
+
+    assert [default_threads(c) for c in (1, 2, 4, 7, 16, 64)] == [1, 1, 1, 1, 4, 16]
+    run = subprocess.run([sys.executable, "-c", "import sys; from gossamer.cli import main; sys.exit(main(sys.argv[1:]))",
+                          "peer", "--coordinator", "127.0.0.1:9", "--task", "digits", "--threads", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "--threads" in run.stderr

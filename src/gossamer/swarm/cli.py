@@ -77,6 +77,9 @@ def add_swarm_commands(subparsers: Any) -> None:
     p.add_argument("--aggregator", default="mean", help="aggregation rule spec, e.g. median, nnm+cclip (default mean); every peer must use the same")
     p.add_argument("--tolerate", type=_nonneg_int, default=0, help="Byzantine peers the aggregator is configured for (default 0)")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the initial model, the shards and the collectives (same on every peer; default 0)")
+    p.add_argument("--save", default=None, metavar="PATH",
+                   help="when the peer leaves, write the trained model (the swarm's shared parameters) here as "
+                        "safetensors; load with model.load_state_dict(safetensors.torch.load_file(PATH))")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="torch threads of this peer (default: a quarter of the cores, at least 1, so that several peers "
                         "on one machine do not oversubscribe it)")
@@ -243,10 +246,9 @@ async def _peer(args: argparse.Namespace) -> int:
 
     steps, options = peer_run_options(args.algorithm, args.task, steps=args.steps, inner_steps=args.inner_steps,
                                       overrides=parse_options(args.option))
-    if args.swarm_json:
-        check_writable(args.swarm_json)
-    if args.trace:
-        check_writable(args.trace)
+    for out in (args.swarm_json, args.trace, args.save):
+        if out:
+            check_writable(out)
     task_options: dict[str, Any] = {"iid": args.alpha is None}
     if args.alpha is not None:
         task_options["alpha"] = args.alpha
@@ -299,7 +301,18 @@ async def _peer(args: argparse.Namespace) -> int:
             peer.report.write(args.swarm_json)
     print(f"peer {report.peer_id}: left after {report.rounds_completed} rounds, {report.steps} steps, "
           f"final state {str(report.final_state_hash)[:16]}", flush=True)
+    if args.save:
+        save_model(peer.algo.eval_model(), args.save)
+        print(f"peer {report.peer_id}: wrote the trained model to {args.save}", flush=True)
     return 0
+
+
+def save_model(model: Any, path: str) -> None:
+    """Write ``model.state_dict()`` as safetensors (CPU, contiguous copies, so tied
+    weights are stored once per name); ``load_state_dict(load_file(path))`` restores it."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}, str(path))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

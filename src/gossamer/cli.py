@@ -571,26 +571,23 @@ def _with_options(scenario: Any, options: dict[str, Any]) -> Any:
 def _run_scenario(scenario: Any, console: Any) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from .sim.runner import run_algorithm, task_for
-    from .trace.results import Results
+    from .sim.runner import simulate
 
-    with console.status(f"loading task {scenario.task} ..."):
-        task = task_for(scenario)
-        # Fail before any training if the data cannot be split over the peers (ShardError: exit 2).
-        task.shard(scenario.peers - 1, scenario.peers, seed=scenario.seed)
-    results = Results(task=scenario.task, peers=scenario.peers, link=scenario.link, seed=scenario.seed)
-    results.extra["loss_unit"] = getattr(task, "loss_unit", "")
     columns = (TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as bar:
-        ids = {a: bar.add_task(a, total=scenario.steps) for a in scenario.algorithms}
+    bar = Progress(*columns, console=console, transient=False)
+    ids: dict[str, Any] = {}
 
-        def progress(algorithm: str, done: int, total: int) -> None:
-            bar.update(ids[algorithm], completed=done)
+    def progress(algorithm: str, done: int, total: int) -> None:
+        if not ids:  # the first step: the task loaded and the shards checked, so training starts now
+            bar.start()
+            ids.update({a: bar.add_task(a, total=scenario.steps) for a in scenario.algorithms})
+        bar.update(ids[algorithm], completed=done)
 
-        for algorithm in scenario.algorithms:
-            results.runs.append(run_algorithm(scenario, algorithm, task=task, progress=progress))
-    results.extra["samples_per_peer"] = scenario.steps * task.samples_per_batch
-    return results
+    try:
+        return simulate(scenario, progress=progress)
+    finally:
+        if ids:
+            bar.stop()
 
 
 def _results_table(results: Any, *, title: str, baseline: str = "algorithm") -> Any:

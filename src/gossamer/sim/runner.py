@@ -67,7 +67,7 @@ from ..comm import Communicator, make_run_codec
 from ..errors import ConfigError
 from ..tasks import make_task
 from ..trace.recorder import TraceWriter
-from ..trace.results import CurvePoint, RunResult
+from ..trace.results import CurvePoint, Results, RunResult
 from ..transport.sim import SimNetwork
 from ..verify import combined_hash
 from ..comm.audit import AuditFailed, KeyBook, audit_report
@@ -157,6 +157,28 @@ class _PeerTracer:
     def finished(self, rounds: int) -> None:
         """Steps and bytes after the last sync, numbered one past it."""
         self._compute_and_bytes(rounds, self.comm.transport.now())
+
+
+def simulate(scenario: Scenario | None = None, *, progress: Progress | None = None, **fields: Any) -> Results:
+    """Run every algorithm of ``scenario`` (or of ``Scenario(**fields)``; with both,
+    ``fields`` replace the scenario's) on the same task and shards; returns
+    ``Results`` (docs/results.md), one run per algorithm, in order.
+
+    ``progress(algorithm, step, total)`` is called as each run advances.
+    Raises ConfigError for a bad field, and ShardError (a ConfigError) when the
+    data cannot be split over the peers, both before any training starts."""
+    if scenario is None:
+        scenario = Scenario(**fields)
+    elif fields:
+        scenario = dataclasses.replace(scenario, **fields)
+    task = task_for(scenario)
+    task.shard(scenario.peers - 1, scenario.peers, seed=scenario.seed)  # fails now if the data cannot be split
+    results = Results(task=scenario.task, peers=scenario.peers, link=scenario.link, seed=scenario.seed)
+    results.extra["loss_unit"] = getattr(task, "loss_unit", "")
+    for algorithm in scenario.algorithms:
+        results.runs.append(run_algorithm(scenario, algorithm, task=task, progress=progress))
+    results.extra["samples_per_peer"] = scenario.steps * task.samples_per_batch
+    return results
 
 
 def run_algorithm(scenario: Scenario, algorithm: str, *, task: Any = None, progress: Progress | None = None,

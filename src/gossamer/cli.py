@@ -600,8 +600,11 @@ def _results_table(results: Any, *, title: str, baseline: str = "algorithm") -> 
         base = next((r for r in results.runs if r.algorithm == "ddp" and r.codec in ("none", "fp32")), None)
     table = Table(title=title)
     metrics = {r.metric_name for r in results.runs}
-    metric_col = "val " + _metric_label(metrics.pop()) if len(metrics) == 1 else "val metric"
-    for col in ("algorithm", "codec", "val loss", metric_col, "bytes/peer", "vs dense" if baseline == "codec" else "vs ddp", "peak/round", "rounds", "sim time", "wall time", "parity"):
+    metric_col = "val " + _metric_label(next(iter(metrics))) if len(metrics) == 1 else "val metric"
+    # a task whose metric is its loss (charlm) gets one column, named with the unit
+    loss_only = bool(results.runs) and all(m.startswith("val_loss") for m in metrics)
+    loss_col = metric_col if loss_only else "val loss"
+    for col in ("algorithm", "codec", loss_col, *(() if loss_only else (metric_col,)), "bytes/peer", "vs dense" if baseline == "codec" else "vs ddp", "peak/round", "rounds", "sim time", "wall time", "parity"):
         table.add_column(col, justify="left" if col in ("algorithm", "codec") else "right")
     for r in results.runs:
         ratio = f"{base.bytes_sent_per_peer / r.bytes_sent_per_peer:,.1f}x less" if base and r.bytes_sent_per_peer else "-"
@@ -611,7 +614,8 @@ def _results_table(results: Any, *, title: str, baseline: str = "algorithm") -> 
             r.algorithm,
             r.codec,
             f"{r.final_val_loss:.4f}",
-            f"{r.final_val_metric:.4f}" + ("" if metric_col != "val metric" else f" ({_metric_label(r.metric_name)})"),
+            *(() if loss_only else
+              (f"{r.final_val_metric:.4f}" + ("" if metric_col != "val metric" else f" ({_metric_label(r.metric_name)})"),)),
             _human_bytes(r.bytes_sent_per_peer),
             ratio,
             _human_bytes(r.peak_bytes_per_round),

@@ -203,3 +203,19 @@ def test_peer_threads_default_to_a_quarter_of_the_cores_and_are_validated():
                           "peer", "--coordinator", "127.0.0.1:9", "--task", "digits", "--threads", "0"],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and "--threads" in run.stderr
+
+
+def test_a_task_whose_metric_is_its_loss_gets_one_loss_column_with_its_unit():
+    from rich.console import Console
+
+    from gossamer.cli import _results_table
+    from gossamer.trace.results import Results, RunResult
+
+    run = RunResult(algorithm="ddp", codec="none", aggregator="mean", final_val_loss=2.0, final_val_metric=2.0,
+                    metric_name="val_loss_nats_per_char", bytes_sent_per_peer=1.0, peak_bytes_per_round=1,
+                    sim_time_s=1.0, wall_time_s=1.0, steps=1, rounds=1)
+    con = Console(width=300, record=True)
+    con.print(_results_table(Results(task="charlm", peers=2, link="x", seed=0, runs=[run]), title="t"))
+    text = con.export_text()
+    assert "val loss nats per char" in text
+    assert text.count("2.0000") == 1  # not the same number twice under two headers

@@ -162,6 +162,11 @@ class Algorithm(ABC):
     #: False when no payload of the algorithm goes through a codec (spsa's byte).
     uses_codec: ClassVar[bool] = True
 
+    @classmethod
+    def check_codec(cls, spec: str) -> None:
+        """Raise ConfigError if the algorithm cannot run with the codec ``spec``
+        (runtimes call it before any work); every codec is fine by default."""
+
     def __init__(self, model: torch.nn.Module, loss_fn: Any, comm: Communicator, config: Any) -> None:
         self.model = model
         self.loss_fn = loss_fn

@@ -132,9 +132,7 @@ class Scenario:
 
         for a in algos:
             algorithm_config(a, **self.options_for(a))
-            check = getattr(ALGORITHMS[a][0], "check_codec", None)
-            if check is not None:
-                check(self.codec_for(a))
+            ALGORITHMS[a][0].check_codec(self.codec_for(a))
 
     def _check_robustness(self) -> None:
         from ..aggregate import make_aggregator

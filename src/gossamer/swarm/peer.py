@@ -330,8 +330,7 @@ class Peer:
             raise ConfigError(f"--codec does not apply to {algorithm}: it sends one quantized byte per step")
         spec = codec if codec is not None else (cls.default_codec if cls.uses_codec else "none")
         resolved = make_run_codec(spec)  # a bad spec fails here, before joining
-        if hasattr(cls, "check_codec"):
-            cls.check_codec(spec)  # e.g. sparseloco needs the +ef accumulator
+        cls.check_codec(spec)  # e.g. sparseloco needs the +ef accumulator
         self.codec_spec = resolved.spec if resolved is not None else "none"
         self.aggregator_spec = aggregator
         self.tolerate = tolerate

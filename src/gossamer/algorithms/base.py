@@ -104,6 +104,30 @@ def make_optimizer(
     raise ConfigError(f"{what}: unknown inner optimizer {kind!r}; accepted: adamw, sgd")
 
 
+#: Options that configure the inner optimizer gossamer builds; they do not
+#: apply when a user brings their own (``Algorithm.use_optimizer``).
+INNER_OPTIMIZER_OPTIONS = ("inner_optimizer", "optimizer", "lr", "weight_decay", "momentum", "schedule",
+                           "warmup_steps", "min_lr_ratio")
+
+
+class Gradients:
+    """A batch that stands for gradients the caller already computed.
+
+    ``Algorithm.step(Gradients(loss))`` runs the local update on the
+    ``.grad`` of the model's parameters as they are (the caller ran the
+    forward and ``loss.backward()``), instead of computing them from a batch
+    with ``loss_fn``. ``loss`` (float, may be NaN) is only reported.
+    ``seconds`` is the compute time of that step for a simulated clock (None:
+    unknown). Used by ``gossamer.Optimizer``, where the user keeps the loop.
+    """
+
+    __slots__ = ("loss", "seconds")
+
+    def __init__(self, loss: float = float("nan"), seconds: float | None = None) -> None:
+        self.loss = float(loss)
+        self.seconds = seconds
+
+
 SCHEDULES = ("constant", "cosine")
 
 
@@ -136,6 +160,20 @@ def make_schedule(opt: torch.optim.Optimizer, config: Any, *, what: str) -> torc
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def check_optimizer(optimizer: Any, params: list[torch.nn.Parameter], *, what: str) -> None:
+    """Raise ``ConfigError`` unless ``optimizer`` is a ``torch.optim.Optimizer``
+    whose parameter groups hold exactly ``params`` (each once)."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ConfigError(f"{what}: the inner optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    held = [p for group in optimizer.param_groups for p in group["params"]]
+    want = {id(p) for p in params}
+    got = {id(p) for p in held}
+    if len(held) != len(got) or got != want:
+        extra, missing = len(got - want), len(want - got)
+        raise ConfigError(f"{what}: the optimizer must hold exactly the model's {len(params)} trainable parameters; "
+                          f"it holds {len(held)} ({missing} of the model's missing, {extra} other tensors)")
+
+
 def apply_schedule(schedule: torch.optim.lr_scheduler.LambdaLR) -> None:
     """Set the optimizer's learning rates to the schedule's value at its
     position ``last_epoch`` (after that position was loaded)."""
@@ -161,6 +199,9 @@ class Algorithm(ABC):
     default_codec: ClassVar[str] = "none"
     #: False when no payload of the algorithm goes through a codec (spsa's byte).
     uses_codec: ClassVar[bool] = True
+    #: Why a user's own inner optimizer cannot replace this algorithm's
+    #: (``use_optimizer``); empty when it can.
+    own_optimizer_refusal: ClassVar[str] = ""
 
     @classmethod
     def check_codec(cls, spec: str) -> None:
@@ -206,6 +247,23 @@ class Algorithm(ABC):
         """The sync after the local step just taken, counted."""
         await self.sync(self.steps - 1)
         self.syncs += 1
+
+    def use_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Take ``optimizer`` (any ``torch.optim.Optimizer`` over exactly this
+        model's trainable parameters) as the inner optimizer, in place of the
+        one built from the config; the config's learning-rate schedule is
+        dropped (the user's own scheduler, if any, drives the optimizer).
+        Its state is local, saved and rolled back like the built one's.
+
+        Raises ``ConfigError`` when the algorithm cannot take one
+        (``own_optimizer_refusal`` says why) or the optimizer holds other
+        tensors than the model's trainable parameters."""
+        if self.own_optimizer_refusal or not hasattr(self, "inner"):
+            raise ConfigError(f"{self.name} cannot run with your own optimizer: "
+                              f"{self.own_optimizer_refusal or 'it has no inner optimizer'}")
+        check_optimizer(optimizer, self.params, what=self.name)
+        self.inner = optimizer
+        self.schedule = None
 
     # ------------------------------------------------------------------ state as data
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -367,6 +425,8 @@ class Algorithm(ABC):
         return loss
 
     def _backward(self, batch: Any) -> float:
+        if isinstance(batch, Gradients):  # the caller ran the backward pass itself
+            return batch.loss
         for p in self.params:
             p.grad = None
         loss = self.loss_fn(self.model, batch)

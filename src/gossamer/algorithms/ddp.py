@@ -50,6 +50,9 @@ class DDPConfig:
 
 class DDP(Algorithm):
     name = "ddp"
+    own_optimizer_refusal = ("its optimizer state is shared state (every peer, joiners included, must hold the same), "
+                             "which gossamer can only build for its own adamw/sgd; use diloco (inner_steps=1 "
+                             "averages every step) or run ddp with Peer(...).train")
 
     def __init__(self, model: torch.nn.Module, loss_fn: Any, comm: Any, config: DDPConfig) -> None:
         super().__init__(model, loss_fn, comm, config)

@@ -5,7 +5,7 @@ A template method (as Flower's server loop or torchft's Manager own theirs):
 (``sim.runner``), the swarm peer (``swarm.peer``) and the tests::
 
     while algo.steps < total_steps and not self.stopping():
-        batch = self.next_batch()
+        batch = await self.fetch_batch()             # hook: next(batches), or the user's step()
         loss = await self.local_step(batch)          # hook: inline, or in a worker thread
         if algo.sync_due(total_steps):
             await self.sync()                        # hook: a plain call, or barrier/attempt/commit
@@ -23,10 +23,13 @@ from the step that state was taken at, with the same schedule.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
-from .base import Algorithm
+from ..errors import PeerError
+from .base import Algorithm, Gradients
 
 
 class RoundLoop:
@@ -46,7 +49,7 @@ class RoundLoop:
         """The template method (see the module docstring)."""
         algo = self.algo
         while algo.steps < self.total_steps and not self.stopping():
-            batch = self.next_batch()
+            batch = await self.fetch_batch()
             if batch is None:
                 break
             self.last_loss = await self.local_step(batch)
@@ -57,6 +60,10 @@ class RoundLoop:
             await asyncio.sleep(0)
 
     # ------------------------------------------------------------------ hooks
+    async def fetch_batch(self) -> Any:
+        """The next batch (``None`` ends the run); the default calls ``next_batch()``."""
+        return self.next_batch()
+
     async def local_step(self, batch: Any) -> float:
         """One local step; the default runs it inline."""
         return self.algo.step(batch)
@@ -74,3 +81,88 @@ class RoundLoop:
     def stopping(self) -> bool:
         """True to end the run before the next step."""
         return False
+
+
+class StepHandoff:
+    """The bridge between a user's training loop and a round loop.
+
+    The user's thread computes gradients and calls ``submit(grads)`` (a
+    ``Gradients``), which blocks until the round loop, running in an event
+    loop on another thread, has taken the local step and any sync due after
+    it, and returns the step's loss. The loop side (``take``/``resolve``)
+    runs in the event loop: ``take()`` returns the next ``Gradients`` or
+    ``None`` once ``close()`` was called. ``fail(exc)`` (the round loop
+    ended) fails the step in flight and every later ``submit`` with
+    ``exc``. One user thread per handoff.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[tuple[Gradients, Future[float]] | None] | None = None
+        self._pending: Future[float] | None = None
+        self._dead: BaseException | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------ loop side
+    def bind(self) -> None:
+        """Attach to the running event loop (call from inside it, before ``take``)."""
+        with self._lock:
+            self._loop = asyncio.get_running_loop()
+            self._queue = asyncio.Queue()
+            if self._closed:
+                self._queue.put_nowait(None)
+
+    async def take(self) -> Gradients | None:
+        assert self._queue is not None, "bind() first"
+        item = await self._queue.get()
+        if item is None:
+            return None
+        grads, self._pending = item
+        return grads
+
+    def resolve(self, loss: float) -> None:
+        """The step taken by the last ``take`` (and its sync) is done."""
+        pending, self._pending = self._pending, None
+        if pending is not None and not pending.done():
+            pending.set_result(loss)
+
+    def fail(self, exc: BaseException) -> None:
+        """The round loop is over: the step in flight and every later one raise ``exc``."""
+        with self._lock:
+            self._dead = exc
+            pending, self._pending = self._pending, None
+            queued: list[Future[float]] = []
+            if self._queue is not None:
+                while not self._queue.empty():
+                    item = self._queue.get_nowait()
+                    if item is not None:
+                        queued.append(item[1])
+        for fut in ([pending] if pending is not None else []) + queued:
+            if not fut.done():
+                fut.set_exception(exc)
+
+    # ------------------------------------------------------------ user side
+    def submit(self, grads: Gradients) -> float:
+        fut: Future[float] = Future()
+        with self._lock:
+            if self._dead is not None:
+                raise self._dead
+            if self._closed:
+                raise PeerError("step() after close(): this optimizer has left the swarm")
+            if self._loop is None or self._queue is None:
+                raise PeerError("the round loop is not running yet")
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, (grads, fut))
+        return fut.result()
+
+    def close(self) -> None:
+        """No more steps: the round loop ends after the step in flight."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._loop is not None and self._queue is not None and self._dead is None:
+                try:
+                    self._loop.call_soon_threadsafe(self._queue.put_nowait, None)
+                except RuntimeError:  # the loop is gone already
+                    pass

@@ -74,6 +74,8 @@ class SPSA(Algorithm):
     individual_contributions = False
     #: the byte is its own quantizer: no codec applies
     uses_codec = False
+    own_optimizer_refusal = ("it takes no gradients: each step evaluates the loss twice along a shared random "
+                             "direction, so it needs loss_fn and a batch (use Peer(...).train)")
 
     def __init__(self, model: torch.nn.Module, loss_fn: Any, comm: Any, config: SPSAConfig) -> None:
         super().__init__(model, loss_fn, comm, config)

@@ -91,7 +91,8 @@ import torch
 
 from ..aggregate import make_aggregator
 from ..algorithms import ALGORITHMS, Algorithm, algorithm_config, make_algorithm
-from ..algorithms.driver import RoundLoop
+from ..algorithms.base import INNER_OPTIMIZER_OPTIONS, check_optimizer
+from ..algorithms.driver import RoundLoop, StepHandoff
 from ..comm import make_run_codec
 from ..comm.audit import AuditFailed, KeyBook, audit_report, check_audit_codec
 from ..comm.collectives import CollectiveAborted, Communicator, LinkEstimator
@@ -315,10 +316,21 @@ class Peer:
                  checkpoint: str | os.PathLike[str] | None = None, checkpoint_every: int = 1,
                  resume: str | os.PathLike[str] | None = None, faults: Any = None, audit: int = 0,
                  attack: str | None = None, collude: str | None = None,
-                 trace: str | os.PathLike[str] | None = None, **options: Any) -> None:
+                 trace: str | os.PathLike[str] | None = None, optimizer: torch.optim.Optimizer | None = None,
+                 **options: Any) -> None:
         if algorithm not in ALGORITHMS:
             raise ConfigError(f"unknown algorithm {algorithm!r}; accepted: {', '.join(ALGORITHMS)}")
         algorithm_config(algorithm, **options)  # unknown or invalid options fail here, before joining
+        if optimizer is not None:  # the user's own inner optimizer (gossamer.Optimizer)
+            refusal = ALGORITHMS[algorithm][0].own_optimizer_refusal
+            if refusal:
+                raise ConfigError(f"{algorithm} cannot run with your own optimizer: {refusal}")
+            clash = sorted(set(options) & set(INNER_OPTIMIZER_OPTIONS))
+            if clash:
+                raise ConfigError(f"option(s) {', '.join(clash)} configure gossamer's own inner optimizer; "
+                                  f"with your optimizer, set them on it instead")
+            check_optimizer(optimizer, [q for q in model.parameters() if q.requires_grad], what=algorithm)
+        self.optimizer = optimizer
         self.model = model
         self.loss_fn = loss_fn
         self.coordinator = parse_hostport(coordinator)
@@ -417,6 +429,8 @@ class Peer:
     async def run(self, batches: Iterable[Any], *, steps: int | None = None, rounds: int | None = None) -> PeerReport:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        if isinstance(batches, StepHandoff):
+            batches.bind()  # the user's loop may hand over steps as soon as we are admitted
         if self._stop_requested.is_set():
             self._stop.set()
         identity = self._identity or load_identity(self._key)
@@ -453,6 +467,8 @@ class Peer:
                 log.warning("RED-TEAM: this peer attacks the swarm (%s)", self.attack)
                 install(self.attack, self.comm, identity.peer_id, seed=self.seed, collude=self.collude)
             self.algo: Algorithm = make_algorithm(self.algorithm_name, self.model, self.loss_fn, self.comm, **self.options)
+            if self.optimizer is not None:
+                self.algo.use_optimizer(self.optimizer)
             self._genesis = self.algo.state_dict()
             self._fingerprint = self._make_fingerprint()
             self._blob: StateBlob | None = None
@@ -471,7 +487,7 @@ class Peer:
             await self._reconnect()  # the same patience as a running peer that lost its coordinator
             bg.append(asyncio.create_task(self._heartbeats(), name="heartbeats"))
             bg.append(asyncio.create_task(self._serve(), name="serve"))
-            loop = _SwarmLoop(self, iter(batches), steps, rounds)
+            loop = _SwarmLoop(self, batches, steps, rounds)
             while True:
                 try:
                     if self.join_at_round is not None:
@@ -1022,14 +1038,21 @@ class _SwarmLoop(RoundLoop):
     """The one round loop in the swarm: local steps in a worker thread, each
     sync wrapped in a swarm round (``Peer._sync_round``)."""
 
-    def __init__(self, peer: Peer, batches: Iterator[Any], steps: int | None, rounds: int | None) -> None:
+    def __init__(self, peer: Peer, batches: Iterable[Any] | StepHandoff, steps: int | None, rounds: int | None) -> None:
         super().__init__(peer.algo, self._next, steps if steps is not None else sys.maxsize)
         self.peer = peer
-        self.batches = batches
+        #: a user's loop handing over its steps (gossamer.Optimizer), or None: batches from an iterable
+        self.handoff = batches if isinstance(batches, StepHandoff) else None
+        self.batches: Iterator[Any] = iter(()) if self.handoff is not None else iter(batches)  # type: ignore[arg-type]
         self.rounds = rounds
 
     def _next(self) -> Any:
         return next(self.batches, None)
+
+    async def fetch_batch(self) -> Any:
+        if self.handoff is None:
+            return self._next()
+        return await self.handoff.take()
 
     def stopping(self) -> bool:
         stop = self.peer._stop
@@ -1062,3 +1085,5 @@ class _SwarmLoop(RoundLoop):
         report = self.peer.report
         if report is not None and (self.algo.steps % 10 == 0 or self.algo.steps == self.total_steps):
             report.losses.append({"step": self.algo.steps, "round": self.peer.round, "loss": loss})
+        if self.handoff is not None:
+            self.handoff.resolve(loss)

@@ -14,6 +14,10 @@ Simulate (one process, a modelled network)::
 ``simulate(scenario=None, *, progress=None, **fields)`` takes a ``Scenario``
 or its fields (docs/concepts.md) and returns ``Results`` (docs/results.md).
 
+Your own training loop: ``Optimizer`` wraps any ``torch.optim.Optimizer``
+and runs the outer sync over a real swarm or a ``SimulatedSwarm``
+(docs/optimizer.md).
+
 Real swarm: ``Coordinator`` and ``Peer`` (docs/swarm.md). Building blocks:
 ``make_codec`` (docs/codecs.md), ``make_aggregator`` (docs/robustness.md),
 ``make_algorithm`` (docs/algorithms.md), ``make_task``. Errors: every error
@@ -56,6 +60,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "make_algorithm": ("gossamer.algorithms", "make_algorithm"),
     "ALGORITHM_NAMES": ("gossamer.algorithms", "ALGORITHM_NAMES"),
     "make_task": ("gossamer.tasks", "make_task"),
+    "Optimizer": ("gossamer.optimizer", "Optimizer"),
+    "SimulatedSwarm": ("gossamer.optimizer", "SimulatedSwarm"),
 }
 
 __all__ = [

@@ -9,8 +9,14 @@ coordinator, ...), 2 on bad input (one line naming it). ``main()`` makes the
 module runnable on its own: ``python -m gossamer.swarm.cli peer ...``.
 
 The coordinator prints ``coordinator <id> listening on HOST:PORT`` on stdout
-as soon as it listens (tests and scripts read the port from it); a peer
-prints one line per admitted, committed and aborted round.
+as soon as it listens (tests and scripts read the port from it), and with
+``--http HOST:PORT`` then ``status page at http://HOST:PORT/`` (the page is
+bound first: a busy port is one line and exit 2 before the coordinator
+starts; see ``swarm.status``). A peer prints its progress (``PeerProgress``):
+one line per committed round (round, step, group, mean local loss, the
+validation metric when evaluated, payload bytes sent) and per admission,
+abort, rejoin and resync; when stdout is a terminal, the committed rounds
+update one live line instead, the other events print above it.
 """
 
 from __future__ import annotations
@@ -18,16 +24,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import math
 import os
 import logging
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TextIO
 
 from ..argtypes import check_writable, help_naming_algorithms
 from ..argtypes import nonneg_int as _nonneg_int, positive_float as _positive_float, positive_int as _positive_int
 from ..errors import ConfigError
+
+
+#: Committed rounds between evaluations of a ``gossamer peer`` (the built-in tasks evaluate in about 0.1 s).
+DEFAULT_EVAL_EVERY = 10
 
 
 def _hostport(text: str) -> str:
@@ -62,6 +73,9 @@ def add_swarm_commands(subparsers: Any) -> None:
     c.add_argument("--trace", default=None, metavar="PATH",
                    help="record joins, leaves, stragglers, aborts, commits and exclusions in this SQLite trace (see `gossamer report`; appended to if it exists)")
     c.add_argument("--reset", action="store_true", help="let an empty swarm restart from the next peer's state even if it is not the last agreed one (committed work is otherwise never replaced)")
+    c.add_argument("--http", type=_hostport, default=None, metavar="HOST:PORT",
+                   help="serve a live, read-only status page (members, rounds, bytes, loss, aborts, exclusions) here; "
+                        "port 0 picks a free one; the URL is printed (default: off)")
     c.add_argument("-v", "--verbose", action="count", default=0, dest="swarm_verbose", help="more log output")
 
     p = subparsers.add_parser("peer", help="join a swarm and train")
@@ -104,7 +118,11 @@ def add_swarm_commands(subparsers: Any) -> None:
     p.add_argument("--listen", type=_hostport, default="127.0.0.1:0", help="HOST:PORT for peer traffic (default 127.0.0.1:0)")
     p.add_argument("--advertise", type=_hostport, default=None, help="HOST:PORT other peers should dial (default: --listen)")
     p.add_argument("--swarm", default="gossamer", help="swarm id (default gossamer)")
-    p.add_argument("--json", dest="swarm_json", default=None, metavar="PATH", help="write {peer_id, rounds_completed, state_hashes} here")
+    p.add_argument("--json", dest="swarm_json", default=None, metavar="PATH",
+                   help="write the peer's report here: rounds, state hashes, bytes, the loss curve and the validation curve")
+    p.add_argument("--eval-every", type=_nonneg_int, default=DEFAULT_EVAL_EVERY, metavar="R",
+                   help=f"evaluate the shared model on the task's validation set after every R-th committed round and "
+                        f"at the end (0: never; default {DEFAULT_EVAL_EVERY}); the swarm's next round waits for it")
     p.add_argument("--trace", default=None, metavar="PATH",
                    help="record this peer's compute, barrier waits, bytes per link, attempts, scores and aborts in this SQLite trace (see `gossamer report`; appended to if it exists)")
     p.add_argument("-v", "--verbose", action="count", default=0, dest="swarm_verbose", help="more log output")
@@ -159,15 +177,35 @@ async def _coordinator(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise ConfigError(f"cannot read the allow-list {args.allow}: {exc}") from None
     identity = load_identity(args.key, coordinator=True)
-    coord = await Coordinator.start(identity, args.swarm, host, port, min_peers=args.min_peers,
-                                    heartbeat_timeout=args.heartbeat_timeout, allowed=allowed, events_path=args.events,
-                                    state_path=args.state, reset=args.reset, straggler_grace=args.straggler_grace,
-                                    max_failures=args.max_failures, join_grace=args.join_grace,
-                                    rollback_grace=args.rollback_grace, trace=args.trace)
+    page = None
+    if args.http:  # bound first: a busy port is one line, exit 2, before the coordinator starts
+        from .status import StatusServer
+
+        page = await StatusServer.start(*parse_hostport(args.http))
+    try:
+        coord = await Coordinator.start(identity, args.swarm, host, port, min_peers=args.min_peers,
+                                        heartbeat_timeout=args.heartbeat_timeout, allowed=allowed,
+                                        events_path=args.events, state_path=args.state, reset=args.reset,
+                                        straggler_grace=args.straggler_grace, max_failures=args.max_failures,
+                                        join_grace=args.join_grace, rollback_grace=args.rollback_grace,
+                                        trace=args.trace)
+    except BaseException:
+        if page is not None:
+            await page.close()
+        raise
     print(f"coordinator {identity.peer_id} listening on {coord.address[0]}:{coord.address[1]}", flush=True)
+    if page is not None:
+        from .status import StatusView
+
+        page.view = StatusView(coord)
+        print(f"status page at {page.url}", flush=True)
     loop = asyncio.get_running_loop()
     _on_signals(loop, lambda: loop.create_task(coord.close()))
-    await coord.wait_closed()
+    try:
+        await coord.wait_closed()
+    finally:
+        if page is not None:
+            await page.close()
     print(f"coordinator stopped at round {coord.round}: {coord.stats}", flush=True)
     return 0
 
@@ -267,27 +305,16 @@ async def _peer(args: argparse.Namespace) -> int:
     index, count = _shard_of(args.shard, identity.peer_id)
     shard = task.shard(index, count, seed=args.seed, **({"label_flip": True} if args.attack == "labelflip" else {}))
 
-    def progress(event: dict[str, Any]) -> None:
-        kind = event.get("event")
-        if kind == "commit":
-            print(f"peer {identity.peer_id}: round {event['round']} committed at step {event.get('step')}, "
-                  f"group of {event['group']}, hash {event['hash'][:16]}", flush=True)
-        elif kind == "admitted":
-            print(f"peer {identity.peer_id}: admitted to round {event['round']}", flush=True)
-        elif kind == "resumed":
-            print(f"peer {identity.peer_id}: resumed from the checkpoint of round {event['round']}", flush=True)
-        elif kind == "waiting":
-            print(f"peer {identity.peer_id}: waiting: {event.get('reason')}", flush=True)
-        else:
-            print(f"peer {identity.peer_id}: {kind} round {event.get('round')} {event.get('reason') or event.get('source') or ''}",
-                  flush=True)
-
+    metric = getattr(task, "metric_name", None) or "val_loss"
+    progress = PeerProgress(identity.peer_id, metric)
     peer = Peer(model, loss, coordinator=args.coordinator, algorithm=args.algorithm, identity=identity,
                 listen=args.listen, advertise=args.advertise, swarm_id=args.swarm, coordinator_id=args.coordinator_id,
                 fingerprint=f"task={args.task} seed={args.seed} steps={steps}", progress=progress, codec=args.codec,
                 aggregator=args.aggregator, tolerate=args.tolerate, seed=args.seed, deadline_floor=args.deadline_floor,
                 checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every, resume=args.resume,
-                audit=args.audit, attack=args.attack, collude=args.collude, trace=args.trace, **options)
+                audit=args.audit, attack=args.attack, collude=args.collude, trace=args.trace,
+                evaluate=task.evaluate if args.eval_every else None, eval_every=args.eval_every, metric=metric,
+                **options)
     _on_signals(asyncio.get_running_loop(), peer.request_stop)
 
     def batches() -> Any:
@@ -297,14 +324,144 @@ async def _peer(args: argparse.Namespace) -> int:
     try:
         report = await peer.run(batches(), steps=steps, rounds=args.rounds)
     finally:
+        progress.close()
         if args.swarm_json and peer.report is not None:
             peer.report.write(args.swarm_json)
     print(f"peer {report.peer_id}: left after {report.rounds_completed} rounds, {report.steps} steps, "
+          f"{report.aborts} aborts, {human_bytes(report.payload_bytes_sent)} of payload sent, "
           f"final state {str(report.final_state_hash)[:16]}", flush=True)
     if args.save:
         save_model(peer.algo.eval_model(), args.save)
         print(f"peer {report.peer_id}: wrote the trained model to {args.save}", flush=True)
     return 0
+
+
+def human_bytes(n: float | None) -> str:
+    """``n`` bytes as text with a decimal unit (``"12.3 KB"``); "-" for None."""
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def _num(x: Any) -> str:
+    return f"{x:.4g}" if isinstance(x, (int, float)) and math.isfinite(x) else "-"
+
+
+def commit_line(event: dict[str, Any], metric: str = "") -> str:
+    """The text of one ``commit`` progress event (see ``swarm.peer``), without the peer prefix:
+    ``round 5 committed at step 60, group of 2, loss 0.4123, val_accuracy 0.9111, sent 12.3 KB
+    (+2.1 KB), hash 9d4286acdd332ee4``."""
+    members = event.get("members")
+    group = event.get("group")
+    parts = [f"round {event['round']} committed at step {event.get('step')}",
+             f"group of {group}" + (f" ({members} in the swarm)" if isinstance(members, int) and isinstance(group, int) and members > group else ""),
+             f"loss {_num(event.get('loss'))}"]
+    val = event.get("val")
+    if val:
+        parts.append(f"{val.get('metric') or metric} {_num(val.get('value'))}")
+    if "payload_bytes_sent" in event:
+        parts.append(f"sent {human_bytes(event['payload_bytes_sent'])} (+{human_bytes(event.get('round_bytes'))})")
+    parts.append(f"hash {str(event.get('hash'))[:16]}")
+    return ", ".join(parts)
+
+
+class PeerProgress:
+    """Prints a peer's progress events (``Peer(progress=...)``): plain lines, one per
+    committed round and per other event, when ``stream`` (default stdout) is not a
+    terminal; when it is (or ``live=True``), one rich line updated in place with each
+    commit, the other events printed above it and log records routed above it too.
+    ``close()`` ends the live line (idempotent)."""
+
+    def __init__(self, peer_id: str, metric: str = "", *, stream: TextIO | None = None, live: bool | None = None) -> None:
+        from rich.console import Console
+
+        self.peer_id = peer_id
+        self.metric = metric
+        self.stream = stream if stream is not None else sys.stdout
+        self.console = Console(file=self.stream, highlight=False, markup=False)
+        self.live_mode = self.console.is_terminal if live is None else live
+        self._live: Any = None
+        self._handlers: list[tuple[logging.StreamHandler[Any], Any]] = []
+        self._last_val: dict[str, Any] | None = None
+        self._aborts = 0
+        self._rejoins = 0
+
+    def _say(self, text: str) -> None:
+        line = f"peer {self.peer_id}: {text}"
+        if self._live is not None:
+            self._live.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        else:
+            print(line, file=self.stream, flush=True)
+
+    def _start_live(self) -> None:
+        from rich.live import Live
+
+        self._live = Live("", console=self.console, auto_refresh=False, transient=False, redirect_stdout=True,
+                          redirect_stderr=True)
+        self._live.start()
+        for handler in logging.getLogger().handlers:  # log records print above the live line, not through it
+            if type(handler) is logging.StreamHandler and handler.stream in (sys.__stderr__, sys.__stdout__):
+                self._handlers.append((handler, handler.setStream(sys.stderr)))
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "commit":
+            if event.get("val"):
+                self._last_val = event["val"]
+            if not self.live_mode:
+                self._say(commit_line(event, self.metric))
+                return
+            if self._live is None:
+                self._start_live()
+            self._live.update(self._status(event), refresh=True)
+        elif kind == "eval":
+            if event.get("final"):
+                self._say(f"{event.get('metric') or self.metric} {_num(event.get('value'))} (validation loss "
+                          f"{_num(event.get('loss'))}) after round {event.get('round')}, step {event.get('step')}")
+        elif kind == "admitted":
+            self._say(f"admitted to round {event['round']}")
+        elif kind == "resumed":
+            self._say(f"resumed from the checkpoint of round {event['round']}")
+        elif kind == "waiting":
+            self._say(f"waiting: {event.get('reason')}")
+        elif kind == "abort":
+            self._aborts += 1
+            self._say(f"round {event.get('round')} aborted ({event.get('reason')}); retrying")
+        elif kind == "rejoin":
+            self._rejoins += 1
+            self._say(f"rejoining the swarm at round {event.get('round')}: {event.get('reason')}")
+        elif kind == "resync":
+            self._say(f"round {event.get('round')}: our state differed from the majority; resynced from {event.get('source')}")
+        else:
+            self._say(f"{kind} round {event.get('round')} {event.get('reason') or event.get('source') or ''}".rstrip())
+
+    def _status(self, event: dict[str, Any]) -> Any:
+        from rich.text import Text
+
+        members = event.get("members")
+        text = Text(f"peer {self.peer_id[:8]}  ", style="dim")
+        text.append(f"round {event['round']}", style="bold")
+        text.append(f"  step {event.get('step')}  loss {_num(event.get('loss'))}")
+        val = self._last_val
+        if val:
+            text.append(f"  {val.get('metric') or self.metric} {_num(val.get('value'))}", style="green")
+            text.append(f" (round {val.get('round')})", style="dim")
+        text.append(f"  sent {human_bytes(event.get('payload_bytes_sent'))}  group {event.get('group')}"
+                    + (f"/{members}" if isinstance(members, int) else ""))
+        text.append(f"  aborts {self._aborts}  rejoins {self._rejoins}", style="red" if self._aborts or self._rejoins else "dim")
+        return text
+
+    def close(self) -> None:
+        live, self._live = self._live, None
+        if live is not None:
+            live.stop()
+        for handler, old in self._handlers:
+            handler.setStream(old)
+        self._handlers = []
 
 
 def save_model(model: Any, path: str) -> None:

@@ -39,7 +39,21 @@ Contract (one swarm, one coordinator process):
   logged (WARNING) and written to the events file.
 - Events (``join``, ``admit``, ``leave``, ``lost``, ``start``, ``abort``,
   ``commit``, ``resync``, ``reject``) are logged and, with ``events_path``,
-  appended as JSON lines ``{"t", "event", ...}``.
+  appended as JSON lines ``{"t", "event", ...}``; each is also handed to every
+  callable in ``listeners`` (``listener(kind, fields)``, on the event loop; a
+  listener that raises is logged and costs nothing else): the status page
+  (``swarm.status``) follows the swarm this way.
+- Progress. Members may add progress fields to ``hb`` and ``done``
+  (``protocol.progress_fields``: mean local loss, cumulative payload bytes
+  sent, local steps, latest validation); the latest of each peer is in
+  ``peer_stats``. A ``commit`` event then carries ``loss``, the mean of the
+  losses the group reported with its ``done``, and ``bytes``, the payload
+  bytes the group sent since each member's previous commit (aborted attempts
+  and state transfers included), when any member reported them. Peers that
+  send no progress fields work as before.
+- ``status()``: a snapshot of the live state (round, phase, members with
+  address, state, seconds since their last frame, reputation, progress;
+  excluded keys; counters), for the status page.
 - Trace: with ``trace`` (a path) the same events also go to a
   ``trace.TraceWriter`` (``source="coordinator"``, wall-clock ``t``, appending
   to a file already there): ``join`` -> ``join``; ``leave``, ``lost`` and the
@@ -51,7 +65,8 @@ Contract (one swarm, one coordinator process):
   the reason quotes the proof ("... proven misbehaviour: X: ..."), else the
   member a reason "peer X failed: ..." or "member X left the group: ..."
   names, else NULL); ``commit`` ->
-  ``round`` (``hash``, ``members``, ``attempt``, ``epoch``, ``dissenters``);
+  ``round`` (``hash``, ``members``, ``attempt``, ``epoch``, ``dissenters``,
+  and ``loss`` and ``bytes`` when members reported them);
   ``exclude`` -> ``exclude`` (``peer``, ``rule``, ``evidence``). Other events
   (admit, start, resync, reject, adopt, rollback, reset) have no trace kind.
 - Defensive: every request is validated field by field; a bad one gets an
@@ -69,6 +84,7 @@ import sqlite3
 import statistics
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 from typing import Any
@@ -82,7 +98,8 @@ from ..verify import combined_hash
 from ..verify.parity import majority
 from ..verify.tribunal import TrustDesk
 from ..comm.audit import verify_statement
-from .protocol import OPS, REQUEST_PHASE, RESPONSE_PHASE, FramedStream, SwarmError, address, decode_message, encode_message, field
+from .protocol import (OPS, REQUEST_PHASE, RESPONSE_PHASE, FramedStream, SwarmError, address, decode_message,
+                       encode_message, field, progress_fields)
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +109,8 @@ DEFAULT_HEARTBEAT_TIMEOUT = 10.0
 DEFAULT_STRAGGLER_GRACE = 10.0
 #: Agreed hashes kept (older rounds are forgotten).
 KEEP_ROUNDS = 4096
+#: Peers whose progress fields are kept (beyond it, those of peers no longer present are dropped).
+KEEP_PEER_STATS = 1024
 #: The member an abort reason blames: the one a member's audit proved guilty ("... proven
 #: misbehaviour: X: ..."), else the member that failed or left ("peer X failed: ...",
 #: "member X left the group: ...").
@@ -261,6 +280,15 @@ class Coordinator:
         self._fetching: dict[str, tuple[float, str]] = {}
         self._serving: dict[str, int] = {}
         self._join_timer: asyncio.TimerHandle | None = None
+        #: Called with (kind, fields) for every event (module docstring); the status page is one.
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        #: The latest progress fields each peer reported (``protocol.progress_fields``), with ``t`` (wall clock, s).
+        self.peer_stats: dict[str, dict[str, Any]] = {}
+        #: Per group member of the attempt running: the progress fields of its ``done``.
+        self._done_stats: dict[str, dict[str, Any]] = {}
+        #: Per peer: its cumulative ``sent`` at its previous commit (bytes per round are the differences).
+        self._sent_at_commit: dict[str, int] = {}
+        self.started_at = time.time()
         self._store = _Store(state_path) if state_path else None
         if self._store is not None:
             self._store.load(self)
@@ -319,6 +347,11 @@ class Coordinator:
                 self._trace_event(self._trace, kind, fields)
             except (sqlite3.Error, OSError) as exc:  # a full disk costs the trace, not the swarm
                 log.error("trace %s: cannot record %s: %s", self._trace.path, kind, exc)
+        for listener in list(self.listeners):
+            try:
+                listener(kind, fields)
+            except Exception:  # a broken listener costs its own view, never the swarm
+                log.exception("event listener %r failed on %s", listener, kind)
 
     @staticmethod
     def _trace_event(trace: TraceWriter, kind: str, fields: dict[str, Any]) -> None:
@@ -347,7 +380,8 @@ class Coordinator:
         elif kind == "commit":
             trace.record("round", round=rnd, hash=fields.get("hash"), members=fields.get("group"),
                          attempt=fields.get("attempt"), epoch=fields.get("epoch"),
-                         dissenters=fields.get("dissenters"), **({"agreed": False} if "agreed" in fields else {}))
+                         dissenters=fields.get("dissenters"), **({"agreed": False} if "agreed" in fields else {}),
+                         **{k: fields[k] for k in ("loss", "bytes") if k in fields})
 
     # ------------------------------------------------------------------ connections
 
@@ -575,6 +609,7 @@ class Coordinator:
         self.phase = "run"
         self.reports = {}
         self.disagree = set()
+        self._done_stats = {}
         self._decisions[self.epoch] = asyncio.get_running_loop().create_future()
         self.trust.open(self.epoch, self.round, self.group)
         for old in [e for e in self._decisions if e < self.epoch - 64]:
@@ -714,12 +749,74 @@ class Coordinator:
             self.failures.pop(p, None)
         self.round += 1
         self._persist()
-        extra = {"agreed": False, "hashes": hashes} if free else {}
+        extra: dict[str, Any] = {"agreed": False, "hashes": hashes} if free else {}
+        extra.update(self._round_progress())
         self._event("commit", round=r, epoch=self.epoch, attempt=self.attempt, group=list(self.group),
                     hash=digest, dissenters=dissenters, **extra)
         self.attempt = 0
         self._decide({"decision": "commit", "round": r, "epoch": self.epoch, "hash": digest, "agreed": not free,
                       "resync": resync, "reason": ""})
+
+    def _round_progress(self) -> dict[str, Any]:
+        """``loss`` (mean of the losses the group reported with ``done``) and ``bytes``
+        (payload bytes the group sent since each member's previous commit) of the
+        round committing now; each only when some member reported it."""
+        out: dict[str, Any] = {}
+        losses = [s["loss"] for p, s in self._done_stats.items() if p in self.group and "loss" in s]
+        if losses:
+            out["loss"] = round(statistics.fmean(losses), 6)
+        sent = 0
+        counted = False
+        for p in self.group:
+            now = self._done_stats.get(p, {}).get("sent")
+            if now is None:
+                continue
+            before = self._sent_at_commit.get(p, 0)
+            sent += now - before if now >= before else now  # a smaller counter: a new process
+            self._sent_at_commit[p] = now
+            counted = True
+        if counted:
+            out["bytes"] = sent
+        return out
+
+    def _progress(self, pid: str, stats: dict[str, Any]) -> None:
+        """Remember ``pid``'s latest progress fields (bounded: see ``KEEP_PEER_STATS``)."""
+        if not stats:
+            return
+        entry = self.peer_stats.setdefault(pid, {})
+        entry.update(stats)
+        entry["t"] = time.time()
+        if len(self.peer_stats) > KEEP_PEER_STATS:
+            present = set(self.members) | set(self.candidates)
+            for old in sorted((p for p in self.peer_stats if p not in present),
+                              key=lambda p: self.peer_stats[p]["t"])[: len(self.peer_stats) - KEEP_PEER_STATS]:
+                del self.peer_stats[old]
+                self._sent_at_commit.pop(old, None)
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-ready snapshot of the live state: swarm, round, phase, counters,
+        members and candidates (address, state, seconds since their last frame,
+        reputation, latest progress fields) and excluded keys with the reason."""
+        now = time.monotonic()
+        rep_ = self.trust.reputation
+        in_round = set(self.group) if self.phase == "run" else set()
+        rows: list[dict[str, Any]] = []
+        for pid in [*self._seniority(), *sorted(self.candidates)]:
+            m = self.members.get(pid)
+            addr = m.addr if m is not None else self.candidates[pid]
+            conn = self._conns.get(pid)
+            state = ("candidate" if m is None else "in round" if pid in in_round
+                     else "ready" if m.ready else "member")
+            stats = {k: v for k, v in self.peer_stats.get(pid, {}).items() if k != "t"}
+            rows.append({"id": pid, "address": f"{addr[0]}:{addr[1]}", "state": state,
+                         "last_seen_s": round(now - conn.last_seen, 3) if conn is not None else None,
+                         "audited_rounds": rep_.age(pid), "probation": rep_.on_probation(pid), **stats})
+        return {"swarm": self.swarm_id, "coordinator": self.identity.peer_id,
+                "address": f"{self.address[0]}:{self.address[1]}", "round": self.round, "phase": self.phase,
+                "attempt": self.attempt, "group": list(self.group) if self.phase == "run" else [],
+                "min_peers": self.min_peers, "started": self.started, "uptime_s": round(time.time() - self.started_at, 3),
+                "stats": dict(self.stats), "members": rows,
+                "excluded": [{"id": p, "reason": r} for p, r in sorted(self.banned.items())]}
 
     def _personal(self, pid: str, decision: dict[str, Any]) -> dict[str, Any]:
         out = dict(decision)
@@ -911,10 +1008,13 @@ class Coordinator:
         digest = field(msg, "hash", str, where, optional=True)
         reason = field(msg, "reason", str, where, optional=True) or ""
         agree = field(msg, "agree", bool, where, optional=True)
+        stats = progress_fields(msg, where)
         audit = msg.get("audit")
         fut = self._decisions.get(epoch)
         if fut is None:
             raise SwarmError("stale", f"unknown epoch {epoch}")
+        if pid in self.members:
+            self._progress(pid, stats)
         if isinstance(audit, dict):
             self.trust.hear(epoch, pid, audit, digest if ok else None)
         if not fut.done():
@@ -930,6 +1030,7 @@ class Coordinator:
                 raise ProtocolError(f"done with ok from {where} lacks the state hash")
             else:
                 self.reports[pid] = digest
+                self._done_stats[pid] = stats
                 if agree is False:
                     self.disagree.add(pid)
                 self._check_commit()
@@ -965,10 +1066,16 @@ class Coordinator:
         return {}
 
     async def _op_hb(self, pid: str, msg: dict[str, Any]) -> dict[str, Any]:
+        stats = progress_fields(msg, f"peer {pid}")
+        if pid in self.members or pid in self.candidates:
+            self._progress(pid, stats)
         # ids: the members and candidates, whom a member's transport trusts with full buffers
         return {"round": self.round, "phase": self.phase, "members": len(self.members),
                 "ids": sorted(set(self.members) | set(self.candidates))}
 
     async def _op_leave(self, pid: str, msg: dict[str, Any]) -> dict[str, Any]:
+        stats = progress_fields(msg, f"peer {pid}")
+        if pid in self.members or pid in self.candidates:
+            self._progress(pid, stats)  # e.g. the validation of the model it leaves with
         self._remove(pid, "left", kind="leave")
         return {}

@@ -65,7 +65,34 @@ Contract:
   report blames or proves guilty, else NULL). ``attack`` once at start for a
   red-team peer. Compute and bytes after the last sync come as one more pair
   numbered with the next round, so a peer's ``bytes`` sum to its report's
-  ``payload_bytes_sent``. Without a trace each hook costs one ``None`` check.
+  ``payload_bytes_sent``. With ``evaluate``, one ``eval`` per evaluation
+  (``value`` = the metric; detail ``metric``, ``loss``, ``step``, ``seconds``).
+  Without a trace each hook costs one ``None`` check.
+- Progress: ``progress(event)`` (optional) is called on the event loop with a
+  dict whose ``event`` is ``admitted``, ``resumed``, ``waiting``, ``commit``,
+  ``abort``, ``resync``, ``rejoin`` (with ``reason``) or ``eval`` (each
+  evaluation, ``final`` true for the one at the end of the run). ``commit``
+  carries ``round``, ``hash``, ``step``, ``group`` (members in the round),
+  ``members`` (in the swarm, from the last heartbeat; None before one),
+  ``loss`` (mean local training loss of this peer's steps since its previous
+  commit; NaN if none), ``payload_bytes_sent`` / ``bytes_sent`` (cumulative,
+  bytes) and ``round_bytes`` (payload bytes sent since the previous commit,
+  aborted attempts included), ``aborts`` (this peer's, so far) and, when this
+  round was evaluated, ``val`` (``{"round", "step", "metric", "value",
+  "loss", "seconds"}``). ``evaluate(model) -> (val_loss, val_metric)`` (a
+  task's ``evaluate``; a bare number is taken as the loss and the metric) runs
+  on ``algo.eval_model()`` in a worker thread after every ``eval_every``-th
+  committed round (rounds ``r`` with ``(r + 1) % eval_every == 0``) and once
+  more when the run ends after a later commit; while it runs, the swarm's
+  next round waits for this peer. The peer also sends the coordinator its
+  mean loss, payload bytes sent, steps and latest validation (progress fields
+  of ``hb``, ``done`` and ``leave``, see ``protocol``) for its status page.
+- Report (``PeerReport``, ``--json``): ``losses`` holds one point per 10
+  local steps and one for the last step, each the mean of the finite local
+  losses since the previous point (``{"step", "round", "loss"}``; ``loss``
+  null when none was finite); ``evals`` every evaluation (``{"round", "step",
+  "metric", "value", "loss", "seconds"}``). Non-finite numbers are written as
+  null.
 """
 
 from __future__ import annotations
@@ -120,6 +147,8 @@ RECONNECT_FOR = 60.0
 
 #: Seconds an audited peer lets its collective finish after the attempt was aborted elsewhere.
 AUDIT_GRACE = 2.0
+#: Local steps per point of the report's loss curve (each point: the mean over them).
+LOSS_EVERY = 10
 
 
 @dataclass
@@ -142,20 +171,44 @@ class PeerReport:
     bytes_sent: int = 0
     losses: list[dict[str, Any]] = field(default_factory=list)
     resumed_round: int | None = None
+    #: every evaluation of the shared model (``Peer(evaluate=..., eval_every=...)``)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    #: the name of the evaluation's metric ("" without evaluation)
+    metric: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"peer_id": self.peer_id, "algorithm": self.algorithm, "codec": self.codec,
-                "aggregator": self.aggregator, "rounds_completed": self.rounds_completed, "steps": self.steps,
-                "final_state_hash": self.final_state_hash, "payload_bytes_sent": self.payload_bytes_sent,
-                "bytes_sent": self.bytes_sent, "state_hashes": self.state_hashes, "joined_round": self.joined_round,
-                "aborts": self.aborts, "resyncs": self.resyncs, "rejoins": self.rejoins,
-                "resumed_round": self.resumed_round, "losses": self.losses}
+        """A JSON-ready dict; non-finite numbers (a diverged loss) become None (null)."""
+        return _finite_json({"peer_id": self.peer_id, "algorithm": self.algorithm, "codec": self.codec,
+                             "aggregator": self.aggregator, "rounds_completed": self.rounds_completed,
+                             "steps": self.steps, "final_state_hash": self.final_state_hash,
+                             "payload_bytes_sent": self.payload_bytes_sent, "bytes_sent": self.bytes_sent,
+                             "state_hashes": self.state_hashes, "joined_round": self.joined_round,
+                             "aborts": self.aborts, "resyncs": self.resyncs, "rejoins": self.rejoins,
+                             "resumed_round": self.resumed_round, "losses": self.losses, "metric": self.metric,
+                             "evals": self.evals})
 
     def write(self, path: str | os.PathLike[str]) -> None:
         p = Path(path)
         tmp = p.with_name(f".{p.name}.tmp")
         tmp.write_text(json.dumps(self.to_json(), indent=1))
         os.replace(tmp, p)
+
+
+def _finite_json(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None (JSON has no NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_json(v) for v in obj]
+    return obj
+
+
+def _mean(xs: list[float]) -> float:
+    """The mean of the finite values of ``xs``; NaN when there is none."""
+    finite = [x for x in xs if math.isfinite(x)]
+    return math.fsum(finite) / len(finite) if finite else math.nan
 
 
 def _group_ok(aggregator: Any, n: int) -> bool:
@@ -317,7 +370,8 @@ class Peer:
                  resume: str | os.PathLike[str] | None = None, faults: Any = None, audit: int = 0,
                  attack: str | None = None, collude: str | None = None,
                  trace: str | os.PathLike[str] | None = None, optimizer: torch.optim.Optimizer | None = None,
-                 **options: Any) -> None:
+                 evaluate: Callable[[torch.nn.Module], Any] | None = None, eval_every: int = 0,
+                 metric: str | None = None, **options: Any) -> None:
         if algorithm not in ALGORITHMS:
             raise ConfigError(f"unknown algorithm {algorithm!r}; accepted: {', '.join(ALGORITHMS)}")
         algorithm_config(algorithm, **options)  # unknown or invalid options fail here, before joining
@@ -401,6 +455,19 @@ class Peer:
         self.coordinator_id = coordinator_id
         self.extra_fingerprint = fingerprint
         self.progress = progress
+        if isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 0:
+            raise ConfigError(f"eval_every must be a number of rounds >= 0 (0: never), got {eval_every!r}")
+        if eval_every and evaluate is None:
+            raise ConfigError("eval_every needs evaluate (a function of the model returning (val_loss, val_metric))")
+        self.evaluate = evaluate
+        self.eval_every = eval_every if evaluate is not None else 0
+        self.metric = metric or ("val_metric" if evaluate is not None else "")
+        #: local losses since the last commit, the last commit's mean, what was sent by then
+        self._round_losses: list[float] = []
+        self._last_loss = math.nan
+        self._sent_at_commit = 0
+        self._members: int | None = None
+        self._last_val: dict[str, Any] | None = None
         self.round = 0
         self.report: PeerReport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -435,13 +502,14 @@ class Peer:
             self._stop.set()
         identity = self._identity or load_identity(self._key)
         self.report = PeerReport(identity.peer_id, algorithm=self.algorithm_name, codec=self.codec_spec,
-                                 aggregator=self.aggregator_spec)
+                                 aggregator=self.aggregator_spec, metric=self.metric)
         tcp = await TcpTransport.start(identity, self.swarm_id, *self.listen)
         tcp.trust({identity.peer_id})  # strangers get small buffers until the coordinator names the members
         self._known_ids: set[str] = set()
         self.tcp = tcp
         self.transport: Transport = _HookedTransport(tcp, self.kill_round) if self.kill_round is not None else tcp
         bg: list[asyncio.Task[Any]] = []
+        round_loop: _SwarmLoop | None = None
         self.client: CoordinatorClient | None = None
         self._identity_obj = identity
         self._last_audit: dict[str, Any] | None = None
@@ -487,7 +555,7 @@ class Peer:
             await self._reconnect()  # the same patience as a running peer that lost its coordinator
             bg.append(asyncio.create_task(self._heartbeats(), name="heartbeats"))
             bg.append(asyncio.create_task(self._serve(), name="serve"))
-            loop = _SwarmLoop(self, batches, steps, rounds)
+            loop = round_loop = _SwarmLoop(self, batches, steps, rounds)
             while True:
                 try:
                     if self.join_at_round is not None:
@@ -495,11 +563,15 @@ class Peer:
                             await self._interruptible(asyncio.sleep(0.05))
                     await self._join()
                     await loop.run()
+                    if self.eval_every and self._committed >= 0 and (
+                            self._last_val is None or self._last_val["round"] < self._committed):
+                        await self._evaluate(self._committed, final=True)  # the model the run ends with
                     break
                 except PeerError as exc:
                     if self.client is None or not self.client.closed_event.is_set():
                         raise
                     log.warning("lost the coordinator (%s); reconnecting", exc)
+                    self._emit(event="rejoin", round=self.round, reason=f"lost the coordinator: {exc}")
                     await self._reconnect()
                     self.report.rejoins += 1
         except _Stopping:
@@ -508,6 +580,8 @@ class Peer:
             for task in bg:
                 task.cancel()
             await asyncio.gather(*bg, return_exceptions=True)
+            if round_loop is not None:
+                round_loop.flush_losses()  # the steps since the last point, however the run ended
             if hasattr(self, "algo"):
                 self.report.final_state_hash = self.algo.shared_hash()
                 self.report.steps = self.algo.steps
@@ -526,7 +600,7 @@ class Peer:
                 if not client.closed_event.is_set():
                     with contextlib.suppress(Exception):
                         async with asyncio.timeout(5):
-                            await client.request("leave")
+                            await client.request("leave", **self._progress_fields())
                 await client.close()
             await tcp.close()
         return self.report
@@ -632,12 +706,30 @@ class Peer:
         except (OSError, ConfigError) as exc:
             log.error("checkpoint to %s failed: %s", self.checkpoint, exc)
 
+    def _progress_fields(self) -> dict[str, Any]:
+        """What this peer tells the coordinator about its progress (``protocol``'s progress fields)."""
+        out: dict[str, Any] = {"sent": self.tcp.counters.sent.payload}
+        algo = getattr(self, "algo", None)
+        if algo is not None:
+            out["step"] = int(algo.steps)
+        loss = _mean(self._round_losses) if self._round_losses else self._last_loss
+        if math.isfinite(loss):
+            out["loss"] = loss
+        val = self._last_val
+        if val is not None and math.isfinite(val["value"]):
+            out["val"] = {"round": val["round"], "metric": val["metric"][:64], "value": val["value"],
+                          **({"loss": val["loss"]} if math.isfinite(val["loss"]) else {})}
+        return out
+
     async def _heartbeats(self) -> None:
         while True:
             client = self.client
             if client is not None and not client.closed_event.is_set():
                 with contextlib.suppress(SwarmError, PeerError):
-                    resp = await client.request("hb")
+                    resp = await client.request("hb", **self._progress_fields())
+                    members = resp.get("members")
+                    if isinstance(members, int) and not isinstance(members, bool):
+                        self._members = members
                     ids = resp.get("ids")
                     if isinstance(ids, list) and all(isinstance(i, str) for i in ids):
                         # full buffers only for current members and candidates; anyone else is a stranger
@@ -955,7 +1047,7 @@ class Peer:
                     self._candidate = (self.round, digest, self.algo.state_dict())
                     audit = self._audit_report(audits_before)
                     req = self._c.request("done", epoch=epoch, ok=True, hash=report_hash, agree=self.algo.in_agreement(),
-                                          **({"audit": audit} if audit is not None else {}))
+                                          **({"audit": audit} if audit is not None else {}), **self._progress_fields())
                 else:
                     local = not isinstance(exc, (CollectiveAborted, PeerError, ProtocolError, AuditFailed))
                     if local:
@@ -1030,8 +1122,50 @@ class Peer:
             await self._write_checkpoint()
         self.report.state_hashes.append({"round": self.round, "hash": digest, "agreed": agreed})
         self.report.rounds_completed += 1
-        self._emit(event="commit", round=self.round, hash=agreed, group=group_size, step=self.algo.steps)
+        loss = _mean(self._round_losses)
+        self._round_losses = []
+        self._last_loss = loss
+        sent = self.tcp.counters.sent
+        round_bytes, self._sent_at_commit = sent.payload - self._sent_at_commit, sent.payload
+        val = None
+        if self.eval_every and (self.round + 1) % self.eval_every == 0:
+            val = await self._evaluate(self.round)
+        self._emit(event="commit", round=self.round, hash=agreed, group=group_size, step=self.algo.steps,
+                   members=self._members, loss=loss, payload_bytes_sent=sent.payload, bytes_sent=sent.total,
+                   round_bytes=round_bytes, aborts=self.report.aborts, **({"val": val} if val is not None else {}))
         self.round += 1
+
+    async def _evaluate(self, rnd: int, *, final: bool = False) -> dict[str, Any] | None:
+        """Evaluate the shared model after round ``rnd`` (in a worker thread); record
+        it in the report, the trace and the heartbeats. A failing ``evaluate`` is
+        logged and skipped: it never costs the run."""
+        assert self.evaluate is not None and self.report is not None
+        evaluate, model = self.evaluate, self.algo.eval_model()
+
+        def run() -> Any:
+            with torch.no_grad():
+                return evaluate(model)
+
+        began = time.perf_counter()
+        try:
+            result = await asyncio.to_thread(run)
+            if isinstance(result, (tuple, list)):
+                val_loss, value = float(result[0]), float(result[1])
+            else:
+                val_loss = value = float(result)
+        except Exception as exc:
+            log.error("evaluation after round %d failed: %r", rnd, exc)
+            return None
+        seconds = time.perf_counter() - began
+        val = {"round": rnd, "step": int(self.algo.steps), "metric": self.metric, "value": value, "loss": val_loss,
+               "seconds": round(seconds, 4)}
+        self._last_val = val
+        self.report.evals.append(val)
+        if self._trace is not None:
+            self._trace.record("eval", round=rnd, peer=self.tcp.peer_id, value=value, metric=self.metric,
+                               loss=val_loss, step=val["step"], seconds=val["seconds"])
+        self._emit(event="eval", final=final, **val)
+        return val
 
 
 class _SwarmLoop(RoundLoop):
@@ -1045,6 +1179,8 @@ class _SwarmLoop(RoundLoop):
         self.handoff = batches if isinstance(batches, StepHandoff) else None
         self.batches: Iterator[Any] = iter(()) if self.handoff is not None else iter(batches)  # type: ignore[arg-type]
         self.rounds = rounds
+        #: local losses since the last point of the report's loss curve
+        self._window: list[float] = []
 
     def _next(self) -> Any:
         return next(self.batches, None)
@@ -1061,6 +1197,8 @@ class _SwarmLoop(RoundLoop):
     async def local_step(self, batch: Any) -> float:
         begin = time.time()
         loss = await asyncio.to_thread(self.algo.step, batch)
+        self.peer._round_losses.append(float(loss))
+        self._window.append(float(loss))
         if self.peer.step_sleep:
             await asyncio.sleep(self.peer.step_sleep)
         trace = self.peer._trace
@@ -1079,11 +1217,18 @@ class _SwarmLoop(RoundLoop):
         except _Rejoin as exc:
             peer.report.rejoins += 1
             log.warning("rejoining the swarm: %s", exc)
+            peer._emit(event="rejoin", round=peer.round, reason=str(exc))
             await peer._join()
 
     def after_step(self, loss: float) -> None:
-        report = self.peer.report
-        if report is not None and (self.algo.steps % 10 == 0 or self.algo.steps == self.total_steps):
-            report.losses.append({"step": self.algo.steps, "round": self.peer.round, "loss": loss})
+        if self.algo.steps % LOSS_EVERY == 0 or self.algo.steps == self.total_steps:
+            self.flush_losses()
         if self.handoff is not None:
             self.handoff.resolve(loss)
+
+    def flush_losses(self) -> None:
+        """One point of the report's loss curve: the mean loss of the steps since the last point."""
+        report = self.peer.report
+        if report is not None and self._window:
+            report.losses.append({"step": self.algo.steps, "round": self.peer.round, "loss": _mean(self._window)})
+        self._window = []

@@ -33,12 +33,24 @@ join        addr [host, port], fingerprint str          mode "init" | "fetch", r
 admit       round int, hash str                         admitted round (long poll while a round runs)
 ready       round int                                   round, epoch, attempt, group [ids], addrs {id: addr}
 done        epoch int, ok bool, hash str, reason str,   the decision (long poll until the attempt is decided)
-            agree bool (default true), local bool        (local: the failure is the member's own, e.g. its encode raised)
+            agree bool (default true), local bool,       (local: the failure is the member's own, e.g. its encode raised)
+            progress fields (optional)
 outcome     epoch int                                   the decision (long poll)
 serve       (none)                                      jobs [{to, addr, transfer, round}] (long poll, <= 5 s)
-hb          (none)                                      round, phase, members
-leave       (none)                                      {}
+hb          (none); progress fields, optional           round, phase, members, ids
+leave       (none); progress fields, optional           {}
 ==========  ==========================================  ===================================================
+
+Progress fields (optional, on ``hb``, ``done`` and ``leave``; added in issue 13, so a
+peer that sends none, or a coordinator that ignores them, works as before;
+``progress_fields`` checks them): ``loss`` float, the member's mean local
+training loss over its steps since its last committed round (finite only);
+``sent`` int >= 0, the payload bytes its transport has sent since the
+process started (cumulative, state transfers included); ``step`` int >= 0,
+its local steps; ``val`` ``{"round": int, "metric": str, "value": float,
+"loss": float}``, its latest validation of the shared model.
+The coordinator shows them on its status page and puts the group's mean
+``loss`` and the ``bytes`` it sent per round into its ``commit`` events.
 
 A decision is ``{"decision": "commit" | "abort", "round", "epoch", "hash",
 "agreed", "resync": None | {"source", "addr", "transfer"}}``. ``agreed`` is
@@ -53,6 +65,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -130,6 +143,38 @@ def field(msg: dict[str, Any], name: str, typ: type | tuple[type, ...], where: s
     if isinstance(value, int) and not isinstance(value, bool) and not -(2**62) <= value < 2**62:
         raise ProtocolError(f"field {name!r} from {where} = {value} is out of range")
     return value
+
+
+def _finite(value: Any, name: str, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ProtocolError(f"field {name!r} from {where} must be a finite number, found {value!r}"[:200])
+    return float(value)
+
+
+def progress_fields(msg: dict[str, Any], where: str) -> dict[str, Any]:
+    """The optional progress fields of an ``hb`` or ``done`` (module docstring),
+    checked: ``{"loss": float, "sent": int, "step": int, "val": {...}}`` with only
+    the fields present; ``ProtocolError`` naming a malformed one."""
+    out: dict[str, Any] = {}
+    if msg.get("loss") is not None:
+        out["loss"] = _finite(msg["loss"], "loss", where)
+    for name in ("sent", "step"):
+        value = field(msg, name, int, where, optional=True)
+        if value is not None:
+            if value < 0:
+                raise ProtocolError(f"field {name!r} from {where} must be >= 0, found {value}")
+            out[name] = value
+    val = msg.get("val")
+    if val is not None:
+        if not isinstance(val, dict):
+            raise ProtocolError(f"field 'val' from {where} must be a map, found {type(val).__name__}")
+        rnd = field(val, "round", int, where)
+        metric = field(val, "metric", str, where)
+        if not 0 < len(metric) <= 64:
+            raise ProtocolError(f"field 'val.metric' from {where} must be 1 to 64 characters")
+        out["val"] = {"round": rnd, "metric": metric, "value": _finite(val.get("value"), "val.value", where),
+                      **({"loss": _finite(val["loss"], "val.loss", where)} if val.get("loss") is not None else {})}
+    return out
 
 
 def address(value: Any, where: str) -> tuple[str, int]:

@@ -181,10 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--json", dest="json_out", metavar="PATH")
     add_swarm_commands(sub)
 
-    rep = sub.add_parser("report", help="summarize trace files: slow peers, aborts, exclusions, bytes; optional timeline PNG")
+    rep = sub.add_parser("report", help="summarize trace files: slow peers, aborts, exclusions, bytes, loss; optional plot of the run")
     rep.add_argument("traces", nargs="+", metavar="TRACE", help="trace files (SQLite) written by peers, the coordinator or the simulator")
-    rep.add_argument("--plot", metavar="PATH.png", help="write a timeline PNG here")
-    rep.add_argument("--json", dest="json_out", metavar="PATH", help="write the report as JSON here")
+    rep.add_argument("--plot", metavar="PATH.png",
+                     help="write a PNG of the run here: loss and validation, payload bytes and duration per round "
+                          "(aborts and exclusions marked), and the timeline of every peer")
+    rep.add_argument("--json", dest="json_out", metavar="PATH",
+                     help="write the report as JSON here, with the series per round (loss, bytes, duration, aborts) and the evaluations")
     return parser
 
 
@@ -735,10 +738,10 @@ def cmd_bench_comm(args: argparse.Namespace, console: Any) -> int:
 
 
 def cmd_report(args: argparse.Namespace, console: Any) -> int:
-    """``gossamer report TRACE...``: the text report; optionally a timeline PNG and the report as JSON."""
+    """``gossamer report TRACE...``: the text report; optionally a PNG of the run and the report as JSON."""
     import json
 
-    from .trace import TraceReader, plot_timeline, render_text, summarize
+    from .trace import TraceReader, plot_run, render_text, summarize
 
     for out in (args.json_out, args.plot):
         if out:
@@ -747,7 +750,7 @@ def cmd_report(args: argparse.Namespace, console: Any) -> int:
         report = summarize(reader)
         console.print(render_text(report), markup=False, highlight=False, soft_wrap=True, end="")
         if args.plot:
-            plot_timeline(reader, args.plot)
+            plot_run(reader, args.plot)
             console.print(f"wrote {args.plot}", markup=False, highlight=False)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report.to_json(), indent=2) + "\n")

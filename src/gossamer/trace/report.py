@@ -19,6 +19,9 @@ Contract: pure functions over a ``TraceReader`` (they read events, never write).
 * exclusions: peer, round, rule, evidence of each ``exclude`` event.
 * rounds committed: distinct round numbers of ``round`` events; rounds for
   which sources recorded different hashes are listed as divergent.
+* series: the run per round (loss, validation, payload bytes, duration,
+  aborts, exclusions; ``series.run_series``), which ``render_text``
+  summarizes in one line and ``runplot.plot_run`` draws.
 
 ``render_text(report) -> str``: plain-text tables, no colour, no markup.
 ``plot_timeline(reader, path)``: a PNG (matplotlib, Agg backend, no window),
@@ -38,6 +41,7 @@ from typing import Any
 
 from .recorder import Event, TraceReader
 from .results import _finite
+from .series import Series, run_series
 
 SLOW_FACTOR = 1.5
 #: Compute samples a peer needs before it can be called slow (a warm-up round says nothing).
@@ -98,6 +102,7 @@ class Report:
     exclusions: tuple[Exclusion, ...]
     rounds_committed: int
     divergent_rounds: tuple[int, ...] = field(default=())
+    series: Series | None = None
 
     @property
     def slow_peers(self) -> tuple[str, ...]:
@@ -224,6 +229,7 @@ def summarize(reader: TraceReader) -> Report:
         exclusions=exclusions,
         rounds_committed=len(hashes) + unnumbered,
         divergent_rounds=divergent,
+        series=run_series(events),
     )
 
 
@@ -257,6 +263,26 @@ def _short(obj: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _curves(s: Series) -> str:
+    """One line: the loss, validation, bytes and durations of the committed rounds."""
+    parts = []
+    loss = [p for p in s.rounds if p.loss is not None]
+    if loss:
+        parts.append(f"loss {loss[0].loss:.4g} (round {loss[0].round}) -> {loss[-1].loss:.4g} (round {loss[-1].round})")
+    evals = [e for e in s.evals if e.value is not None]
+    if evals:
+        where = lambda e: "start" if e.round is None else f"round {e.round}"  # noqa: E731
+        parts.append(f"{s.metric or 'validation'} {evals[0].value:.4g} ({where(evals[0])}) -> "
+                     f"{evals[-1].value:.4g} ({where(evals[-1])})")
+    sent = [p.bytes for p in s.rounds if p.bytes is not None]
+    if sent:
+        parts.append(f"payload bytes per round: median {_bytes(statistics.median(sent))}, total {_bytes(sum(sent))}")
+    durations = [p.duration_s for p in s.rounds if p.duration_s is not None]
+    if durations:
+        parts.append(f"round duration: median {statistics.median(durations):.3g} s, max {max(durations):.3g} s")
+    return "curves: " + ("; ".join(parts) if parts else "-")
+
+
 def render_text(report: Report) -> str:
     """The report as plain-text tables (no colour, no markup)."""
     out = [
@@ -264,6 +290,7 @@ def render_text(report: Report) -> str:
         f"sources: {', '.join(report.sources) or '-'}; {report.events} events over {report.duration_s:.1f} s; "
         f"rounds committed: {report.rounds_committed}"
         + (f"; DIVERGENT hashes in rounds {', '.join(map(str, report.divergent_rounds))}" if report.divergent_rounds else ""),
+        *([_curves(report.series)] if report.series is not None and report.series.rounds else []),
         "",
         f"peers (slow: median compute > {SLOW_FACTOR}x the swarm median {_s(report.swarm_median_compute_s)} s, or a straggler event)",
     ]
@@ -307,17 +334,37 @@ def plot_timeline(reader: TraceReader, path: str | PathLike[str], *, title: str 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    events = [e for e in reader.events() if math.isfinite(e.t)]
+    fig, ax = plt.subplots(figsize=(11, timeline_height(events)))
+    draw_timeline(ax, events)
+    ax.set_title(title or f"timeline: {', '.join(Path(p).name for p in reader.paths)}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _timeline_rows(events: list[Event]) -> list[str]:
+    peers = sorted({e.peer for e in events if e.peer is not None} | {e.other for e in events if e.kind == "bytes" and e.other})
+    nobody = any(e.kind == "abort" and e.peer is None for e in events)
+    return peers + (["(nobody)"] if nobody else [])
+
+
+def timeline_height(events: list[Event], *, cap: float = 12.0) -> float:
+    """Inches a timeline of ``events`` needs (0.45 per peer row, at most ``cap``)."""
+    return min(cap, max(2.5, 0.45 * len(_timeline_rows(events)) + 1.5))
+
+
+def draw_timeline(ax: Any, events: list[Event]) -> None:
+    """Draw the timeline of ``events`` (finite ``t``) on the matplotlib axes ``ax``
+    (see ``plot_timeline``), with its legend."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    events = [e for e in reader.events() if math.isfinite(e.t)]
     t0 = min((e.t - (e.value or 0.0) if e.kind in ("compute", "barrier_wait") and e.value else e.t for e in events), default=0.0)
-    peers = sorted({e.peer for e in events if e.peer is not None} | {e.other for e in events if e.kind == "bytes" and e.other})
-    nobody = any(e.kind == "abort" and e.peer is None for e in events)
-    rows = peers + (["(nobody)"] if nobody else [])
+    rows = _timeline_rows(events)
     y = {p: i for i, p in enumerate(rows)}
 
-    fig, ax = plt.subplots(figsize=(11, max(2.5, 0.45 * len(rows) + 1.5)))
     handles: dict[str, Any] = {}
     spans: dict[str, dict[str, list[tuple[float, float]]]] = {"compute": defaultdict(list), "barrier_wait": defaultdict(list)}
     for e in events:
@@ -357,7 +404,3 @@ def plot_timeline(reader: TraceReader, path: str | PathLike[str], *, title: str 
         ax.legend(handles=list(handles.values()), loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     else:
         ax.text(0.5, 0.5, "no events", transform=ax.transAxes, ha="center", va="center")
-    ax.set_title(title or f"timeline: {', '.join(Path(p).name for p in reader.paths)}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

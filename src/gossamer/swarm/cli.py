@@ -382,7 +382,7 @@ class PeerProgress:
         self.peer_id = peer_id
         self.metric = metric
         self.stream = stream if stream is not None else sys.stdout
-        self.console = Console(file=self.stream, highlight=False, markup=False)
+        self.console = Console(file=self.stream, highlight=False, markup=False, force_terminal=live)
         self.live_mode = self.console.is_terminal if live is None else live
         self._live: Any = None
         self._handlers: list[tuple[logging.StreamHandler[Any], Any]] = []
@@ -443,7 +443,8 @@ class PeerProgress:
         from rich.text import Text
 
         members = event.get("members")
-        text = Text(f"peer {self.peer_id[:8]}  ", style="dim")
+        text = Text(no_wrap=True, overflow="ellipsis")
+        text.append(f"peer {self.peer_id[:8]}  ", style="dim")
         text.append(f"round {event['round']}", style="bold")
         text.append(f"  step {event.get('step')}  loss {_num(event.get('loss'))}")
         val = self._last_val
@@ -452,7 +453,8 @@ class PeerProgress:
             text.append(f" (round {val.get('round')})", style="dim")
         text.append(f"  sent {human_bytes(event.get('payload_bytes_sent'))}  group {event.get('group')}"
                     + (f"/{members}" if isinstance(members, int) else ""))
-        text.append(f"  aborts {self._aborts}  rejoins {self._rejoins}", style="red" if self._aborts or self._rejoins else "dim")
+        if self._aborts or self._rejoins:
+            text.append(f"  aborts {self._aborts}  rejoins {self._rejoins}", style="red")
         return text
 
     def close(self) -> None:

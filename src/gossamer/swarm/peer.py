@@ -1143,8 +1143,13 @@ class Peer:
         evaluate, model = self.evaluate, self.algo.eval_model()
 
         def run() -> Any:
-            with torch.no_grad():
-                return evaluate(model)
+            was_training = model.training
+            model.eval()  # as the simulator evaluates: no dropout, running statistics
+            try:
+                with torch.no_grad():
+                    return evaluate(model)
+            finally:
+                model.train(was_training)
 
         began = time.perf_counter()
         try:

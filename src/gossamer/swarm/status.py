@@ -457,10 +457,11 @@ function render(s) {
   setText("metric", s.metric || "validation"); setText("val-title", s.metric || "validation (none reported)");
   setText("val", num(s.val)); setText("val-round", s.val_round === null ? "" : "after round " + s.val_round);
   setText("excluded-count", s.excluded.length);
+  const audited = s.members.some((m) => m.audited_rounds > 0);  // probation means something in audited swarms only
   fill("members", s.members.map((m) => [m.id, m.address, m.state,
     m.last_seen_s === null ? "-" : m.last_seen_s.toFixed(1) + " s ago", m.step, num(m.loss), bytes(m.sent),
     m.val ? m.val.metric + " " + num(m.val.value) + " (round " + m.val.round + ")" : "-",
-    m.audited_rounds + (m.probation ? " (probation)" : "")]));
+    m.audited_rounds + (audited && m.probation ? " (probation)" : "")]));
   fill("rounds", s.rounds.map((r) => [r.round, clock(r.t), r.duration_s === null ? "-" : r.duration_s.toFixed(2) + " s",
     r.sync_s === null ? "-" : r.sync_s.toFixed(2) + " s", r.group, r.attempts, num(r.loss), bytes(r.bytes)]));
   fill("aborts", s.aborts.map((a) => [clock(a.t), a.round, a.attempt, a.blamed, a.reason]), true);

@@ -172,13 +172,16 @@ class Optimizer:
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.inner.zero_grad(set_to_none=set_to_none)
 
-    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+    def step(self, closure: Callable[[], torch.Tensor] | None = None, *,
+             loss: torch.Tensor | float | None = None) -> torch.Tensor | float | None:
         """The inner optimizer's step on the gradients in ``.grad`` and, when due,
-        the outer sync (blocks until the swarm committed it). ``closure``, as in
-        ``torch.optim``, recomputes the loss (with gradients) first. Returns the
-        closure's loss, if any. Raises what ended the peer's run (``PeerError``
-        after the run is over)."""
-        loss = None
+        the outer sync (blocks until the swarm committed it).
+
+        ``closure``, as in ``torch.optim``, recomputes the loss (with
+        gradients) first; or pass the step's ``loss`` (a scalar tensor or
+        float), which only goes into the peer's report and progress. Returns
+        the loss. Raises what ended the peer's run (``PeerError`` once the
+        run is over: ``total_steps`` done, or ``close()``)."""
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
@@ -310,6 +313,9 @@ class SimulatedSwarm:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._net: Any = None
+        #: ``run()``: ranks take turns, in rank order, up to their ``optimizer()`` call
+        self._turn: int | None = None
+        self._turn_cv = threading.Condition()
 
     # ------------------------------------------------------------------ event loop
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
@@ -318,6 +324,7 @@ class SimulatedSwarm:
         if self._loop is None:
             self._net = SimNetwork(self.link, seed=self.seed)
             loop = asyncio.new_event_loop()
+            self._everyone = asyncio.Event()  # Python 3.10+: bound to the loop on first use
             self._thread = threading.Thread(target=loop.run_forever, name="gossamer-sim", daemon=True)
             self._thread.start()
             self._loop = loop
@@ -334,12 +341,18 @@ class SimulatedSwarm:
             if rank in self._attached:
                 raise ConfigError(f"rank {rank} already has an optimizer in this simulated swarm")
             loop = self._ensure_loop()
-            aggregator = make_aggregator(self.aggregator, self.tolerate, seed=self.seed) \
-                if self.aggregator != "mean" or self.tolerate else None
-            comm = Communicator(self._net.add_peer(self.ids[rank]), tuple(self.ids), codec=make_run_codec(self.codec),
-                                aggregator=aggregator, seed=self.seed)
-            algo = make_algorithm(self.algorithm, opt.model, None, comm, **self.options)
-            algo.use_optimizer(opt.inner)
+
+            async def build() -> Any:  # on the network's own thread: nothing else touches it meanwhile
+                aggregator = make_aggregator(self.aggregator, self.tolerate, seed=self.seed) \
+                    if self.aggregator != "mean" or self.tolerate else None
+                comm = Communicator(self._net.add_peer(self.ids[rank]), tuple(self.ids),
+                                    codec=make_run_codec(self.codec), aggregator=aggregator, seed=self.seed)
+                algo = make_algorithm(self.algorithm, opt.model, None, comm, **self.options)
+                algo.use_optimizer(opt.inner)
+                opt._handoff.bind()
+                return algo
+
+            algo = asyncio.run_coroutine_threadsafe(build(), loop).result()
             digest = algo.shared_hash()
             if self._genesis is None:
                 self._genesis = digest
@@ -348,9 +361,13 @@ class SimulatedSwarm:
                                   f"from the same initial values (seed it the same)")
             peer = _SimPeer(self, rank, algo, opt._handoff)
             self._attached[rank] = peer
+            if len(self._attached) == self.peers:  # everyone is on the network: the run may start
+                loop.call_soon_threadsafe(self._everyone.set)
+        self._pass_turn(rank)
 
         async def drive() -> None:
             try:
+                await self._everyone.wait()
                 await _SimLoop(algo, opt._handoff, self.total_steps, self.compute_time).run()
                 end: BaseException = PeerError("the simulated run is over" if self.total_steps is None
                                                else f"the run is over ({self.total_steps} steps done)")
@@ -360,41 +377,56 @@ class SimulatedSwarm:
             opt._handoff.fail(end)
             peer.done.set()
 
-        ready = asyncio.run_coroutine_threadsafe(_bound(opt._handoff), loop)
-        ready.result()
         asyncio.run_coroutine_threadsafe(drive(), loop)
         return peer
 
+    def _pass_turn(self, rank: int) -> None:
+        with self._turn_cv:
+            if self._turn is not None and self._turn == rank:
+                self._turn += 1
+                self._turn_cv.notify_all()
+
     def optimizer(self, rank: int, model: torch.nn.Module, inner: torch.optim.Optimizer) -> Optimizer:
-        """Peer ``rank``'s ``Optimizer`` (its own model and inner optimizer)."""
+        """Peer ``rank``'s ``Optimizer`` (its own model and inner optimizer).
+        The run starts when every rank has one: a first ``step()`` waits."""
         return Optimizer(model, inner, swarm=self, rank=rank)
 
     def run(self, train: Callable[[int], Any]) -> SimulatedSwarmReport:
         """Run ``train(rank)`` for every rank, one thread each, and return the
         report. ``train`` builds its model and ``self.optimizer(rank, ...)`` and
-        runs the loop. The first exception raised by a ``train`` is re-raised
+        runs the loop. What ``train`` does before its ``optimizer()`` call
+        runs one rank at a time, in rank order, so seeding torch's global RNG
+        there and building the model from it is safe and reproducible. The first exception raised by a ``train`` is re-raised
         here (its peer is removed from the network, so the others stop too)."""
-        errors: dict[int, BaseException] = {}
+        errors: list[BaseException] = []  # in the order they happened: the first is the cause
+        self._turn = 0
 
         def one(rank: int) -> None:
             try:
+                with self._turn_cv:
+                    self._turn_cv.wait_for(lambda: self._turn is not None and self._turn >= rank)
                 train(rank)
             except BaseException as exc:
-                errors[rank] = exc
+                with self._lock:
+                    errors.append(exc)
                 with self._lock:
                     peer = self._attached.get(rank)
                 if self._net is not None and self._loop is not None:
                     self._loop.call_soon_threadsafe(self._net.kill, self.ids[rank])
+                    self._loop.call_soon_threadsafe(self._everyone.set)  # those waiting for this rank fail now
                 if peer is not None:
                     peer.handoff.close()
+            finally:
+                self._pass_turn(rank)
 
         threads = [threading.Thread(target=one, args=(r,), name=f"gossamer-sim-peer{r}") for r in range(self.peers)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        self._turn = None
         if errors:
-            raise errors[min(errors)]
+            raise errors[0]
         return self.report()
 
     def report(self) -> SimulatedSwarmReport:
@@ -411,12 +443,23 @@ class SimulatedSwarm:
             final_hashes=[p.algo.shared_hash() for p in peers])
 
     def close(self) -> None:
-        """Stop the simulated network's event loop (after every peer is done)."""
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
+        """Stop the simulated network's event loop; peers still running are cancelled."""
+        loop, self._loop = self._loop, None
+        if loop is None:
+            return
+
+        async def shutdown() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        try:
+            asyncio.run_coroutine_threadsafe(shutdown(), loop).result(10)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
             if self._thread is not None:
                 self._thread.join(10)
+            if not loop.is_running():
+                loop.close()
 
-
-async def _bound(handoff: StepHandoff) -> None:
-    handoff.bind()

@@ -35,7 +35,7 @@ def test_own_loop_is_bit_identical_to_the_simulator_running_the_same_algorithm()
             loss.backward()
             opt.step()
             opt.zero_grad()
-            losses[rank].append(float(loss))
+            losses[rank].append(loss.item())
         with pytest.raises(gossamer.PeerError, match="run is over"):
             opt.step()
 

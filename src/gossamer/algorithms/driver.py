@@ -152,8 +152,28 @@ class StepHandoff:
                 raise PeerError("step() after close(): this optimizer has left the swarm")
             if self._loop is None or self._queue is None:
                 raise PeerError("the round loop is not running yet")
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, (grads, fut))
-        return fut.result()
+            try:
+                self._loop.call_soon_threadsafe(self._enqueue, (grads, fut))
+            except RuntimeError:  # the loop closed after the round loop ended
+                raise self._dead or PeerError("the round loop has ended") from None
+        while True:
+            try:
+                return fut.result(timeout=0.5)
+            except TimeoutError:
+                with self._lock:  # the loop may have stopped before it ran our _enqueue
+                    dead = self._dead
+                if dead is not None and not fut.done():
+                    raise dead from None
+
+    def _enqueue(self, item: tuple[Gradients, Future[float]]) -> None:
+        """In the loop: queue a step, unless the round loop has ended (then fail it)."""
+        with self._lock:
+            dead = self._dead
+            if dead is None and self._queue is not None:
+                self._queue.put_nowait(item)
+                return
+        if not item[1].done():
+            item[1].set_exception(dead or PeerError("the round loop has ended"))
 
     def close(self) -> None:
         """No more steps: the round loop ends after the step in flight."""

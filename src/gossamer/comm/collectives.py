@@ -67,6 +67,15 @@ Contract:
   (``Transport.lane``): real overlap over TCP, the same overlap in virtual
   time in the simulator. No algorithm touches a clock.
 - Every byte goes through the transport, so its counters see everything.
+- Devices and dtypes: inputs may be any floating dtype on any device (a
+  CUDA GPU included). What crosses the wire is CPU bytes: inputs are copied
+  to the CPU before encoding (a CPU tensor is used as it is) and reduced
+  there in float32, so the bytes and the result do not depend on where the
+  model runs. ``all_reduce`` (and ``start_all_reduce``'s handle) returns
+  each result on the device and in the dtype of its input;
+  ``decode_tensor`` / ``exchange_encoded`` / ``as_sent`` return float32
+  vectors on the communicator's ``device`` (the device of the model it
+  serves, CPU by default). Tested on the CPU only (no GPU in CI).
 - Non-finite contributions are never applied: a member whose own
   contribution holds a NaN or inf withholds it whole (empty payloads to
   every owner, logged), and an owner rejects any row that is empty,
@@ -131,10 +140,11 @@ class CodecLike(Protocol):
 
 def _raw_encode(x: torch.Tensor) -> memoryview:
     """The raw little-endian fp32 bytes of ``x``: a view of ``x`` itself when
-    it already is contiguous fp32 (no copy), else of a converted copy."""
+    it already is a contiguous fp32 CPU tensor (no copy), else of a converted
+    CPU copy (from any device)."""
     x = x.detach()
-    if x.dtype != torch.float32 or not x.is_contiguous():
-        x = x.to(torch.float32).contiguous()
+    if x.device.type != "cpu" or x.dtype != torch.float32 or not x.is_contiguous():
+        x = x.to(device="cpu", dtype=torch.float32).contiguous()
     if x.numel() == 0:
         return memoryview(b"")
     return memoryview(x.numpy()).cast("B")
@@ -241,6 +251,17 @@ def flatten(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     if not tensors:
         return torch.zeros(0, dtype=torch.float32)
     return torch.cat([t.detach().reshape(-1).to(torch.float32) for t in tensors])
+
+
+def like_inputs(results: Sequence[torch.Tensor], like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``results[i]`` on the device and in the dtype of ``like[i]`` (a result
+    already there is returned as it is, without a copy)."""
+    out = []
+    for r, t in zip(results, like):
+        if r.device != t.device or r.dtype != t.dtype:
+            r = r.to(device=t.device, dtype=t.dtype)
+        out.append(r)
+    return out
 
 
 def unflatten(flat: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -354,6 +375,7 @@ class Communicator:
         aggregator: Any | None = None,
         seed: int = 0,
         timeout: float | None = None,
+        device: str | torch.device | None = None,
     ) -> None:
         if transport.peer_id not in group:
             raise ConfigError(f"peer {transport.peer_id!r} is not in its group {list(group)}")
@@ -366,6 +388,9 @@ class Communicator:
         self.aggregator = aggregator
         self.seed = seed
         self.timeout = timeout
+        #: Where the vectors this member decodes for its algorithm go
+        #: (``decode_tensor``): the model's device; see "Devices and dtypes".
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.round = 0
         #: Attempt namespace (see the module docstring); 0 = plain tags.
         self.epoch = 0
@@ -587,11 +612,15 @@ class Communicator:
         """Inverse of ``encode_tensor`` for a vector of ``numel`` values from ``sender``;
         a payload of the wrong size raises ``CodecError``/``AggregationError`` naming the sender."""
         if self.codec is None:
-            return _raw_decode(data, numel, sender)
+            return self._on_device(_raw_decode(data, numel, sender))
         expected = self.codec.encoded_size((numel,))
         if len(data) != expected:
             raise CodecError(f"peer {sender!r} sent {len(data)} bytes for {numel} values, expected {expected} ({self.codec.spec})")
-        return self.codec.decode(data, (numel,), key=None, seed=self._p2p_seed(sender)).reshape(-1)
+        return self._on_device(self.codec.decode(data, (numel,), key=None, seed=self._p2p_seed(sender)).reshape(-1))
+
+    def _on_device(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` (a CPU tensor) on ``self.device``; ``t`` itself on the CPU."""
+        return t if t.device == self.device else t.to(self.device)
 
     def as_sent(self, flat: torch.Tensor, data: bytes) -> torch.Tensor:
         """What the other members decode from ``data = encode_tensor(flat)``:
@@ -638,17 +667,25 @@ class Communicator:
 
     # ------------------------------------------------------------------ all-reduce
     async def all_reduce(self, tensors: Sequence[torch.Tensor] | torch.Tensor, *, name: str = "all_reduce") -> list[torch.Tensor]:
-        """Mean (or robust aggregate) of every member's ``tensors``; bit-identical on all members."""
+        """Mean (or robust aggregate) of every member's ``tensors``; bit-identical on all members.
+
+        ``tensors``: floating tensors of any shapes, dtypes and devices.
+        Returns one tensor per input, of its shape, dtype and device (see
+        "Devices and dtypes"); the reduction itself runs on the CPU."""
+        like = [tensors] if isinstance(tensors, torch.Tensor) else list(tensors)
+        host = [t if t.device.type == "cpu" else t.detach().to("cpu") for t in like]
         codec = self.codec
         if self.link is None:
-            return await self._all_reduce(tensors, name, codec)
-        numel = tensors.numel() if isinstance(tensors, torch.Tensor) else sum(t.numel() for t in tensors)
-        # raw fp32 upper bound of what this member sends plus receives: 2 * 2 (n-1)/n * 4 * numel
-        nbytes = 16 * (self.size - 1) * numel // max(self.size, 1)
-        phases = 2 if self.aggregator is None else 4
-        if self.keybook is not None:
-            phases, nbytes = phases + 4, nbytes * 3 // 2
-        return await self._guarded(name, nbytes, phases, self._all_reduce(tensors, name, codec))
+            out = await self._all_reduce(host, name, codec)
+        else:
+            numel = sum(t.numel() for t in host)
+            # raw fp32 upper bound of what this member sends plus receives: 2 * 2 (n-1)/n * 4 * numel
+            nbytes = 16 * (self.size - 1) * numel // max(self.size, 1)
+            phases = 2 if self.aggregator is None else 4
+            if self.keybook is not None:
+                phases, nbytes = phases + 4, nbytes * 3 // 2
+            out = await self._guarded(name, nbytes, phases, self._all_reduce(host, name, codec))
+        return like_inputs(out, like)
 
     async def _all_reduce(self, tensors: Sequence[torch.Tensor] | torch.Tensor, name: str, codec: Any) -> list[torch.Tensor]:
         single = isinstance(tensors, torch.Tensor)

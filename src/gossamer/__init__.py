@@ -20,7 +20,9 @@ and runs the outer sync over a real swarm or a ``SimulatedSwarm``
 
 Real swarm: ``Coordinator`` and ``Peer`` (docs/swarm.md). Building blocks:
 ``make_codec`` (docs/codecs.md), ``make_aggregator`` (docs/robustness.md),
-``make_algorithm`` (docs/algorithms.md), ``make_task``. Errors: every error
+``make_algorithm`` (docs/algorithms.md), ``make_task``. Your own model and
+data in the simulator: ``Task`` and ``Shard`` (docs/own-task.md), as
+``simulate(task=MyTask(...))``. Errors: every error
 gossamer raises on purpose is a ``GossamerError``; ``ConfigError`` for bad
 configuration (raised before any work starts), ``CodecError``,
 ``AggregationError``, ``ProtocolError``, ``PeerError``, ``TaskError``.
@@ -60,6 +62,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "make_algorithm": ("gossamer.algorithms", "make_algorithm"),
     "ALGORITHM_NAMES": ("gossamer.algorithms", "ALGORITHM_NAMES"),
     "make_task": ("gossamer.tasks", "make_task"),
+    "Task": ("gossamer.tasks", "Task"),
+    "Shard": ("gossamer.tasks", "Shard"),
     "Optimizer": ("gossamer.optimizer", "Optimizer"),
     "SimulatedSwarm": ("gossamer.optimizer", "SimulatedSwarm"),
 }

@@ -23,6 +23,23 @@ Contract:
   swarm's rank order (sorted), so id-seeded randomness is the same.
 - The validation curve is evaluated on the shared model at ``evals`` evenly
   spaced steps; evaluation costs no simulated time.
+- ``scenario.task`` may be a user's task object (``tasks.protocol``): it is
+  wrapped in a ``UserTask`` that checks every answer, and before any
+  training (``simulate``) one model is built twice (same seed: the same
+  parameters, else ``TaskError``), one shard is cut for the last peer and
+  one batch of it goes through ``loss`` on the run's device. Results carry
+  the task's own name.
+- ``scenario.device``: every peer's model lives there (built on the CPU,
+  then moved), every batch is moved there (``devices.to_device``), and
+  evaluation runs there. The communicators return collective results on the
+  device of their inputs (and ``decode_tensor`` on the run's device); the
+  wire, hashes and saved files stay on the CPU. ``final_params`` are CPU
+  tensors whatever the device.
+- ``scenario.save``: after each run, peer 0's ``eval_model()`` (its shared
+  model) is written to ``scenario.save_path(algorithm)`` with
+  ``tasks.weights.save_model`` (safetensors; strict ``load_state_dict``
+  into ``task.make_model(seed)`` restores it); ``extra.saved_model`` names
+  the file.
 - ``init_state`` (optional): tensors copied into every peer's trainable
   parameters (``model.parameters()`` order, shapes must match) before the
   algorithm is built, so a run can start from a pretrained model.
@@ -64,8 +81,11 @@ from ..aggregate import make_aggregator
 from ..algorithms import make_algorithm
 from ..algorithms.driver import RoundLoop
 from ..comm import Communicator, make_run_codec
-from ..errors import ConfigError
+from ..devices import resolve_device, to_device
+from ..errors import ConfigError, TaskError
 from ..tasks import make_task
+from ..tasks.protocol import UserTask, as_task
+from ..tasks.weights import save_model
 from ..trace.recorder import TraceWriter
 from ..trace.results import CurvePoint, Results, RunResult
 from ..transport.sim import SimNetwork
@@ -83,6 +103,10 @@ Progress = Callable[[str, int, int], None]
 
 
 def task_for(scenario: Scenario) -> Any:
+    """The scenario's task: a built-in one built from its options, or the
+    user's object wrapped in a checking ``UserTask``."""
+    if not isinstance(scenario.task, str):
+        return as_task(scenario.task)
     options = dict(scenario.task_options)
     options.setdefault("iid", scenario.iid)
     if scenario.alpha is not None:
@@ -172,13 +196,41 @@ def simulate(scenario: Scenario | None = None, *, progress: Progress | None = No
     elif fields:
         scenario = dataclasses.replace(scenario, **fields)
     task = task_for(scenario)
-    task.shard(scenario.peers - 1, scenario.peers, seed=scenario.seed)  # fails now if the data cannot be split
-    results = Results(task=scenario.task, peers=scenario.peers, link=scenario.link, seed=scenario.seed)
+    check_before_training(task, scenario)
+    results = Results(task=scenario.task_name, peers=scenario.peers, link=scenario.link, seed=scenario.seed)
     results.extra["loss_unit"] = getattr(task, "loss_unit", "")
+    results.extra["device"] = scenario.device
     for algorithm in scenario.algorithms:
         results.runs.append(run_algorithm(scenario, algorithm, task=task, progress=progress))
-    results.extra["samples_per_peer"] = scenario.steps * task.samples_per_batch
+    results.extra["samples_per_peer"] = _samples(scenario.steps, task)
     return results
+
+
+def _samples(steps: int | None, task: Any) -> int | None:
+    per_batch = getattr(task, "samples_per_batch", None)
+    return steps * per_batch if steps is not None and per_batch is not None else None
+
+
+def check_before_training(task: Any, scenario: Scenario) -> None:
+    """What ``simulate`` checks before any run: the data splits over the peers
+    (``ShardError``); for a user's task also that ``make_model`` is
+    deterministic and that one batch goes through ``loss`` on the run's
+    device (``TaskError`` naming what is wrong)."""
+    shard = task.shard(scenario.peers - 1, scenario.peers, seed=scenario.seed)  # fails now if the data cannot be split
+    if not isinstance(task, UserTask):
+        return
+    model = task.make_model(scenario.seed)
+    again = task.make_model(scenario.seed).state_dict()
+    for key, value in model.state_dict().items():
+        other = again.get(key)
+        if other is None or other.shape != value.shape or not torch.equal(other, value):
+            raise TaskError(f"task {task.name!r}: make_model({scenario.seed}) is not deterministic: two calls gave "
+                            f"different values for {key!r}, and every peer must start from the same model "
+                            f"(initialise from torch's global RNG, which is seeded before each call, or from a "
+                            f"torch.Generator seeded with the seed)")
+    device = resolve_device(scenario.device)
+    model.to(device)
+    task.loss(model, to_device(shard.next_batch(), device))
 
 
 def run_algorithm(scenario: Scenario, algorithm: str, *, task: Any = None, progress: Progress | None = None,
@@ -192,8 +244,9 @@ def run_algorithm(scenario: Scenario, algorithm: str, *, task: Any = None, progr
     machine's core count)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(scenario.threads)
+    task = as_task(task) if task is not None else task_for(scenario)
     try:
-        return asyncio.run(_run(scenario, algorithm, task or task_for(scenario), progress, init_state, keep_state, peer_ids))
+        return asyncio.run(_run(scenario, algorithm, task, progress, init_state, keep_state, peer_ids))
     finally:
         torch.set_num_threads(threads)
 
@@ -230,14 +283,17 @@ async def _run(scenario: Scenario, algorithm: str, task: Any, progress: Progress
             Adversary(attack, [p for p in ids if p not in byzantine], byzantine, seed=scenario.seed)
     robust = scenario.aggregator != "mean" or scenario.byzantine > 0 or bool(scenario.tolerate)
     protocol_attack = scenario.protocol_attack()
+    device = resolve_device(scenario.device)
     peers = []
     for i, pid in enumerate(ids):
         model = task.make_model(scenario.seed)
         if init_state is not None:
             _load_state(model, init_state)
+        model.to(device)
         codec = make_run_codec(scenario.codec_for(algorithm))
         aggregator = make_aggregator(scenario.aggregator, scenario.tolerate, seed=scenario.seed) if robust else None
-        comm = Communicator(net.add_peer(pid), group, codec=codec, aggregator=aggregator, seed=scenario.seed)
+        comm = Communicator(net.add_peer(pid), group, codec=codec, aggregator=aggregator, seed=scenario.seed,
+                            device=device)
         if adversary is not None:
             comm.contribution_hook = adversary.hook_for(pid, comm) if scenario.collude else adversary.hook_for(pid)
         if scenario.audit:
@@ -272,7 +328,7 @@ def _open_trace(scenario: Scenario, algorithm: str, peers: list[_Peer], byzantin
     for old in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
         if old.is_file():
             old.unlink()  # a rerun replaces the trace, as --json replaces its file
-    meta = {"algorithm": algorithm, "scenario": dataclasses.asdict(scenario), "options": options,
+    meta = {"algorithm": algorithm, "scenario": scenario.as_dict(), "options": options,
             "peer_ids": ids, "byzantine": byzantine, "clock": "virtual seconds"}
     writer = TraceWriter(path, source="sim", meta=meta, clock=lambda: max(t.now() for t in transports))
     for pid in byzantine:
@@ -291,6 +347,7 @@ async def _simulate(scenario: Scenario, algorithm: str, task: Any, progress: Pro
                      trace=trace) if scenario.audit else None
     steps = scenario.steps
     assert steps is not None
+    device = resolve_device(scenario.device)
     points = eval_steps(steps, scenario.evals)
     logs = {pid: _PeerLog() for pid in ids}
     curve_eval: dict[int, tuple[float, float]] = {}
@@ -313,7 +370,7 @@ async def _simulate(scenario: Scenario, algorithm: str, task: Any, progress: Pro
         the peer's virtual clock; bytes, time and hashes are logged."""
 
         def __init__(self, idx: int, pid: str, algo: Any, shard: Any, comm: Communicator) -> None:
-            super().__init__(algo, shard.next_batch, steps)
+            super().__init__(algo, lambda: to_device(shard.next_batch(), device), steps)
             self.idx, self.pid, self.comm = idx, pid, comm
             self.plog = logs[pid]
             self.sent_before_round = 0
@@ -419,7 +476,11 @@ async def _simulate(scenario: Scenario, algorithm: str, task: Any, progress: Pro
     final_hash = final_hashes[0] if peers[0][1].bit_parity else combined_hash(final_hashes)
     final_params = None
     if keep_state:
-        final_params = [p.detach().clone() for p in peers[0][1].eval_model().parameters() if p.requires_grad]
+        final_params = [p.detach().to("cpu", copy=True) for p in peers[0][1].eval_model().parameters() if p.requires_grad]
+    saved = scenario.save_path(algorithm)
+    if saved is not None:
+        save_model(peers[0][1].eval_model(), saved, metadata={"task": scenario.task_name, "algorithm": algorithm,
+                                                              "seed": str(scenario.seed), "steps": str(steps)})
     result = RunResult(
         algorithm=algorithm,
         codec=peers[0][3].codec.spec if peers[0][3].codec is not None else "none",
@@ -436,7 +497,7 @@ async def _simulate(scenario: Scenario, algorithm: str, task: Any, progress: Pro
         curve=curve,
         extra={
             "metric_name": task.metric_name,
-            "samples_per_peer": steps * task.samples_per_batch,
+            "samples_per_peer": _samples(steps, task),
             "state_hashes_equal": hashes_equal,
             "bit_parity_expected": peers[0][1].bit_parity,
             "final_state_hash": final_hash,
@@ -452,6 +513,8 @@ async def _simulate(scenario: Scenario, algorithm: str, task: Any, progress: Pro
             "excluded": dict(trust.excluded) if trust is not None else {},
             "trust_decisions": list(trust.desk.decisions) if trust is not None else [],
             "aborts": trust.aborts if trust is not None else 0,
+            "device": scenario.device,
+            **({"saved_model": str(saved)} if saved is not None else {}),
         },
     )
     result.final_params = final_params

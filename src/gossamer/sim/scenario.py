@@ -2,8 +2,23 @@
 
 Contract: ``Scenario`` is a frozen dataclass; ``Scenario.from_toml(path)`` and
 the CLI build the same object, and any bad value (unknown key, unknown task
-or algorithm, non-positive count, unparsable link) raises ``ConfigError`` with
-one line that names the problem and the accepted values.
+or algorithm, non-positive count, unparsable link, a device this machine
+does not have) raises ``ConfigError`` with one line that names the problem
+and the accepted values.
+
+``task`` is a built-in task's name or a task object of the user's
+(docs/own-task.md). A task object is checked for the protocol's shape here
+(``TaskError`` naming what is missing or mistyped); its ``name`` (or class
+name) is what results, tables and traces call it. TOML files and the command
+line name built-in tasks only; a user's task comes in through Python
+(``gossamer.simulate(task=MyTask(...))``, or ``Scenario.from_toml(path,
+task=MyTask(...))``). Steps: a built-in task has defaults
+(``TASK_DEFAULTS``); a user's task uses its ``default_steps`` /
+``default_inner_steps`` attributes when it has them, else ``steps`` must be
+given (``ConfigError`` otherwise) and each algorithm runs with its own
+default ``inner_steps``. ``task_options``, ``alpha`` and ``iid = false``
+configure built-in tasks only: with a task object they are a ``ConfigError``
+(the object is configured when it is built).
 
 TOML keys are the field names below, e.g.::
 
@@ -27,6 +42,9 @@ TOML keys are the field names below, e.g.::
     peer_ids = ["..."]    # the peers' ids in rank order (default p0..pN-1): rehearse a real swarm bit for bit
     trace = "sim.trace"   # write an event trace (docs/trace.md); with several algorithms one file
                           # each, the algorithm before the extension: sim-ddp.trace, sim-diloco.trace
+    save = "model.safetensors"  # write peer 0's trained (shared) model as safetensors; several
+                          # algorithms: one file each, named as the traces are
+    device = "cpu"        # where the models run: cpu, cuda or cuda:N (the wire stays CPU bytes)
     [task_options]        # passed to the task (batch_size, layers, ...)
     [algorithm_options.diloco]
     outer_lr = 0.7
@@ -34,6 +52,7 @@ TOML keys are the field names below, e.g.::
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import tomllib
 from dataclasses import dataclass, field
@@ -41,8 +60,10 @@ from pathlib import Path
 from typing import Any
 
 from ..algorithms import ALGORITHM_NAMES, algorithm_config
+from ..devices import resolve_device
 from ..errors import ConfigError
 from ..tasks import TASK_NAMES
+from ..tasks.protocol import check_task, supports_label_flip, task_name
 from ..transport.sim import LinkSpec
 
 
@@ -61,7 +82,7 @@ PROTOCOL_ATTACKS = ("tamper", "equivocate", "withhold", "statlie", "falseaccuse"
 
 @dataclass(frozen=True)
 class Scenario:
-    task: str = "charlm"
+    task: Any = "charlm"  # a built-in task's name (TASK_NAMES) or a task object (docs/own-task.md)
     algorithms: tuple[str, ...] = ("ddp", "diloco")
     peers: int = 8
     steps: int | None = None
@@ -82,12 +103,13 @@ class Scenario:
     trace: str | None = None
     audit: int = 0
     collude: bool = False
+    save: str | None = None
+    device: str = "cpu"
     task_options: dict[str, Any] = field(default_factory=dict)
     algorithm_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.task not in TASK_NAMES:
-            raise ConfigError(f"unknown task {self.task!r}; accepted: {', '.join(TASK_NAMES)}")
+        defaults = self._check_task()
         algos = tuple(self.algorithms)
         object.__setattr__(self, "algorithms", algos)
         if not algos:
@@ -105,13 +127,16 @@ class Scenario:
             object.__setattr__(self, "peer_ids", ids)
             if len(ids) != self.peers or len(set(ids)) != len(ids):
                 raise ConfigError(f"peer_ids must be {self.peers} distinct ids (one per peer, in rank order), got {len(ids)}")
-        defaults = TASK_DEFAULTS[self.task]
         if self.steps is None:
+            if defaults["steps"] is None:
+                raise ConfigError(f"steps is required with your own task {self.task_name!r}: give steps=N "
+                                  f"(or set default_steps on the task); built-in tasks have defaults")
             object.__setattr__(self, "steps", defaults["steps"])
         if self.inner_steps is None:
             object.__setattr__(self, "inner_steps", defaults["inner_steps"])
         _positive_int("steps", self.steps)
-        _positive_int("inner_steps", self.inner_steps)
+        if self.inner_steps is not None:  # None: each algorithm's own default (a user's task without one)
+            _positive_int("inner_steps", self.inner_steps)
         _positive_int("evals", self.evals)
         _positive_int("threads", self.threads)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
@@ -123,8 +148,10 @@ class Scenario:
             object.__setattr__(self, "iid", False)
         if self.compute_time is not None and not self.compute_time > 0:
             raise ConfigError(f"compute_time must be > 0 seconds per step, got {self.compute_time}")
+        object.__setattr__(self, "device", str(resolve_device(self.device)))
         self._check_robustness()
         self._check_trace()
+        self._check_save()
         unknown = sorted(set(self.algorithm_options) - set(ALGORITHM_NAMES))
         if unknown:
             raise ConfigError(f"algorithm_options for unknown algorithm(s) {', '.join(unknown)}; accepted: {', '.join(ALGORITHM_NAMES)}")
@@ -133,6 +160,37 @@ class Scenario:
         for a in algos:
             algorithm_config(a, **self.options_for(a))
             ALGORITHMS[a][0].check_codec(self.codec_for(a))
+
+    def _check_task(self) -> dict[str, int | None]:
+        """Check ``task`` (and the task-only fields); return its step defaults."""
+        if isinstance(self.task, str):
+            if self.task not in TASK_NAMES:
+                raise ConfigError(f"unknown task {self.task!r}; accepted: {', '.join(TASK_NAMES)}, "
+                                  f"or a task object of your own (docs/own-task.md)")
+            return dict(TASK_DEFAULTS[self.task])
+        check_task(self.task)
+        name = self.task_name
+        if self.task_options:
+            raise ConfigError(f"task_options configure built-in tasks; task {name!r} is your own object: "
+                              f"configure it when you build it (got {', '.join(sorted(self.task_options))})")
+        if self.alpha is not None or not self.iid:
+            raise ConfigError(f"alpha and iid choose the shards of built-in tasks; your task {name!r} "
+                              f"splits its data itself, in shard()")
+        return {"steps": getattr(self.task, "default_steps", None),
+                "inner_steps": getattr(self.task, "default_inner_steps", None)}
+
+    @property
+    def task_name(self) -> str:
+        """The task's name: a built-in's, or a task object's ``name`` (else its class name)."""
+        return task_name(self.task)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields as plain data (a task object by its name), e.g. for a trace's metadata."""
+        out: dict[str, Any] = {"task": self.task_name}
+        for f in dataclasses.fields(self):
+            if f.name != "task":
+                out[f.name] = copy.deepcopy(getattr(self, f.name))
+        return out
 
     def _check_robustness(self) -> None:
         from ..aggregate import make_aggregator
@@ -177,8 +235,11 @@ class Scenario:
             attack = self.make_attack()
             if self.byzantine == 0:
                 raise ConfigError(f"attack {self.attack!r} needs Byzantine peers: add --byzantine F")
-            if attack.data_poisoning and self.task != "digits":
+            if attack.data_poisoning and isinstance(self.task, str) and self.task != "digits":
                 raise ConfigError(f"attack {self.attack!r} poisons labels, which only the digits task has (task is {self.task!r})")
+            if attack.data_poisoning and not isinstance(self.task, str) and not supports_label_flip(self.task):
+                raise ConfigError(f"attack {self.attack!r} poisons labels: your task {self.task_name!r} needs "
+                                  f"shard(peer, n_peers, *, seed, label_flip=False) to accept label_flip")
         elif self.byzantine:
             raise ConfigError(f"{self.byzantine} Byzantine peer(s) but no attack: add --attack NAME")
         from ..algorithms import ALGORITHMS
@@ -202,17 +263,36 @@ class Scenario:
         for target in dict.fromkeys([self.trace, *(str(self.trace_path(a)) for a in self.algorithms)]):
             check_writable(target)
 
+    def _check_save(self) -> None:
+        if self.save is None:
+            return
+        if not isinstance(self.save, str) or not self.save.strip():
+            raise ConfigError(f"save must be a file path, got {self.save!r}")
+        from ..argtypes import check_writable
+
+        for target in dict.fromkeys(str(self.save_path(a)) for a in self.algorithms):
+            check_writable(target)
+
+    def _per_algorithm(self, given: str | None, algorithm: str) -> Path | None:
+        if given is None:
+            return None
+        path = Path(given).expanduser()
+        if len(self.algorithms) == 1:
+            return path
+        return path.with_name(f"{path.stem}-{algorithm}{path.suffix}")
+
     def trace_path(self, algorithm: str) -> Path | None:
         """Where ``algorithm``'s trace goes: ``trace`` itself when the scenario
         runs one algorithm; with several, one file per algorithm, named with
         ``-<algorithm>`` before the extension (``run.trace`` -> ``run-ddp.trace``).
         ``None`` without a trace."""
-        if self.trace is None:
-            return None
-        path = Path(self.trace).expanduser()
-        if len(self.algorithms) == 1:
-            return path
-        return path.with_name(f"{path.stem}-{algorithm}{path.suffix}")
+        return self._per_algorithm(self.trace, algorithm)
+
+    def save_path(self, algorithm: str) -> Path | None:
+        """Where ``algorithm``'s trained model goes (``save``), named as
+        ``trace_path`` names traces (``m.safetensors`` -> ``m-ddp.safetensors``
+        with several algorithms); ``None`` without ``save``."""
+        return self._per_algorithm(self.save, algorithm)
 
     def make_attack(self) -> Any:
         """The scenario's attack object (``None`` without one)."""

@@ -18,6 +18,15 @@ Contract
 * ``Task.evaluate(model)`` returns ``(val_loss, val_metric)`` on a fixed
   validation set that does not depend on any run seed.
 * Data comes only from what ships with Python and scikit-learn: no downloads.
+* A user's own task need not subclass ``Task``: any object with
+  ``make_model``, ``loss``, ``shard`` and ``evaluate`` will do; the optional
+  attributes and their defaults, and the checks made before training, are in
+  ``gossamer.tasks.protocol`` (and docs/own-task.md). Subclassing ``Task``
+  supplies those defaults as class attributes.
+* Devices: the runtimes move the model and every batch to the run's device
+  (``gossamer.devices``); ``evaluate`` receives the model there and moves its
+  own validation data to ``next(model.parameters()).device``, as the built-in
+  tasks do. Shards hand out CPU batches.
 
 This package imports only ``gossamer.errors`` from gossamer.
 """
@@ -45,9 +54,12 @@ class Shard(ABC):
     """One peer's slice of the training data.
 
     ``next_batch()`` returns the next batch of a deterministic, endless stream
-    seeded by ``(seed, peer)``. ``num_samples`` is the number of training
-    samples (characters, images, rows) the shard holds; ``samples_per_batch``
-    the number of samples in one batch of this shard.
+    seeded by ``(seed, peer)``: a tensor, or tuples, lists or dicts of tensors
+    (the runtimes move every tensor in it to the run's device), of whatever
+    type ``Task.loss`` of the same task takes. ``next_batch`` is the only
+    member the runtimes use; the built-in shards also set ``num_samples``
+    (training samples the shard holds: characters, images, rows) and
+    ``samples_per_batch`` (samples in one batch).
     """
 
     peer: int
@@ -61,36 +73,64 @@ class Shard(ABC):
 
 
 class Task(ABC):
-    """A workload: model factory, loss, data shards and a fixed validation set."""
+    """A workload: model factory, loss, data shards and a fixed validation set.
+
+    Subclass it for your own task (docs/own-task.md) and implement the four
+    methods; the attributes below are optional, with these defaults:
+
+    * ``name``: what results call the task; absent, the class name.
+    * ``metric_name``: the name of ``evaluate``'s second value (e.g.
+      ``"val_accuracy"``); ``None``: the task has no metric and ``evaluate``
+      returns the validation loss alone (results name it ``"val_loss"``).
+    * ``metric_higher_is_better``: ``None`` means True with a metric, False without.
+    * ``samples_per_batch``: samples in one batch; ``None``: unknown.
+    * ``loss_unit``: what the loss measures (``"nats per character"``), or "".
+    * ``default_steps`` / ``default_inner_steps``: a run's ``steps`` and
+      ``inner_steps`` when it gives none; ``None``: a run must give
+      ``steps``, and each algorithm uses its own default ``inner_steps``.
+    """
 
     name: str
-    metric_name: str
-    metric_higher_is_better: bool
-    samples_per_batch: int
+    metric_name: str | None = None
+    metric_higher_is_better: bool | None = None
+    samples_per_batch: int | None = None
+    default_steps: int | None = None
+    default_inner_steps: int | None = None
     loss_unit: str = ""
     """What the loss measures, for axis labels and table headers (e.g.
     ``"nats per character"``); empty if the task does not say."""
 
     @abstractmethod
     def make_model(self, seed: int) -> torch.nn.Module:
-        """A fresh model; same seed -> bit-identical parameters."""
+        """A fresh model on the CPU; same seed -> bit-identical parameters.
+
+        For a user's task the runtimes call it with torch's global RNG
+        seeded with ``seed`` (inside ``torch.random.fork_rng``), so plain
+        ``nn.Linear`` initialisation is deterministic too. It must have at
+        least one trainable floating-point parameter."""
 
     @abstractmethod
     def loss(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
-        """Scalar mean loss of ``model`` on ``batch``, differentiable."""
+        """Scalar mean loss of ``model`` on ``batch`` (a one-element floating
+        tensor), differentiable; ``model`` and ``batch`` are on the run's device."""
 
     @abstractmethod
     def shard(self, peer: int, n_peers: int, *, seed: int, label_flip: bool = False) -> Shard:
-        """Peer ``peer``'s shard out of ``n_peers``; iid or non-iid per the config.
+        """Peer ``peer``'s shard out of ``n_peers`` (an object with
+        ``next_batch()``); iid or non-iid per the config.
 
         ``label_flip=True`` poisons the shard (for simulating a Byzantine peer)
         where the task defines what that means; tasks where it is meaningless
-        raise ``ConfigError``.
+        raise ``ConfigError``. A user's task may leave the keyword out: it is
+        passed only for the ``labelflip`` attack. Raise ``ShardError`` when
+        the data cannot be split over ``n_peers``.
         """
 
     @abstractmethod
-    def evaluate(self, model: torch.nn.Module) -> tuple[float, float]:
-        """``(val_loss, val_metric)`` on the fixed validation set; deterministic."""
+    def evaluate(self, model: torch.nn.Module) -> Any:
+        """``(val_loss, val_metric)`` (two floats) on the fixed validation set,
+        deterministic; a task with ``metric_name = None`` returns ``val_loss``
+        alone. ``model`` is in eval mode, on the run's device."""
 
 
 def check_peer(peer: int, n_peers: int, seed: int) -> None:

@@ -492,8 +492,9 @@ class CharLMTask(_ConfiguredTask):
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module) -> tuple[float, float]:
         windows = self.validation_windows()
+        device = next(model.parameters()).device  # the validation windows go where the model is
         total = 0.0
         for chunk in windows.split(16):
-            total += float(self.loss(model, chunk)) * chunk.shape[0]
+            total += float(self.loss(model, chunk.to(device))) * chunk.shape[0]
         value = total / windows.shape[0]
         return value, value

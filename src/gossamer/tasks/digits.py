@@ -242,9 +242,11 @@ class DigitsTask(_ConfiguredTask):
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module) -> tuple[float, float]:
         data = self.data
-        logits = model(data.x_val)
-        loss = float(F.cross_entropy(logits, data.y_val))
-        acc = float((logits.argmax(dim=1) == data.y_val).double().mean())
+        device = next(model.parameters()).device  # the validation set goes where the model is
+        x_val, y_val = data.x_val.to(device), data.y_val.to(device)
+        logits = model(x_val)
+        loss = float(F.cross_entropy(logits, y_val))
+        acc = float((logits.argmax(dim=1) == y_val).double().mean())
         return loss, acc
 
 

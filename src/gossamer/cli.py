@@ -17,6 +17,7 @@ from .argtypes import positive_float as _positive_float
 from .argtypes import check_writable as _check_writable
 from .argtypes import help_naming_algorithms
 from .argtypes import positive_int as _positive_int
+from .devices import add_device_argument
 from .errors import ConfigError, GossamerError
 from .swarm.cli import add_swarm_commands, parse_options, run_swarm_command
 
@@ -70,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--peer-ids", default=None, help="comma-separated peer ids in rank order, to rehearse a real swarm bit for bit (default p0..pN-1)")
     sim.add_argument("--trace", default=None, metavar="PATH",
                      help="write an event trace for `gossamer report` (several algorithms: one file each, PATH with -ALGORITHM before the extension)")
+    sim.add_argument("--save", default=None, metavar="PATH",
+                     help="write the trained model (peer 0's shared model) as safetensors, loadable with "
+                          "model.load_state_dict(safetensors.torch.load_file(PATH)) (several algorithms: one file each, named as --trace's)")
+    add_device_argument(sim)
     _add_swarm_args(sim, task_default=None)
 
     bench = sub.add_parser("bench", help="benchmarks that print ratios against a baseline measured in the same run")
@@ -539,6 +544,8 @@ def _scenario_from_args(args: argparse.Namespace, *, algorithms: str | None) -> 
         "collude": getattr(args, "collude", None),
         "peer_ids": tuple(_split(getattr(args, "peer_ids", None)) or ()) or None,
         "trace": getattr(args, "trace", None),
+        "save": getattr(args, "save", None),
+        "device": getattr(args, "device", None),
     }
     scenario_path = getattr(args, "scenario", None)
     if scenario_path:
@@ -702,7 +709,7 @@ def cmd_simulate(args: argparse.Namespace, console: Any) -> int:
         if out:
             _check_writable(out)
     results = _run_scenario(scenario, console)
-    title = f"{scenario.task}: {scenario.peers} peers, {scenario.steps} steps each, link {scenario.link}" + _scenario_details(scenario)
+    title = f"{scenario.task_name}: {scenario.peers} peers, {scenario.steps} steps each, link {scenario.link}" + _scenario_details(scenario)
     console.print(_results_table(results, title=title))
     for run in results.runs:
         for d in run.extra.get("trust_decisions", []):
@@ -711,6 +718,8 @@ def cmd_simulate(args: argparse.Namespace, console: Any) -> int:
     _write_outputs(results, args, console, title=title)
     for algorithm in scenario.algorithms if scenario.trace else ():
         console.print(f"wrote {scenario.trace_path(algorithm)}", markup=False, highlight=False)
+    for algorithm in scenario.algorithms if scenario.save else ():
+        console.print(f"wrote {scenario.save_path(algorithm)} ({algorithm}'s trained model, safetensors)", markup=False, highlight=False)
     return 0
 
 

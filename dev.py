@@ -3,7 +3,7 @@
 ``python3 dev.py test``.
 
 Each creates (or reuses) the virtual environment ``.venv`` next to this file,
-installs torch 2.13.0 (CPU) first and then gossamer with its test and fast (numba) extras, and
+installs torch 2.13.0 (CPU) first and then gossamer with its test, fast (numba) and examples (transformers) extras, and
 runs the demo or the test suite. Only the Python standard library is used
 here, so a machine with nothing but Python 3.11 and pip can run it.
 """
@@ -41,7 +41,7 @@ def ensure_env() -> None:
         return
     # torch first, pinned, so nothing later can pull a different (CUDA) build.
     sh(PY, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", TORCH)
-    sh(PY, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-e", ".[test,fast]")
+    sh(PY, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-e", ".[test,fast,examples]")
     stamp.write_text(want)
 
 

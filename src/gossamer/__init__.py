@@ -66,6 +66,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "Shard": ("gossamer.tasks", "Shard"),
     "Optimizer": ("gossamer.optimizer", "Optimizer"),
     "SimulatedSwarm": ("gossamer.optimizer", "SimulatedSwarm"),
+    "LocalCoordinator": ("gossamer.swarm.local", "LocalCoordinator"),
 }
 
 __all__ = [

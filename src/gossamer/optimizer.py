@@ -198,6 +198,14 @@ class Optimizer:
         algo = self._sim.algo if self._sim is not None else getattr(self.peer, "algo", None)
         return int(algo.steps) if algo is not None else 0
 
+    @property
+    def round(self) -> int:
+        """The swarm round this peer is at: rounds committed so far (counted
+        from 0, including those before it joined or resumed)."""
+        if self._sim is not None:
+            return int(self._sim.algo.syncs)
+        return int(getattr(self.peer, "round", 0))
+
     def close(self) -> None:
         """Leave the swarm (after the step in flight). Idempotent."""
         if self._closed:

@@ -58,30 +58,61 @@ def test_resume_from_checkpoint(tmp_path):
     assert len(set(finals)) == 1, out
 
 
+def _coordinator(tmp_path: Path) -> tuple[subprocess.Popen, str]:
+    """`gossamer coordinator --listen 127.0.0.1:0 --min-peers 2`, as the docs run it; its address."""
+    proc = subprocess.Popen([sys.executable, "-m", "gossamer.cli", "coordinator", "--listen", "127.0.0.1:0",
+                             "--min-peers", "2"], cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline, seen = time.monotonic() + 60, ""
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        seen += line
+        m = re.search(r"listening on (\S+:\d+)", line)
+        if m:
+            return proc, m.group(1)
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise AssertionError(f"the coordinator did not start: {seen}")
+
+
+def _two(tmp_path: Path, commands: list[list[str]]) -> list[str]:
+    peers = [subprocess.Popen(c, cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for c in commands]
+    outs = [p.communicate(timeout=LIMIT) for p in peers]
+    for p, (out, err) in zip(peers, outs):
+        assert p.returncode == 0, out + err[-3000:]
+    return [out for out, _ in outs]
+
+
 def test_gpt2_two_peers_as_the_docstring_says(tmp_path):
     pytest.importorskip("transformers", reason="the examples extra (pip install gossamer[examples]) is not installed")
-    coordinator = subprocess.Popen([sys.executable, "-m", "gossamer.cli", "coordinator", "--listen", "127.0.0.1:0",
-                                    "--min-peers", "2"], cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True)
+    coordinator, address = _coordinator(tmp_path)
     try:
-        address, deadline, seen = None, time.monotonic() + 60, ""
-        while address is None and time.monotonic() < deadline:
-            line = coordinator.stdout.readline()
-            seen += line
-            m = re.search(r"listening on (\S+:\d+)", line)
-            address = m.group(1) if m else None
-            assert line or coordinator.poll() is None, seen
-        assert address, seen
-        peers = [subprocess.Popen([sys.executable, str(EXAMPLES / "gpt2_two_peers.py"), address, str(r)],
-                                  cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True) for r in (0, 1)]
-        outs = [p.communicate(timeout=LIMIT) for p in peers]
-        for p, (out, err) in zip(peers, outs):
-            assert p.returncode == 0, out + err[-3000:]
-        done = [re.search(r"done: (\d+) rounds, \d+ bytes sent, state (\w+)", out) for out, _ in outs]
+        outs = _two(tmp_path, [[sys.executable, str(EXAMPLES / "gpt2_two_peers.py"), address, str(r)] for r in (0, 1)])
+        done = [re.search(r"done: (\d+) rounds, \d+ bytes sent, state (\w+)", out) for out in outs]
         assert all(done) and {d.group(1) for d in done} == {"6"} and len({d.group(2) for d in done}) == 1, outs
-        losses = [float(x) for x in re.findall(r"loss ([\d.]+)", outs[0][0])]
+        losses = [float(x) for x in re.findall(r"loss ([\d.]+)", outs[0])]
         assert losses[-1] < 4.0 < 5.545  # from ln(256) = 5.545 nats for a uniform guess
+    finally:
+        coordinator.kill()
+        coordinator.wait(10)
+
+
+def test_the_one_page_in_docs_optimizer_md_runs_as_written(tmp_path):
+    # docs/optimizer.md: the peer program and the three commands that run it on one machine
+    page = (EXAMPLES.parent / "docs" / "optimizer.md").read_text()
+    section = page.split("## Two processes on one machine", 1)[1].split("\n## ", 1)[0]
+    program = section.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "mypeer.py").write_text(program)
+    commands = section.split("```bash\n", 1)[1].split("```", 1)[0].strip().splitlines()
+    assert commands[0] == "gossamer coordinator --listen 127.0.0.1:7000 --min-peers 2 &"
+    coordinator, address = _coordinator(tmp_path)  # the same command, on a free port
+    try:
+        runs = [c.rstrip(" &").replace("127.0.0.1:7000", address) for c in commands[1:]]
+        assert len(runs) == 2 and all(r.startswith('python -c "') for r in runs), commands
+        outs = _two(tmp_path, [[sys.executable, "-c", r[len('python -c "'):-1]] for r in runs])
+        assert all(re.fullmatch(r"10 rounds, \d+ bytes sent\n", out) for out in outs), outs
     finally:
         coordinator.kill()
         coordinator.wait(10)

@@ -7,8 +7,14 @@ Schema (documented in docs/results.md)::
          "bytes_sent_per_peer", "peak_bytes_per_round", "sim_time_s", "wall_time_s",
          "steps", "rounds", "curve": [{"step", "sim_time_s", "bytes_sent_per_peer", "val_loss"}], ...}]}
 
+``task`` is the task's name: a built-in task's (``"charlm"``), or a user's
+task object's ``name`` attribute, else its class name (docs/own-task.md);
+never a built-in name standing in for a user's task.
+
 Runs may carry extra keys (``metric_name``, ``attack``, ``byzantine``,
-``state_hashes_equal`` ...); readers ignore keys they do not know.
+``state_hashes_equal``, ``device``, ``saved_model`` ...); readers ignore keys
+they do not know. ``samples_per_peer`` is null when the task does not say
+how many samples a batch holds.
 """
 
 from __future__ import annotations
@@ -58,7 +64,7 @@ class RunResult:
 
 @dataclass
 class Results:
-    task: str
+    task: str  #: the task's name (see the module docstring)
     peers: int
     link: str
     seed: int

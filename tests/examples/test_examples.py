@@ -41,6 +41,14 @@ def test_own_loop_tcp(tmp_path):
     assert all(float(re.search(r"accuracy ([\d.]+)%", ln).group(1)) > 70 for ln in lines), out
 
 
+def test_own_task_simulated(tmp_path):
+    out = _run(tmp_path, str(EXAMPLES / "own_task_simulated.py"))
+    assert "task: my-digits" in out, out
+    acc = {m.group(1): float(m.group(2)) for m in re.finditer(r"^(\w+) +accuracy +([\d.]+)%", out, re.M)}
+    assert set(acc) == {"ddp", "diloco", "sparseloco"} and acc["diloco"] > 70, out
+    assert "saved diloco model loads: Sequential" in out and (tmp_path / "my-digits-diloco.safetensors").is_file()
+
+
 def test_own_loop_simulated(tmp_path):
     out = _run(tmp_path, str(EXAMPLES / "own_loop_simulated.py"))
     rows = {ln.split()[0]: ln for ln in out.splitlines() if ln.strip()}

@@ -18,7 +18,9 @@ Your own training loop: ``Optimizer`` wraps any ``torch.optim.Optimizer``
 and runs the outer sync over a real swarm or a ``SimulatedSwarm``
 (docs/optimizer.md).
 
-Real swarm: ``Coordinator`` and ``Peer`` (docs/swarm.md). Building blocks:
+Real swarm: ``Coordinator``, ``LocalCoordinator``, ``Peer`` and ``Identity``
+(a peer's key; docs/swarm.md). Traces: ``TraceWriter``, ``TraceReader``
+(docs/trace.md). Attacks for red-teaming: ``make_attack`` (docs/robustness.md). Building blocks:
 ``make_codec`` (docs/codecs.md), ``make_aggregator`` (docs/robustness.md),
 ``make_algorithm`` (docs/algorithms.md), ``make_task``. Your own model and
 data in the simulator: ``Task`` and ``Shard`` (docs/own-task.md), as
@@ -67,6 +69,10 @@ _LAZY: dict[str, tuple[str, str]] = {
     "Optimizer": ("gossamer.optimizer", "Optimizer"),
     "SimulatedSwarm": ("gossamer.optimizer", "SimulatedSwarm"),
     "LocalCoordinator": ("gossamer.swarm.local", "LocalCoordinator"),
+    "Identity": ("gossamer.transport.identity", "Identity"),
+    "make_attack": ("gossamer.sim.attacks", "make_attack"),
+    "TraceWriter": ("gossamer.trace", "TraceWriter"),
+    "TraceReader": ("gossamer.trace", "TraceReader"),
 }
 
 __all__ = [

@@ -248,3 +248,11 @@ def test_label_flip_attack_needs_a_shard_that_takes_label_flip() -> None:
     with pytest.raises(gossamer.ConfigError, match="needs shard\\(peer, n_peers, \\*, seed, label_flip=False\\)"):
         gossamer.Scenario(task=NoFlip(), algorithms=("ddp",), peers=4, steps=3, byzantine=1, attack="labelflip",
                           aggregator="median")
+
+
+def test_a_built_in_task_object_keeps_its_name_and_defaults() -> None:
+    task = gossamer.make_task("quadratic", dim=8)
+    scenario = gossamer.Scenario(task=task, algorithms=("diloco",), peers=2, evals=1)
+    assert scenario.task_name == "quadratic" and scenario.steps == 200 and scenario.inner_steps == 10
+    res = gossamer.simulate(scenario, steps=4, inner_steps=2)
+    assert res.task == "quadratic" and res.runs[0].metric_name == "rel_dist_to_opt"

@@ -13,7 +13,7 @@ name) is what results, tables and traces call it. TOML files and the command
 line name built-in tasks only; a user's task comes in through Python
 (``gossamer.simulate(task=MyTask(...))``, or ``Scenario.from_toml(path,
 task=MyTask(...))``). Steps: a built-in task has defaults
-(``TASK_DEFAULTS``); a user's task uses its ``default_steps`` /
+(``TASK_DEFAULTS``, also for a built-in task object from ``make_task``); a user's task uses its ``default_steps`` /
 ``default_inner_steps`` attributes when it has them, else ``steps`` must be
 given (``ConfigError`` otherwise) and each algorithm runs with its own
 default ``inner_steps``. ``task_options``, ``alpha`` and ``iid = false``
@@ -63,7 +63,7 @@ from ..algorithms import ALGORITHM_NAMES, algorithm_config
 from ..devices import resolve_device
 from ..errors import ConfigError
 from ..tasks import TASK_NAMES
-from ..tasks.protocol import check_task, supports_label_flip, task_name
+from ..tasks.protocol import check_task, is_builtin, supports_label_flip, task_name
 from ..transport.sim import LinkSpec
 
 
@@ -176,6 +176,8 @@ class Scenario:
         if self.alpha is not None or not self.iid:
             raise ConfigError(f"alpha and iid choose the shards of built-in tasks; your task {name!r} "
                               f"splits its data itself, in shard()")
+        if is_builtin(self.task):  # a built-in task built with make_task(name, **options)
+            return dict(TASK_DEFAULTS[self.task.name])
         return {"steps": getattr(self.task, "default_steps", None),
                 "inner_steps": getattr(self.task, "default_inner_steps", None)}
 

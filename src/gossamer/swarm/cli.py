@@ -440,19 +440,19 @@ class PeerProgress:
             self._say(f"{kind} round {event.get('round')} {event.get('reason') or event.get('source') or ''}".rstrip())
 
     def _status(self, event: dict[str, Any]) -> Any:
+        """The live line: ``round 78  step 200  loss 0.05777  val_accuracy 0.9472 (round 69)  sent 36.0 KB  group 3``."""
         from rich.text import Text
 
-        members = event.get("members")
+        members, group = event.get("members"), event.get("group")
         text = Text(no_wrap=True, overflow="ellipsis")
-        text.append(f"peer {self.peer_id[:8]}  ", style="dim")
         text.append(f"round {event['round']}", style="bold")
         text.append(f"  step {event.get('step')}  loss {_num(event.get('loss'))}")
         val = self._last_val
         if val:
             text.append(f"  {val.get('metric') or self.metric} {_num(val.get('value'))}", style="green")
             text.append(f" (round {val.get('round')})", style="dim")
-        text.append(f"  sent {human_bytes(event.get('payload_bytes_sent'))}  group {event.get('group')}"
-                    + (f"/{members}" if isinstance(members, int) else ""))
+        text.append(f"  sent {human_bytes(event.get('payload_bytes_sent'))}  group {group}"
+                    + (f" of {members}" if isinstance(members, int) and isinstance(group, int) and members > group else ""))
         if self._aborts or self._rejoins:
             text.append(f"  aborts {self._aborts}  rejoins {self._rejoins}", style="red")
         return text

@@ -879,6 +879,7 @@ class Coordinator:
                                          f"{detail or 'fingerprint ' + fingerprint[:16] + ' vs ' + self.fingerprint[:16]}. "
                                          "Task, algorithm, options, codec, aggregator, seed and model must match")
         self.min_group[pid] = max(1, min_group)
+        self.peer_stats.pop(pid, None)  # a new process (or a rejoin) reports afresh: no stale validation
         if pid in self.members:
             self._remove(pid, "rejoined", kind="leave")
         self.candidates[pid] = addr

@@ -359,20 +359,20 @@ code{font-size:12px}
 <div class="card"><small>excluded</small><b id="excluded-count">-</b></div>
 </div>
 <div class="charts">
-<div class="chart"><h3>training loss per round</h3><svg id="loss-chart" width="300" height="160"></svg></div>
-<div class="chart"><h3 id="val-title">validation</h3><svg id="val-chart" width="300" height="160"></svg></div>
-<div class="chart"><h3>payload bytes per round</h3><svg id="bytes-chart" width="300" height="160"></svg></div>
-<div class="chart"><h3>round duration (s)</h3><svg id="duration-chart" width="300" height="160"></svg></div>
+<div class="chart"><h3>training loss per round</h3><svg id="loss-chart" width="280" height="160"></svg></div>
+<div class="chart"><h3 id="val-title">validation</h3><svg id="val-chart" width="280" height="160"></svg></div>
+<div class="chart"><h3>payload bytes per round</h3><svg id="bytes-chart" width="280" height="160"></svg></div>
+<div class="chart"><h3>round duration (s)</h3><svg id="duration-chart" width="280" height="160"></svg></div>
 </div>
 <section><h2>members</h2><table id="members"><thead><tr><th>peer</th><th>address</th><th>state</th>
 <th>last heartbeat</th><th>steps</th><th>loss</th><th>sent</th><th>validation</th><th>audited rounds</th></tr></thead>
 <tbody></tbody></table></section>
-<section><h2>recent rounds</h2><table id="rounds"><thead><tr><th>round</th><th>committed</th><th>duration</th>
-<th>sync</th><th>group</th><th>attempts</th><th>loss</th><th>bytes</th></tr></thead><tbody></tbody></table></section>
 <section><h2>aborts</h2><table id="aborts"><thead><tr><th>time</th><th>round</th><th>attempt</th><th>blamed</th>
 <th>reason</th></tr></thead><tbody></tbody></table></section>
 <section><h2>exclusions and evictions</h2><table id="exclusions"><thead><tr><th>time</th><th>peer</th><th>round</th>
 <th>rule</th><th>accuser</th><th>evidence</th></tr></thead><tbody></tbody></table></section>
+<section><h2>recent rounds</h2><table id="rounds"><thead><tr><th>round</th><th>committed</th><th>duration</th>
+<th>sync</th><th>group</th><th>attempts</th><th>loss</th><th>bytes</th></tr></thead><tbody></tbody></table></section>
 <section><h2>membership events</h2><table id="events"><thead><tr><th>time</th><th>event</th><th>peer</th><th>round</th>
 <th>detail</th></tr></thead><tbody></tbody></table></section>
 </main>
@@ -462,11 +462,11 @@ function render(s) {
     m.last_seen_s === null ? "-" : m.last_seen_s.toFixed(1) + " s ago", m.step, num(m.loss), bytes(m.sent),
     m.val ? m.val.metric + " " + num(m.val.value) + " (round " + m.val.round + ")" : "-",
     m.audited_rounds + (audited && m.probation ? " (probation)" : "")]));
-  fill("rounds", s.rounds.map((r) => [r.round, clock(r.t), r.duration_s === null ? "-" : r.duration_s.toFixed(2) + " s",
+  fill("rounds", s.rounds.slice(0, 12).map((r) => [r.round, clock(r.t), r.duration_s === null ? "-" : r.duration_s.toFixed(2) + " s",
     r.sync_s === null ? "-" : r.sync_s.toFixed(2) + " s", r.group, r.attempts, num(r.loss), bytes(r.bytes)]));
   fill("aborts", s.aborts.map((a) => [clock(a.t), a.round, a.attempt, a.blamed, a.reason]), true);
   fill("exclusions", s.exclusions.map((x) => [clock(x.t), x.peer, x.round, x.rule, x.accuser, x.reason]), true);
-  fill("events", s.events.map((e) => [clock(e.t), e.event, e.peer, e.round, e.detail]), true);
+  fill("events", s.events.slice(0, 20).map((e) => [clock(e.t), e.event, e.peer, e.round, e.detail]), true);
   const marks = s.abort_rounds;
   chart("loss-chart", s.curve.map((p) => [p[0], p[1]]), {color: "#1a73e8", marks: marks});
   chart("val-chart", s.val_curve, {color: "#188038", marks: marks});

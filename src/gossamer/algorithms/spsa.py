@@ -85,7 +85,8 @@ class SPSA(Algorithm):
 
     def direction(self, t: int, peer: str) -> list[torch.Tensor]:
         gen = generator(self.comm.seed, "spsa", t, peer)
-        return [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in self.params]
+        # drawn on the CPU from a CPU generator (the same numbers on every device), then moved
+        return [torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device) for p in self.params]
 
     @torch.no_grad()
     def local_step(self, batch: Any) -> float:

@@ -252,7 +252,7 @@ class StreamingDiLoCo(Algorithm):
         self.pending = []
         for p, merge_at in counters.get("pending", []):
             frag = self.fragments[int(p)]
-            zeros = [torch.zeros(b - a, dtype=self.params[i].dtype) for i, a, b in frag]
+            zeros = [torch.zeros(b - a, dtype=self.params[i].dtype, device=self.params[i].device) for i, a, b in frag]
             self.pending.append(_Pending(int(p), int(merge_at), zeros))
 
     def local_state(self) -> dict[str, Any]:

@@ -280,6 +280,12 @@ def test_peers_without_progress_fields_still_work_and_bad_fields_are_refused():
                     await new.request("hb", **bad)
                 assert info.value.code == "bad_request"
             assert (await old.request("hb"))["members"] == 2  # an old heartbeat is as good as ever
+            # a done with a malformed progress field still counts: the round needs its report
+            starts = await asyncio.gather(old.request("ready", round=1), new.request("ready", round=1))
+            epoch = starts[0]["epoch"]
+            decisions = await asyncio.gather(old.request("done", epoch=epoch, ok=True, hash="cc"),
+                                             new.request("done", epoch=epoch, ok=True, hash="cc", loss="high"))
+            assert [d["decision"] for d in decisions] == ["commit", "commit"]
             snap = page.view.snapshot()
             await old.close()
             await new.close()
@@ -289,9 +295,10 @@ def test_peers_without_progress_fields_still_work_and_bad_fields_are_refused():
             await coord.close()
 
     snap, commits = asyncio.run(main())
-    (commit,) = commits  # the coordinator's commit event (its --events line, its trace's round event)
+    commit, second = commits  # the coordinator's commit events (its --events lines, its trace's round events)
     assert commit["loss"] == 1.5 and commit["bytes"] == 1010
-    (row,) = snap["rounds"]
+    assert "loss" not in second and "bytes" not in second
+    row = snap["rounds"][-1]
     assert row["round"] == 0 and row["loss"] == 1.5 and row["bytes"] == 1010  # only the new peer reported
     members = {m["step"] if "step" in m else None for m in snap["members"]}
     assert members == {None, 5}

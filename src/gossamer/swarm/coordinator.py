@@ -50,7 +50,9 @@ Contract (one swarm, one coordinator process):
   losses the group reported with its ``done``, and ``bytes``, the payload
   bytes the group sent since each member's previous commit (aborted attempts
   and state transfers included), when any member reported them. Peers that
-  send no progress fields work as before.
+  send no progress fields work as before; malformed ones are a bad request
+  on ``hb`` and ``leave``, and ignored (logged) on ``done``, whose report
+  the round needs.
 - ``status()``: a snapshot of the live state (round, phase, members with
   address, state, seconds since their last frame, reputation, progress;
   excluded keys; counters), for the status page.
@@ -1009,7 +1011,11 @@ class Coordinator:
         digest = field(msg, "hash", str, where, optional=True)
         reason = field(msg, "reason", str, where, optional=True) or ""
         agree = field(msg, "agree", bool, where, optional=True)
-        stats = progress_fields(msg, where)
+        try:
+            stats = progress_fields(msg, where)
+        except ProtocolError as exc:  # informational only: a bad one must not cost the round its report
+            log.warning("ignoring the progress fields of a done: %s", exc)
+            stats = {}
         audit = msg.get("audit")
         fut = self._decisions.get(epoch)
         if fut is None:

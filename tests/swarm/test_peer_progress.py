@@ -79,7 +79,7 @@ def test_one_line_per_committed_round_with_loss_bytes_group_and_validation(run):
         assert all(0.0 <= float(c[3]) <= 1.0 for c in commits if c[3])
         # the round after the last evaluated one ends the run: one final validation line
         assert re.search(rf"val_accuracy [0-9.]+ \(validation loss [0-9.]+\) after round {ROUNDS - 1}, step {STEPS}", out)
-        assert re.search(rf"left after {ROUNDS} rounds, {STEPS} steps, 0 aborts, [0-9.]+ KB of payload sent", out)
+        assert re.search(rf"left after {ROUNDS} rounds, {STEPS} steps, \d+ aborts, [0-9.]+ KB of payload sent", out)
 
 
 @pytest.mark.timeout(200)

@@ -12,7 +12,9 @@ PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
 
 
 def _code(text: str) -> str:
-    return "\n".join(re.findall(r"```(?:python|bash|sh|console)?\n(.*?)```", text, re.S))
+    """The bodies of the page's python and shell code blocks (every fence is paired, whatever its language)."""
+    blocks = re.findall(r"^```([\w+-]*)[^\n]*\n(.*?)^```", text, re.S | re.M)
+    return "\n".join(body for lang, body in blocks if lang in ("", "python", "py", "bash", "sh", "console", "pycon"))
 
 
 def test_docs_code_imports_only_top_level_names():

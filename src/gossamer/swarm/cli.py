@@ -34,6 +34,7 @@ from typing import Any, TextIO
 
 from ..argtypes import check_writable, help_naming_algorithms
 from ..argtypes import nonneg_int as _nonneg_int, positive_float as _positive_float, positive_int as _positive_int
+from ..devices import add_device_argument
 from ..errors import ConfigError
 
 
@@ -94,6 +95,8 @@ def add_swarm_commands(subparsers: Any) -> None:
     p.add_argument("--save", default=None, metavar="PATH",
                    help="when the peer leaves, write the trained model (the swarm's shared parameters) here as "
                         "safetensors; load with model.load_state_dict(safetensors.torch.load_file(PATH))")
+    add_device_argument(p, help="where the model trains: cpu (default), cuda or cuda:N; the wire carries CPU bytes "
+                                "either way (docs/concepts.md#devices: nothing has been run on a GPU yet)")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="torch threads of this peer (default: a quarter of the cores, at least 1, so that several peers "
                         "on one machine do not oversubscribe it)")
@@ -276,7 +279,9 @@ def default_threads(cores: int | None = None) -> int:
 async def _peer(args: argparse.Namespace) -> int:
     import torch
 
+    from ..devices import resolve_device, to_device
     from ..tasks import make_task
+    from ..tasks.weights import save_model
     from .keys import load_identity
     from .peer import Peer
 
@@ -292,15 +297,18 @@ async def _peer(args: argparse.Namespace) -> int:
         task_options["alpha"] = args.alpha
     task = make_task(args.task, **task_options)
     identity = load_identity(args.key)
-    model = task.make_model(args.seed)
-    loss = task.loss
+    device = resolve_device(args.device)
+    model = task.make_model(args.seed).to(device)
+
+    def loss(model: Any, batch: Any) -> Any:
+        return task.loss(model, to_device(batch, device))
     poison_at = os.environ.get("GOSSAMER_TEST_NONFINITE_STEP")
     if poison_at:  # test-only fault, injected here rather than in the runtime: one +inf loss at local step N
         calls = {"n": 0}
 
         def loss(model: Any, batch: Any) -> Any:  # noqa: F811 - the poisoned variant
             calls["n"] += 1
-            value = task.loss(model, batch)
+            value = task.loss(model, to_device(batch, device))
             return value * float("inf") if calls["n"] == int(poison_at) else value
     index, count = _shard_of(args.shard, identity.peer_id)
     shard = task.shard(index, count, seed=args.seed, **({"label_flip": True} if args.attack == "labelflip" else {}))
@@ -464,14 +472,6 @@ class PeerProgress:
         for handler, old in self._handlers:
             handler.setStream(old)
         self._handlers = []
-
-
-def save_model(model: Any, path: str) -> None:
-    """Write ``model.state_dict()`` as safetensors (CPU, contiguous copies, so tied
-    weights are stored once per name); ``load_state_dict(load_file(path))`` restores it."""
-    from safetensors.torch import save_file
-
-    save_file({k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}, str(path))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -121,6 +121,7 @@ from ..algorithms import ALGORITHMS, Algorithm, algorithm_config, make_algorithm
 from ..algorithms.base import INNER_OPTIMIZER_OPTIONS, check_optimizer
 from ..algorithms.driver import RoundLoop, StepHandoff
 from ..comm import make_run_codec
+from ..devices import module_device
 from ..comm.audit import AuditFailed, KeyBook, audit_report, check_audit_codec
 from ..comm.collectives import CollectiveAborted, Communicator, LinkEstimator
 from ..argtypes import check_writable
@@ -526,7 +527,7 @@ class Peer:
             if self.aggregator_spec != "mean" or self.tolerate:
                 aggregator = make_aggregator(self.aggregator_spec, self.tolerate, seed=self.seed)
             self.comm = Communicator(self.transport, [identity.peer_id], codec=make_run_codec(self.codec_spec),
-                                     aggregator=aggregator, seed=self.seed)
+                                     aggregator=aggregator, seed=self.seed, device=module_device(self.model))
             self.comm.link = LinkEstimator(floor=self.deadline_floor)
             if self.audit:
                 self.comm.keybook = KeyBook(identity)

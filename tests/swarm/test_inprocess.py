@@ -383,3 +383,49 @@ def test_error_feedback_codec_survives_a_join_and_a_crash(codec):
     assert coord.round == R and r0.rounds_completed == r1.rounds_completed == R
     assert r0.final_state_hash == r1.final_state_hash == r3.final_state_hash
     assert r3.joined_round is not None and r3.rounds_completed == R - r3.joined_round
+
+
+class _NeverReports:
+    """A fault plan: from round ``r`` on, the sync finishes but its result is never reported
+    (the peer stays alive and heartbeats)."""
+
+    def __init__(self, r: int) -> None:
+        self.r = r
+
+    async def before_report(self, round_: int) -> None:
+        if round_ >= self.r:
+            await asyncio.Event().wait()
+
+
+@pytest.mark.timeout(180)
+def test_a_member_that_never_reports_is_blamed_and_evicted_not_waited_for_forever():
+    """A member that finished the collective but never sent its report (alive and
+    heartbeating) held the round for ever: the coordinator had no deadline after the
+    barrier. Now the others' reports start a report deadline; the silent member is
+    blamed, charged a failure, and evicted after max_failures; the rest go on."""
+    from gossamer.errors import PeerError
+
+    task = make_task("digits")
+    H, R = 3, 5
+
+    async def main():
+        coord = await Coordinator.start(Identity.generate(), "silent", "127.0.0.1", 0, min_peers=3, max_failures=2,
+                                        report_grace=1.0)
+        addr = f"127.0.0.1:{coord.address[1]}"
+        try:
+            peers = [Peer(task.make_model(0), task.loss, coordinator=addr, swarm_id="silent", identity=Identity.generate(),
+                          algorithm="diloco", inner_steps=H, faults=_NeverReports(2) if k == 2 else None)
+                     for k in range(3)]
+            results = await asyncio.wait_for(asyncio.gather(*(p.run(batches(task.shard(k, 3, seed=0)), steps=H * R)
+                                                              for k, p in enumerate(peers)), return_exceptions=True), 150)
+            return results, coord, peers[2].report.peer_id
+        finally:
+            await coord.close()
+
+    results, coord, silent = asyncio.run(main())
+    bad = results[2]
+    assert isinstance(bad, PeerError) and "evicted after 2 failed attempts in a row" in str(bad), bad
+    assert "no report in time" in str(bad)
+    assert [r.rounds_completed for r in results[:2]] == [R, R]
+    assert results[0].final_state_hash == results[1].final_state_hash
+    assert coord.stats["aborts"] >= 2

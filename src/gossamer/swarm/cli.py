@@ -64,6 +64,9 @@ def add_swarm_commands(subparsers: Any) -> None:
     c.add_argument("--events", default=None, metavar="PATH", help="append events (join, commit, abort, resync...) as JSON lines")
     c.add_argument("--straggler-grace", type=_positive_float, default=10.0, metavar="S",
                    help="once a majority is ready, wait at least S seconds (more when recent rounds needed it: median + 4 MAD) for the rest; late members sit the round out (default 10)")
+    c.add_argument("--report-grace", type=_positive_float, default=30.0, metavar="S",
+                   help="once one member of a round reported its result, seconds the others have at least (it grows "
+                        "with the spread seen in earlier rounds); those still silent are blamed and the round retried")
     c.add_argument("--max-failures", type=_positive_int, default=3, metavar="K",
                    help="evict a member whose attempts fail K times in a row for the same local reason (default 3); it exits with that reason")
     c.add_argument("--join-grace", type=_positive_float, default=60.0, metavar="S",
@@ -189,7 +192,8 @@ async def _coordinator(args: argparse.Namespace) -> int:
         coord = await Coordinator.start(identity, args.swarm, host, port, min_peers=args.min_peers,
                                         heartbeat_timeout=args.heartbeat_timeout, allowed=allowed,
                                         events_path=args.events, state_path=args.state, reset=args.reset,
-                                        straggler_grace=args.straggler_grace, max_failures=args.max_failures,
+                                        straggler_grace=args.straggler_grace, report_grace=args.report_grace,
+                                        max_failures=args.max_failures,
                                         join_grace=args.join_grace, rollback_grace=args.rollback_grace,
                                         trace=args.trace)
     except BaseException:

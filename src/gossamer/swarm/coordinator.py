@@ -19,6 +19,12 @@ Contract (one swarm, one coordinator process):
   has passed since the first ``ready``: the late members sit the round out
   (event ``straggler``) and rejoin from the committed state. Each start is one
   *attempt* with a fresh global ``epoch`` and the group ``sorted(ready members)``.
+  Once one member of the group has reported its result (``done``), the
+  others have the report deadline ``max(report_grace, median + k MAD)`` of
+  recent report spreads: members still silent then (alive, heartbeating,
+  but holding the round) are blamed in a ``straggler`` event with
+  ``phase="report"``, charged a local failure (``max_failures`` in a row
+  evict them) and the attempt is aborted and retried without waiting.
 - Durability. With ``state_path`` the round, recent agreed hashes, genesis,
   epoch and transfer counters live in SQLite (one transaction per commit)
   and a restarted coordinator resumes from them. Without it, a coordinator
@@ -215,6 +221,7 @@ class Coordinator:
                  state_path: str | Path | None = None, reset: bool = False,
                  straggler_grace: float = DEFAULT_STRAGGLER_GRACE, straggler_k: float = 4.0,
                  max_failures: int = 3, join_grace: float = 60.0, rollback_grace: float = 20.0,
+                 report_grace: float = 30.0,
                  trace: str | Path | None = None) -> None:
         self.identity = identity
         self.swarm_id = swarm_id
@@ -267,6 +274,13 @@ class Coordinator:
         self.spreads: collections.deque[float] = collections.deque(maxlen=32)
         self._first_ready: float | None = None
         self._straggler_timer: asyncio.TimerHandle | None = None
+        #: After the first report (``done``) of an attempt, the rest have
+        #: max(report_grace, median + k * MAD of recent report spreads) seconds;
+        #: members still silent then are blamed and the attempt aborted.
+        self.report_grace = report_grace
+        self.report_spreads: collections.deque[float] = collections.deque(maxlen=32)
+        self._first_report: float | None = None
+        self._report_timer: asyncio.TimerHandle | None = None
         #: Local failures in a row per member (reason, count); evicted and refused at max_failures.
         self.max_failures = max(1, max_failures)
         self.failures: dict[str, tuple[str, int]] = {}
@@ -562,6 +576,53 @@ class Coordinator:
         mad = statistics.median(abs(x - med) for x in self.spreads)
         return max(self.straggler_grace, med + self.straggler_k * mad)
 
+    def report_deadline(self) -> float:
+        """Seconds the rest of a group has to report once one member reported
+        its result: ``max(report_grace, median(s) + k * MAD(s))`` over recent
+        spreads ``s`` (first report to last, in attempts where all reported)."""
+        if len(self.report_spreads) < 3:
+            return self.report_grace
+        med = statistics.median(self.report_spreads)
+        mad = statistics.median(abs(x - med) for x in self.report_spreads)
+        return max(self.report_grace, med + self.straggler_k * mad)
+
+    def _report_heard(self, epoch: int) -> None:
+        """A member reported a result for ``epoch``: time the others."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._first_report is None:
+            self._first_report = now
+        if all(p in self.reports for p in self.group if p in self.members):
+            self.report_spreads.append(now - self._first_report)
+            self._cancel_report_timer()
+        elif self._report_timer is None:
+            self._report_timer = loop.call_at(self._first_report + self.report_deadline(),
+                                              lambda: self._report_due(epoch))
+
+    def _cancel_report_timer(self) -> None:
+        if self._report_timer is not None:
+            self._report_timer.cancel()
+            self._report_timer = None
+
+    def _report_due(self, epoch: int) -> None:
+        """The report deadline passed: members that finished nothing in it are
+        stragglers of the attempt. It is aborted, and each silent member is
+        charged a local failure (``max_failures`` in a row evict it), so a
+        member that heartbeats but never reports cannot hold the swarm for ever."""
+        self._report_timer = None
+        if self.phase != "run" or epoch != self.epoch:
+            return
+        silent = sorted(p for p in self.group if p in self.members and p not in self.reports)
+        if not silent:
+            return
+        waited = asyncio.get_running_loop().time() - (self._first_report or 0.0)
+        reason = f"no report from {', '.join(silent)} within {waited:.1f} s of the first"
+        self._event("straggler", round=self.round, late=silent, waited=round(waited, 3),
+                    deadline=round(self.report_deadline(), 3), phase="report")
+        for pid in silent:
+            self._local_failure(pid, "no report in time")
+        self._abort(reason)
+
     def _check_barrier(self) -> None:
         if self.phase != "collect" or not self.members:
             return
@@ -612,6 +673,8 @@ class Coordinator:
         self.reports = {}
         self.disagree = set()
         self._done_stats = {}
+        self._first_report = None
+        self._cancel_report_timer()
         self._decisions[self.epoch] = asyncio.get_running_loop().create_future()
         self.trust.open(self.epoch, self.round, self.group)
         for old in [e for e in self._decisions if e < self.epoch - 64]:
@@ -679,6 +742,7 @@ class Coordinator:
         self._check_barrier()
 
     def _decide(self, decision: dict[str, Any]) -> None:
+        self._cancel_report_timer()
         fut = self._decisions.get(self.epoch)
         if fut is not None and not fut.done():
             fut.set_result(decision)
@@ -1040,6 +1104,7 @@ class Coordinator:
                 self._done_stats[pid] = stats
                 if agree is False:
                     self.disagree.add(pid)
+                self._report_heard(epoch)
                 self._check_commit()
         return self._personal(pid, await asyncio.shield(fut))
 

@@ -475,7 +475,8 @@ class Peer:
         self._stop: asyncio.Event | None = None
         self._stop_requested = threading.Event()
         #: Fault injection for tests (a fault plan object): ``faults.before_sync(round)``, if it
-        #: exists, runs inside every attempt just before the sync and may raise.
+        #: exists, runs inside every attempt just before the sync and may raise;
+        #: ``await faults.before_report(round)`` after the sync, before its result is reported.
         self.faults = faults
         self.kill_round = _env_int("GOSSAMER_TEST_KILL_IN_ROUND")
         self.corrupt_round = _env_int("GOSSAMER_TEST_CORRUPT_ROUND")
@@ -1005,6 +1006,9 @@ class Peer:
         if hook is not None:
             hook(self.round)
         await self.algo.synchronize()
+        hook = getattr(self.faults, "before_report", None)
+        if hook is not None:  # a fault plan may hold the finished result back (a coroutine)
+            await hook(self.round)
 
     def _audit_report(self, since: int, exc: BaseException | None = None) -> dict[str, Any] | None:
         """What the audited all-reduces of this attempt saw, for the coordinator (None: not audited)."""

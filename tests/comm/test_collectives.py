@@ -11,7 +11,7 @@ from gossamer.comm import Communicator, chunk_bounds
 from gossamer.errors import ConfigError
 from gossamer.transport.base import Tag
 from gossamer.transport.frame import frame_overhead
-from gossamer.transport.sim import LinkSpec, SimNetwork
+from gossamer.transport.sim import TCP_IPV4, LinkSpec, SimNetwork
 
 
 def make_group(n, link="1gbit,1ms", **kw):
@@ -66,11 +66,14 @@ def test_all_reduce_bytes_are_two_times_n_minus_one_over_n():
 
 def test_all_reduce_sim_time_follows_link_model():
     n, d = 4, 250_000  # 1 MB per peer
-    _, comms = make_group(n, link="80mbit,20ms")
+    # downlinks much faster than the uplinks: no contention at the receivers (tests/transport/test_link_model.py has it)
+    _, comms = make_group(n, link="80mbit/10gbit,20ms")
     gather(*(c.all_reduce(torch.ones(d)) for c in comms))
-    # each peer sends 3/4 MB then (after all arrive) another 3/4 MB: 2 latencies + 1.5 MB at 10 MB/s
+    # each peer sends 3/4 MB then (after all arrive) another 3/4 MB: 2 latencies + 1.5 MB at 10 MB/s,
+    # each 250 kB message with its TCP/IP headers on the wire
+    chunk = TCP_IPV4.wire_bytes(250_000 + frame_overhead(Tag(0, 0, 0)))
     t = max(c.transport.now() for c in comms)
-    assert t == pytest.approx(2 * 0.020 + 1.5e6 * 8 / 80e6, rel=0.01)
+    assert t == pytest.approx(2 * 0.020 + 6 * chunk * 8 / 80e6, rel=0.01)
 
 
 def test_all_gather_and_exchange():

@@ -9,7 +9,7 @@ import pytest
 from gossamer.errors import ConfigError, PeerError
 from gossamer.transport.base import Tag
 from gossamer.transport.frame import frame_overhead
-from gossamer.transport.sim import LinkSpec, SimNetwork
+from gossamer.transport.sim import TCP_IPV4, LinkSpec, SimNetwork
 
 
 def run(coro):
@@ -42,7 +42,8 @@ def test_delivery_time_and_counters_match_hand_computation():
         assert a.now() == 0.0  # sends do not block the sender's clock
         got = await b.recv("a", tag)
         assert got == payload
-        expected = size * 8 / 8e6 + 0.010
+        segments = -(-size // 1448)  # TCP segments of at most 1448 bytes, 66 header bytes each on the wire
+        expected = (size + 66 * segments) * 8 / 8e6 + 0.010
         assert b.now() == pytest.approx(expected, rel=1e-12)
         assert a.counters.sent.payload == 999_000 and a.counters.sent.framing == frame_overhead(tag)
         assert b.counters.received.payload == 999_000 and b.counters.received.framing == frame_overhead(tag)
@@ -61,7 +62,7 @@ def test_uplink_serializes_messages_in_send_order():
         await a.send("c", t2, b"\0" * n)
         await b.recv("a", t1)
         await c.recv("a", t2)
-        s1, s2 = n + frame_overhead(t1), n + frame_overhead(t2)
+        s1, s2 = (TCP_IPV4.wire_bytes(n + frame_overhead(t)) for t in (t1, t2))
         assert b.now() == pytest.approx(s1 * 1e-6 + 0.001)
         assert c.now() == pytest.approx((s1 + s2) * 1e-6 + 0.001)  # waited for the first to leave
 
@@ -125,7 +126,7 @@ def test_loss_costs_retransmissions_deterministically():
 
     t1, t2 = run(main(1)), run(main(1))
     assert t1 == t2
-    lossless_per_msg = (1000 + frame_overhead(Tag(0, 0, 0))) * 1e-6 + 0.01
+    lossless_per_msg = TCP_IPV4.wire_bytes(1000 + frame_overhead(Tag(0, 0, 0))) * 1e-6 + 0.01
     assert t1[-1] > 20 * lossless_per_msg * 1.2  # some attempts were lost and retried
 
 

@@ -5,8 +5,13 @@ Contract:
 - Every peer runs the same code a real peer runs: a ``Communicator`` over its
   own ``SimTransport``, an ``Algorithm`` from ``algorithms/``. Peers are asyncio
   tasks in one event loop; their virtual clocks advance by the measured time
-  of each local step (or ``scenario.compute_time``) and by the modelled
-  network, so ``sim_time_s`` reflects both compute and communication.
+  of each local step (or ``scenario.compute_time``), times the peer's
+  ``compute_scale`` (``scenario.peer_profiles``), and by the modelled
+  network (``transport/sim.py``; each peer on its own access link,
+  ``scenario.peer_link``), so ``sim_time_s`` reflects both compute and
+  communication. With ``scenario.coordinator`` every sync is wrapped, as in
+  a real swarm, in the coordinator's barrier before it and its commit
+  decision after it (``SimControl.rendezvous``: two round trips per round).
 - All peers start from the same initial model (seeded) and read their own
   shard. Algorithms are compared at the same number of training samples per
   peer (``steps * batch_size``).
@@ -267,7 +272,7 @@ async def _run(scenario: Scenario, algorithm: str, task: Any, progress: Progress
                peer_ids: list[str] | None = None) -> RunResult:
     torch.manual_seed(scenario.seed)  # only for library code that ignores our generators
     wall0 = time.perf_counter()
-    net = SimNetwork(scenario.link_spec, seed=scenario.seed)
+    net = SimNetwork(scenario.link_spec, seed=scenario.seed, coordinator=scenario.coordinator_spec)
     if peer_ids is None and scenario.peer_ids is not None:
         peer_ids = list(scenario.peer_ids)
     ids = list(peer_ids) if peer_ids is not None else [f"p{i}" for i in range(scenario.peers)]
@@ -292,7 +297,7 @@ async def _run(scenario: Scenario, algorithm: str, task: Any, progress: Progress
         model.to(device)
         codec = make_run_codec(scenario.codec_for(algorithm))
         aggregator = make_aggregator(scenario.aggregator, scenario.tolerate, seed=scenario.seed) if robust else None
-        comm = Communicator(net.add_peer(pid), group, codec=codec, aggregator=aggregator, seed=scenario.seed,
+        comm = Communicator(net.add_peer(pid, link=scenario.peer_link(i)), group, codec=codec, aggregator=aggregator, seed=scenario.seed,
                             device=device)
         if adversary is not None:
             comm.contribution_hook = adversary.hook_for(pid, comm) if scenario.collude else adversary.hook_for(pid)
@@ -375,12 +380,14 @@ async def _simulate(scenario: Scenario, algorithm: str, task: Any, progress: Pro
             self.plog = logs[pid]
             self.sent_before_round = 0
             self.tracer = _PeerTracer(trace, pid, comm) if trace is not None else None
+            self.compute_scale = scenario.compute_scale(idx)
+            self.control = control
 
         async def local_step(self, batch: Any) -> float:
             t0 = time.perf_counter()
             loss = self.algo.step(batch)
             elapsed = time.perf_counter() - t0
-            charged = scenario.compute_time if scenario.compute_time is not None else elapsed
+            charged = (scenario.compute_time if scenario.compute_time is not None else elapsed) * self.compute_scale
             self.comm.transport.compute(charged)
             if self.tracer is not None:
                 self.tracer.computed(charged)
@@ -389,6 +396,17 @@ async def _simulate(scenario: Scenario, algorithm: str, task: Any, progress: Pro
         async def sync(self) -> None:
             if self.tracer is not None:
                 self.tracer.sync_started()
+            if self.control is None:
+                await self._sync()
+                return
+            # the swarm's round around the sync: the coordinator's barrier, then its decision
+            transport = self.comm.transport
+            rnd = len(self.plog.hashes)
+            transport.advance_to(await self.control.rendezvous(("ready", rnd), self.pid, transport.now(), self.comm.group))
+            await self._sync()
+            transport.advance_to(await self.control.rendezvous(("done", rnd), self.pid, transport.now(), self.comm.group))
+
+        async def _sync(self) -> None:
             if trust is None:
                 await super().sync()
                 return
@@ -445,6 +463,7 @@ async def _simulate(scenario: Scenario, algorithm: str, task: Any, progress: Pro
             if self.idx == 0 and progress is not None:
                 progress(algorithm, done, steps)
 
+    control = peers[0][3].transport.network.control if peers else None
     loops = [SimPeerLoop(i, *p) for i, p in enumerate(peers)]
     evaluate(peers[0][1], 0)
     for pid in ids:

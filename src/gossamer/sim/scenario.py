@@ -27,7 +27,9 @@ TOML keys are the field names below, e.g.::
     peers = 8
     steps = 600
     inner_steps = 100
-    link = "100mbit,50ms"
+    link = "100mbit,50ms" # every peer's access link: UP[/DOWN],LATENCY[,LOSS], e.g. "10mbit/100mbit,20ms"
+    coordinator = "100mbit,50ms"  # model the swarm's coordinator on this link: each round waits for its
+                          # barrier and its commit decision (two round trips); absent: no coordinator
     iid = true            # or: alpha = 0.5  (non-iid)
     seed = 0
     codec = "int8"        # payload codec spec for every algorithm, e.g. "none", "topk:0.001+ef"
@@ -45,6 +47,11 @@ TOML keys are the field names below, e.g.::
     save = "model.safetensors"  # write peer 0's trained (shared) model as safetensors; several
                           # algorithms: one file each, named as the traces are
     device = "cpu"        # where the models run: cpu, cuda or cuda:N (the wire stays CPU bytes)
+    [[peer_profiles]]     # some peers differ from the rest (repeatable; the others use `link`, scale 1)
+    count = 2             # which: count = N (the next N ranks not yet given a profile, from rank 0),
+                          # fraction = 0.25 (the same, round(0.25 * peers) of them) or ranks = [0, 5]
+    link = "10mbit/50mbit,40ms"   # their own access link (default: `link`)
+    compute_scale = 2.0   # their compute time per step times this (2.0: half as fast; default 1)
     [task_options]        # passed to the task (batch_size, layers, ...)
     [algorithm_options.diloco]
     outer_lr = 0.7
@@ -54,6 +61,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +96,8 @@ class Scenario:
     steps: int | None = None
     inner_steps: int | None = None
     link: str = "100mbit,50ms"
+    coordinator: str | None = None
+    peer_profiles: tuple[dict[str, Any], ...] = ()
     iid: bool = True
     alpha: float | None = None
     seed: int = 0
@@ -142,6 +152,11 @@ class Scenario:
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
         LinkSpec.parse(self.link)
+        if self.coordinator is not None:
+            if not isinstance(self.coordinator, str):
+                raise ConfigError(f"coordinator must be a link spec string such as '100mbit,20ms', got {self.coordinator!r}")
+            LinkSpec.parse(self.coordinator)
+        object.__setattr__(self, "peer_profiles", _check_profiles(self.peer_profiles, self.peers))
         if self.alpha is not None:
             if not self.alpha > 0:
                 raise ConfigError(f"alpha (Dirichlet concentration) must be > 0, got {self.alpha}")
@@ -321,6 +336,21 @@ class Scenario:
     def link_spec(self) -> LinkSpec:
         return LinkSpec.parse(self.link)
 
+    @property
+    def coordinator_spec(self) -> LinkSpec | None:
+        """The coordinator's link (``None``: the simulated rounds have no coordinator)."""
+        return LinkSpec.parse(self.coordinator) if self.coordinator is not None else None
+
+    def peer_link(self, rank: int) -> LinkSpec:
+        """The access link of the peer of rank ``rank``: its profile's, else ``link``."""
+        profile = _profile_of(self.peer_profiles, rank, self.peers)
+        return LinkSpec.parse(profile.get("link", self.link)) if profile is not None else self.link_spec
+
+    def compute_scale(self, rank: int) -> float:
+        """The factor on the compute time per step of the peer of rank ``rank`` (1.0 without a profile)."""
+        profile = _profile_of(self.peer_profiles, rank, self.peers)
+        return float(profile.get("compute_scale", 1.0)) if profile is not None else 1.0
+
     def options_for(self, algorithm: str) -> dict[str, Any]:
         """Options of ``algorithm``: the scenario's inner_steps and steps plus its
         own overrides (``algorithms.run_options``, shared with the swarm peer)."""
@@ -356,3 +386,89 @@ class Scenario:
 def _positive_int(name: str, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+_PROFILE_KEYS = ("count", "fraction", "ranks", "link", "compute_scale")
+
+
+def _check_profiles(profiles: Any, peers: int) -> tuple[dict[str, Any], ...]:
+    """``peer_profiles`` checked (one ``ConfigError`` line naming the profile and
+    the problem) and normalised to a tuple of plain dicts."""
+    if profiles is None:
+        return ()
+    if isinstance(profiles, dict) or not isinstance(profiles, (list, tuple)):
+        raise ConfigError(f"peer_profiles must be a list of tables ([[peer_profiles]] in TOML), got {profiles!r}")
+    out = tuple(dict(p) if isinstance(p, dict) else p for p in profiles)
+    for k, p in enumerate(out):
+        where = f"peer_profiles[{k}]"
+        if not isinstance(p, dict):
+            raise ConfigError(f"{where} must be a table with count, fraction or ranks (and link, compute_scale), got {p!r}")
+        unknown = sorted(set(p) - set(_PROFILE_KEYS))
+        if unknown:
+            raise ConfigError(f"unknown key(s) {', '.join(unknown)} in {where}; accepted: {', '.join(_PROFILE_KEYS)}")
+        which = [key for key in ("count", "fraction", "ranks") if key in p]
+        if len(which) != 1:
+            raise ConfigError(f"{where} needs exactly one of count, fraction or ranks to say which peers it is for, "
+                              f"got {', '.join(which) or 'none'}")
+        if "count" in p:
+            c = p["count"]
+            if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+                raise ConfigError(f"{where}: count must be a positive integer, got {c!r}")
+        if "fraction" in p:
+            f = p["fraction"]
+            if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
+                raise ConfigError(f"{where}: fraction must be a number in (0, 1], got {f!r}")
+            if round(f * peers) < 1:
+                raise ConfigError(f"{where}: fraction {f:g} of {peers} peers is no peer (round({f:g} * {peers}) = 0)")
+        if "ranks" in p:
+            r = p["ranks"]
+            if not isinstance(r, (list, tuple)) or not r or any(isinstance(x, bool) or not isinstance(x, int) for x in r):
+                raise ConfigError(f"{where}: ranks must be a non-empty list of peer ranks (integers), got {r!r}")
+            bad = [x for x in r if not 0 <= x < peers]
+            if bad:
+                raise ConfigError(f"{where}: rank(s) {', '.join(map(str, bad))} out of range: ranks are 0..{peers - 1}")
+            if len(set(r)) != len(r):
+                raise ConfigError(f"{where}: a rank is listed twice in {list(r)}")
+            p["ranks"] = list(r)
+        if "link" in p:
+            if not isinstance(p["link"], str):
+                raise ConfigError(f"{where}: link must be a link spec string such as '10mbit/100mbit,20ms', got {p['link']!r}")
+            try:
+                LinkSpec.parse(p["link"])
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+        if "compute_scale" in p:
+            c = p["compute_scale"]
+            if isinstance(c, bool) or not isinstance(c, (int, float)) or not (math.isfinite(c) and c > 0):
+                raise ConfigError(f"{where}: compute_scale must be a finite number > 0 (2.0: half as fast), got {c!r}")
+    _assign_profiles(out, peers)  # overlaps and too many peers fail here
+    return out
+
+
+def _assign_profiles(profiles: tuple[dict[str, Any], ...], peers: int) -> list[int | None]:
+    """The profile index of each rank (``None``: no profile). Profiles with
+    ``ranks`` claim theirs first; then, in order, each ``count``/``fraction``
+    profile takes the lowest ranks not yet claimed."""
+    owner: list[int | None] = [None] * peers
+    for k, p in enumerate(profiles):
+        for r in p.get("ranks", ()):
+            if owner[r] is not None:
+                raise ConfigError(f"peer_profiles[{k}]: rank {r} is already in peer_profiles[{owner[r]}]")
+            owner[r] = k
+    for k, p in enumerate(profiles):
+        if "ranks" in p:
+            continue
+        n = p["count"] if "count" in p else round(p["fraction"] * peers)
+        free = [r for r in range(peers) if owner[r] is None]
+        if n > len(free):
+            raise ConfigError(f"peer_profiles[{k}] wants {n} peer(s) but only {len(free)} of the {peers} have no profile yet")
+        for r in free[:n]:
+            owner[r] = k
+    return owner
+
+
+def _profile_of(profiles: tuple[dict[str, Any], ...], rank: int, peers: int) -> dict[str, Any] | None:
+    if not profiles:
+        return None
+    k = _assign_profiles(profiles, peers)[rank]
+    return profiles[k] if k is not None else None

@@ -3,31 +3,71 @@
 Contract:
 
 - Each peer has its own virtual clock. ``compute(s)`` advances it by ``s``.
-- A message of ``B`` bytes (payload plus framing, see ``frame.py``) sent from
-  ``a`` to ``b`` leaves through ``a``'s uplink, one message at a time in the
-  order ``a`` sends them: it starts at ``max(clock_a, uplink_free_a)``, takes
-  ``8 B / bandwidth(a, b)`` seconds to transmit, and arrives
-  ``latency(a, b)`` seconds after its last bit left. Sending does not advance
-  the sender's clock (sends are asynchronous), but it occupies the uplink.
-- With loss probability ``p`` on a link, each transmission attempt is lost
-  with probability ``p`` (seeded, per link); a lost attempt costs its
+- Each peer has an **access link** (``LinkSpec``: uplink and downlink
+  bandwidth in bit/s, one-way latency in s, loss probability): the
+  network's default link, or its own (``add_peer(..., link=...)``). The path
+  from ``a`` to ``b`` has one-way latency ``(latency_a + latency_b) / 2``
+  and loss ``max(loss_a, loss_b)``, so a network where every peer has the
+  same link keeps that link's latency and loss; ``set_link(a, b, spec)``
+  overrides a pair (its latency, loss, and ``spec``'s uplink rate for what
+  ``a`` sends to ``b``).
+- **Wire bytes.** A message of ``B`` bytes (payload plus framing, see
+  ``frame.py``) occupies the links for ``W = wire.wire_bytes(B)`` bytes: by
+  default TCP over IPv4 on Ethernet, ``B + ceil(B / 1448) * 66`` (MSS 1448;
+  20 IP + 32 TCP with timestamps + 14 Ethernet header bytes per segment),
+  which is what a ``tc`` shaper counts; ``wire=None`` models none. Only
+  times change: the byte counters report payload and framing, as TCP's do.
+- **Uplink** (serialization at the sender): messages leave ``a``'s uplink one
+  at a time in the order ``a`` sends them: a message starts at
+  ``max(clock_a, uplink_free_a)``, takes ``8 W / up_a`` seconds, and its last
+  bit reaches ``b`` ``latency(a, b)`` later. Sending does not advance the
+  sender's clock (sends are asynchronous), but it occupies the uplink.
+- **Downlink** (contention at the receiver): ``b``'s downlink carries at most
+  ``down_b`` bit/s in total. Each message to ``b`` takes ``8 W`` bits of it,
+  at most ``up_a`` bit/s of them at a time, from when its first bit can
+  arrive (it starts to leave ``a``'s uplink, plus ``latency(a, b)``), out of
+  the capacity the messages sent to ``b`` before it left free (a fluid,
+  work-conserving share, served in send order). A message arrives at the
+  later of its last bit leaving the uplink plus the latency and the end of
+  its downlink share. So ``n`` senders sending ``W`` bytes each to one
+  receiver at once finish after about ``n * 8 W / down_b``; a receiver
+  whose downlink is faster than its senders' uplinks sees no contention
+  until their sum exceeds it. Measured against real TCP through ``tc``
+  shaped links (``bench/predict.py``): with large TCP windows a sender's
+  concurrent messages leave its queue one after the other, as modelled.
+- With loss probability ``p`` on a path, each transmission attempt is lost
+  with probability ``p`` (seeded, per path); a lost attempt costs its
   transmission time plus one round trip (``2 * latency``, the retransmission
   timeout) before the retry. Lost attempts are not counted as payload bytes
   (the counters report what the application sent once).
 - ``recv`` returns when the message is there and sets the receiver's clock to
-  ``max(clock_b, arrival)``. Because arrival times depend only on the sender's
-  own send order and clock, virtual time is deterministic no matter how the
-  asyncio scheduler interleaves the peers.
-- Downlinks are not modelled as a bottleneck: on home broadband and WAN links
-  the uplink is the scarce side. This is a stated approximation.
+  ``max(clock_b, arrival)``.
+- Determinism: a message's times are fixed when it is sent and depend only
+  on the sender's clock and uplink, the receiver's downlink and the order in
+  which the program sends (the simulator's single event loop sends in the
+  same order on every run), so a seeded run gives the same times every time.
+- **Coordinator** (optional, ``SimNetwork(..., coordinator=LinkSpec)``): the
+  swarm's control plane. ``await control.rendezvous(key, peer, clock,
+  group)`` models one request that every member of ``group`` sends and the
+  coordinator answers once the last has arrived (the round barrier, the
+  commit decision): every member resumes at ``max_q(clock_q + lat_q) +
+  lat_p``, ``lat_p`` the one-way latency between peer ``p`` and the
+  coordinator (the mean of their link latencies). A request leaves through
+  the peer's uplink behind the data sent before it, an answer comes in
+  through its downlink behind the data sent to it before (``CONTROL_BYTES``
+  each); they are not counted (they do not travel on the data transport).
 - A peer removed with ``kill`` fails every pending and future ``recv`` that
-  waits on it with ``PeerError``.
+  waits on it with ``PeerError``, and is no longer waited for by a
+  rendezvous.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
+import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -39,58 +79,203 @@ from .frame import message_overhead
 
 _RATE_UNITS = {"bit": 1.0, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "tbit": 1e12}
 _TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
+_NUMBER = r"([0-9]*\.?[0-9]+(?:e[+-]?\d+)?)\s*([a-z]+)"
+_ACCEPTED = ("expected UP[/DOWN],LATENCY[,LOSS] such as '100mbit,50ms' (symmetric), "
+             "'10mbit/100mbit,20ms' (10 Mbit/s up, 100 down) or '1gbit,5ms,0.01' "
+             "(units: bit kbit mbit gbit; s ms us; latency one-way)")
+
+
+def _rate(text: str, spec: str, what: str) -> float:
+    m = re.fullmatch(_NUMBER, text.strip())
+    if not m or m.group(2) not in _RATE_UNITS:
+        raise ConfigError(f"bad {what} {text.strip()!r} in link spec {spec!r}: {_ACCEPTED}")
+    return float(m.group(1)) * _RATE_UNITS[m.group(2)]
+
+
+def _format_rate(bw: float) -> str:
+    for unit, scale in (("gbit", 1e9), ("mbit", 1e6), ("kbit", 1e3)):
+        if bw >= scale:
+            return f"{bw / scale:g}{unit}"
+    return f"{bw:g}bit"
 
 
 @dataclass(frozen=True)
 class LinkSpec:
-    """One link: ``bandwidth_bps`` bits per second, one-way ``latency_s``, ``loss``
-    probability per transmission attempt."""
+    """A peer's access link: ``bandwidth_bps`` uplink bits per second (also
+    ``up_bps``), one-way ``latency_s`` seconds, ``loss`` probability per
+    transmission attempt, ``down_bps`` downlink bits per second (``None``:
+    the same as the uplink, a symmetric link)."""
 
     bandwidth_bps: float
     latency_s: float
     loss: float = 0.0
+    down_bps: float | None = None
 
     def __post_init__(self) -> None:
+        if self.down_bps is None:
+            object.__setattr__(self, "down_bps", self.bandwidth_bps)
         if not self.bandwidth_bps > 0:
             raise ConfigError(f"link bandwidth must be > 0 bit/s, got {self.bandwidth_bps}")
+        if not self.down_bps > 0:  # type: ignore[operator]
+            raise ConfigError(f"link downlink bandwidth must be > 0 bit/s, got {self.down_bps}")
         if not self.latency_s >= 0:
             raise ConfigError(f"link latency must be >= 0 s, got {self.latency_s}")
         if not 0.0 <= self.loss < 1.0:
             raise ConfigError(f"link loss must be in [0, 1), got {self.loss}")
 
+    @property
+    def up_bps(self) -> float:
+        """Uplink bandwidth, bit/s (the same as ``bandwidth_bps``)."""
+        return self.bandwidth_bps
+
+    @property
+    def symmetric(self) -> bool:
+        return self.down_bps == self.bandwidth_bps
+
     @classmethod
     def parse(cls, text: str) -> "LinkSpec":
-        """Parse ``"100mbit,50ms"`` or ``"1gbit,10ms,0.01"`` (bandwidth, latency, loss)."""
-        parts = [p.strip().lower() for p in str(text).split(",")]
-        accepted = "expected BANDWIDTH,LATENCY[,LOSS] such as '100mbit,50ms' or '1gbit,5ms,0.01' (units: bit kbit mbit gbit; s ms us)"
-        if len(parts) not in (2, 3):
-            raise ConfigError(f"bad link spec {text!r}: {accepted}")
-        m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[+-]?\d+)?)\s*([a-z]+)", parts[0])
-        if not m or m.group(2) not in _RATE_UNITS:
-            raise ConfigError(f"bad bandwidth {parts[0]!r} in link spec {text!r}: {accepted}")
-        bandwidth = float(m.group(1)) * _RATE_UNITS[m.group(2)]
-        m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[+-]?\d+)?)\s*([a-z]+)", parts[1])
+        """Parse ``UP[/DOWN],LATENCY[,LOSS]``: ``"100mbit,50ms"`` (100 Mbit/s
+        both ways, 50 ms one-way), ``"10mbit/100mbit,20ms"`` (10 Mbit/s up,
+        100 down), ``"1gbit,10ms,0.01"`` (1% of attempts lost)."""
+        spec = str(text)
+        parts = [p.strip().lower() for p in spec.split(",")]
+        if len(parts) not in (2, 3) or not parts[0]:
+            raise ConfigError(f"bad link spec {spec!r}: {_ACCEPTED}")
+        rates = parts[0].split("/")
+        if len(rates) > 2:
+            raise ConfigError(f"bad bandwidth {parts[0]!r} in link spec {spec!r}: one '/' at most (UP/DOWN); {_ACCEPTED}")
+        up = _rate(rates[0], spec, "bandwidth" if len(rates) == 1 else "uplink bandwidth")
+        down = _rate(rates[1], spec, "downlink bandwidth") if len(rates) == 2 else None
+        m = re.fullmatch(_NUMBER, parts[1])
         if not m or m.group(2) not in _TIME_UNITS:
-            raise ConfigError(f"bad latency {parts[1]!r} in link spec {text!r}: {accepted}")
+            raise ConfigError(f"bad latency {parts[1]!r} in link spec {spec!r}: {_ACCEPTED}")
         latency = float(m.group(1)) * _TIME_UNITS[m.group(2)]
         loss = 0.0
         if len(parts) == 3:
             try:
                 loss = float(parts[2])
             except ValueError:
-                raise ConfigError(f"bad loss {parts[2]!r} in link spec {text!r}: {accepted}") from None
-        return cls(bandwidth, latency, loss)
+                raise ConfigError(f"bad loss {parts[2]!r} in link spec {spec!r}: {_ACCEPTED}") from None
+        try:
+            return cls(up, latency, loss, down)
+        except ConfigError as exc:
+            raise ConfigError(f"bad link spec {spec!r}: {exc}") from None
 
     def __str__(self) -> str:
-        bw = self.bandwidth_bps
-        for unit, scale in (("gbit", 1e9), ("mbit", 1e6), ("kbit", 1e3)):
-            if bw >= scale:
-                bw_s = f"{bw / scale:g}{unit}"
-                break
-        else:
-            bw_s = f"{bw:g}bit"
-        text = f"{bw_s},{self.latency_s * 1e3:g}ms"
+        rate = _format_rate(self.bandwidth_bps)
+        if not self.symmetric:
+            rate += "/" + _format_rate(float(self.down_bps))  # type: ignore[arg-type]
+        text = f"{rate},{self.latency_s * 1e3:g}ms"
         return text + (f",{self.loss:g}" if self.loss else "")
+
+
+@dataclass(frozen=True)
+class WireOverhead:
+    """What the network carries beyond a message's frame: ``per_segment``
+    header bytes for every ``mss`` bytes (at least one segment)."""
+
+    mss: int = 1448
+    per_segment: int = 66
+
+    def wire_bytes(self, size: int) -> int:
+        """Bytes on the wire for a frame of ``size`` bytes."""
+        return size + max(1, math.ceil(size / self.mss)) * self.per_segment
+
+
+#: A coordinator request or answer (ready, start, done, decision), bytes on
+#: its connection: a msgpack map of a few ids, hashes and counters.
+CONTROL_BYTES = 400
+
+#: TCP over IPv4 with timestamps on Ethernet (MTU 1500): 1448 payload bytes per
+#: segment, 20 + 32 + 14 header bytes. Measured: a 20 Mbit/s tbf carries 19.15
+#: Mbit/s of TCP payload, 1448 / 1514 of it.
+TCP_IPV4 = WireOverhead()
+
+
+class _Capacity:
+    """A link's committed rate over virtual time (bit/s), a step function:
+    ``used[i]`` holds on ``[times[i], times[i + 1])``."""
+
+    def __init__(self, rate_bps: float) -> None:
+        self.rate = rate_bps
+        self.times: list[float] = [-math.inf]
+        self.used: list[float] = [0.0]
+
+    def _split(self, t: float) -> int:
+        """Index of the step that starts at ``t`` (made so if needed)."""
+        i = bisect.bisect_right(self.times, t) - 1
+        if self.times[i] < t:
+            self.times.insert(i + 1, t)
+            self.used.insert(i + 1, self.used[i])
+            i += 1
+        return i
+
+    def fill(self, start: float, bits: float, cap_bps: float) -> float:
+        """Take ``bits`` of the free capacity from ``start`` on, at most
+        ``cap_bps`` at a time; returns when the last bit is through."""
+        if bits <= 0:
+            return start
+        i = self._split(start)
+        left = bits
+        tiny = self.rate * 1e-12
+        while True:
+            s = self.times[i]
+            e = self.times[i + 1] if i + 1 < len(self.times) else math.inf
+            avail = min(cap_bps, self.rate - self.used[i])
+            if avail > tiny:
+                if left <= avail * (e - s):
+                    finish = s + left / avail
+                    if finish < e:
+                        self.times.insert(i + 1, finish)
+                        self.used.insert(i + 1, self.used[i])
+                    self.used[i] += avail
+                    return finish
+                left -= avail * (e - s)
+                self.used[i] += avail
+            i += 1
+
+
+class SimControl:
+    """The coordinator's round trips (see the module docstring)."""
+
+    def __init__(self, network: "SimNetwork", link: LinkSpec) -> None:
+        self.network = network
+        self.link = link
+        self._pending: dict[object, tuple[tuple[str, ...], dict[str, float], dict[str, asyncio.Future[float]]]] = {}
+
+    def latency(self, peer: str) -> float:
+        """One-way latency between ``peer`` and the coordinator, s."""
+        return (self.network.access_link(peer).latency_s + self.link.latency_s) / 2
+
+    async def rendezvous(self, key: object, peer: str, clock: float, group: Iterable[str]) -> float:
+        """Send a request at ``clock``; returns the virtual time the coordinator's
+        answer arrives (after every live member of ``group`` asked under ``key``)."""
+        members = tuple(group)
+        entry = self._pending.get(key)
+        if entry is None:
+            entry = (members, {}, {})
+            self._pending[key] = entry
+        asked, futures = entry[1], entry[2]
+        asked[peer] = self.network._control_sent(peer, clock) + self.latency(peer)
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        futures[peer] = fut
+        self._check(key)
+        return await fut
+
+    def _check(self, key: object) -> None:
+        members, asked, futures = self._pending[key]
+        live = [p for p in members if self.network.is_alive(p)]
+        if any(p not in asked for p in live):
+            return
+        del self._pending[key]
+        decided = max(asked.values())
+        for p, fut in futures.items():
+            if not fut.done():
+                fut.set_result(self.network._control_received(p, decided + self.latency(p), self.link.bandwidth_bps))
+
+    def peer_gone(self) -> None:
+        for key in list(self._pending):
+            self._check(key)
 
 
 @dataclass
@@ -100,27 +285,58 @@ class _Message:
 
 
 class SimNetwork:
-    """The modelled network: links, per-peer uplinks, mailboxes."""
+    """The modelled network: access links, per-peer uplinks and downlinks,
+    mailboxes, and optionally the coordinator's round trips (``control``)."""
 
-    def __init__(self, link: LinkSpec, *, seed: int = 0) -> None:
+    def __init__(self, link: LinkSpec, *, seed: int = 0, wire: WireOverhead | None = TCP_IPV4,
+                 coordinator: LinkSpec | None = None) -> None:
         self.default_link = link
         self.seed = seed
+        self.wire = wire
         self._links: dict[tuple[str, str], LinkSpec] = {}
+        self._access: dict[str, LinkSpec] = {}
+        self._downlinks: dict[str, _Capacity] = {}
         self._transports: dict[str, SimTransport] = {}
         self._dead: set[str] = set()
         self._loss_rng: dict[tuple[str, str], torch.Generator] = {}
+        #: the coordinator's round trips (``None``: the network has no coordinator)
+        self.control: SimControl | None = SimControl(self, coordinator) if coordinator is not None else None
 
     def set_link(self, src: str, dst: str, spec: LinkSpec) -> None:
-        """Override the link from ``src`` to ``dst``."""
+        """Override the path from ``src`` to ``dst``: its latency, its loss, and
+        ``spec``'s uplink rate for what ``src`` sends to ``dst`` (``src``'s
+        uplink is still shared with its other messages, ``dst``'s downlink
+        with its other senders)."""
         self._links[(src, dst)] = spec
 
-    def link(self, src: str, dst: str) -> LinkSpec:
-        return self._links.get((src, dst), self.default_link)
+    def access_link(self, peer_id: str) -> LinkSpec:
+        """``peer_id``'s own link (the default link unless ``add_peer`` gave one)."""
+        return self._access.get(peer_id, self.default_link)
 
-    def add_peer(self, peer_id: str, *, clock: float = 0.0) -> "SimTransport":
+    def link(self, src: str, dst: str) -> LinkSpec:
+        """The path from ``src`` to ``dst`` as one spec: ``src``'s uplink rate,
+        ``dst``'s downlink rate, the pair's latency and loss (module docstring)."""
+        up, latency, loss = self._path(src, dst)
+        return LinkSpec(up, latency, loss, self.access_link(dst).down_bps)
+
+    def _path(self, src: str, dst: str) -> tuple[float, float, float]:
+        """(uplink rate bit/s, one-way latency s, loss) of what ``src`` sends to ``dst``."""
+        pair = self._links.get((src, dst))
+        if pair is not None:
+            return pair.bandwidth_bps, pair.latency_s, pair.loss
+        a, b = self.access_link(src), self.access_link(dst)
+        return a.bandwidth_bps, (a.latency_s + b.latency_s) / 2, max(a.loss, b.loss)
+
+    def add_peer(self, peer_id: str, *, clock: float = 0.0, link: LinkSpec | None = None) -> "SimTransport":
+        """Put ``peer_id`` on the network with its clock at ``clock`` and its own
+        access ``link`` (default: the network's)."""
         if peer_id in self._transports and peer_id not in self._dead:
             raise ConfigError(f"peer {peer_id!r} is already on the simulated network")
         self._dead.discard(peer_id)
+        if link is not None:
+            self._access[peer_id] = link
+        if peer_id not in self._downlinks:
+            self._downlinks[peer_id] = _Capacity(float(self.access_link(peer_id).down_bps))  # type: ignore[arg-type]
         t = SimTransport(self, peer_id, clock)
         self._transports[peer_id] = t
         return t
@@ -130,12 +346,36 @@ class SimNetwork:
         self._dead.add(peer_id)
         for t in self._transports.values():
             t._fail_waiters(peer_id)
+        if self.control is not None:
+            self.control.peer_gone()
 
     def is_alive(self, peer_id: str) -> bool:
         return peer_id in self._transports and peer_id not in self._dead
 
     def transports(self) -> dict[str, "SimTransport"]:
         return dict(self._transports)
+
+    def _control_sent(self, peer: str, clock: float) -> float:
+        """A control message leaves ``peer`` at ``clock``: it waits for the uplink
+        (behind the data sent before it) and occupies it; returns when its last bit left."""
+        t = self._transports.get(peer)
+        bits = 8.0 * self._wire_bytes(CONTROL_BYTES)
+        if t is None:
+            return clock
+        start = max(clock, t.uplink_free)
+        t.uplink_free = start + bits / self.access_link(peer).bandwidth_bps
+        return t.uplink_free
+
+    def _control_received(self, peer: str, first_bit: float, rate_bps: float) -> float:
+        """A control message for ``peer`` whose first bit reaches its downlink at
+        ``first_bit``, sent at ``rate_bps``: when it is there (behind the data before it)."""
+        bits = 8.0 * self._wire_bytes(CONTROL_BYTES)
+        downlink = self._downlinks.get(peer)
+        done = first_bit + bits / rate_bps
+        return max(done, downlink.fill(first_bit, bits, rate_bps)) if downlink is not None else done
+
+    def _wire_bytes(self, size: int) -> int:
+        return self.wire.wire_bytes(size) if self.wire is not None else size
 
     def _lost_attempts(self, src: str, dst: str, loss: float) -> int:
         if loss <= 0.0:
@@ -172,6 +412,11 @@ class SimTransport(Transport):
     def peer_id(self) -> str:
         return self._id
 
+    @property
+    def network(self) -> SimNetwork:
+        """The network this transport is on."""
+        return self._net
+
     def now(self) -> float:
         return self.clock
 
@@ -180,21 +425,31 @@ class SimTransport(Transport):
             raise ValueError(f"compute time must be >= 0, got {seconds}")
         self.clock += seconds
 
+    def advance_to(self, t: float) -> None:
+        """Move the clock to ``t`` if that is later (waiting for something outside the network)."""
+        self.clock = max(self.clock, t)
+
     async def send(self, dst: str, tag: Tag, payload: Buffer) -> None:
         self._send_at(self.clock, dst, tag, payload)
 
     def _send_at(self, clock: float, dst: str, tag: Tag, payload: Buffer) -> None:
+        net = self._net
         data = bytes(payload)
         framing = message_overhead(tag, len(data))
         size = len(data) + framing
-        link = self._net.link(self._id, dst)
-        tx = 8.0 * size / link.bandwidth_bps
+        bits = 8.0 * net._wire_bytes(size)
+        up, latency, loss = net._path(self._id, dst)
+        tx = bits / up
         start = max(clock, self.uplink_free)
-        lost = self._net._lost_attempts(self._id, dst, link.loss)
-        done = start + tx * (1 + lost) + lost * 2.0 * link.latency_s
+        lost = net._lost_attempts(self._id, dst, loss)
+        done = start + tx * (1 + lost) + lost * 2.0 * latency
         self.uplink_free = done
+        arrival = done + latency
+        downlink = net._downlinks.get(dst)
+        if downlink is not None and dst not in net._dead:
+            arrival = max(arrival, downlink.fill(done - tx + latency, bits, up))
         self.counters.count_sent(dst, len(data), framing)
-        self._net._deliver(self._id, dst, tag, data, done + link.latency_s)
+        net._deliver(self._id, dst, tag, data, arrival)
 
     async def recv(self, src: str, tag: Tag, *, timeout: float | None = None) -> bytes:
         try:

@@ -44,6 +44,14 @@ def test_coordinator_adds_two_round_trips_per_round():
     assert ctl.extra["payload_bytes_sent_by_peer"] == base.extra["payload_bytes_sent_by_peer"]
 
 
+def test_round_overhead_is_charged_once_per_round():
+    base = run()
+    slow = run(round_overhead=0.05)
+    assert slow.sim_time_s - base.sim_time_s == pytest.approx(6 * 0.05, rel=1e-6)
+    with pytest.raises(ConfigError, match="round_overhead must be a finite number of seconds >= 0"):
+        Scenario(**BASE, round_overhead=-1)
+
+
 def test_heterogeneous_runs_are_deterministic():
     kw = dict(task="digits", steps=4, algorithms=("diloco",), inner_steps=2, link="20mbit/100mbit,10ms",
               coordinator="100mbit,20ms", peer_profiles=[{"fraction": 0.5, "link": "5mbit/50mbit,40ms", "compute_scale": 1.5}])

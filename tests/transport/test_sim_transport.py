@@ -42,8 +42,9 @@ def test_delivery_time_and_counters_match_hand_computation():
         assert a.now() == 0.0  # sends do not block the sender's clock
         got = await b.recv("a", tag)
         assert got == payload
-        segments = -(-size // 1448)  # TCP segments of at most 1448 bytes, 66 header bytes each on the wire
-        expected = (size + 66 * segments) * 8 / 8e6 + 0.010
+        # TCP segments of at most 1448 bytes, 66 header bytes each on the wire and 56 of acknowledgements
+        segments = -(-size // 1448)
+        expected = (size + (66 + 56) * segments) * 8 / 8e6 + 0.010
         assert b.now() == pytest.approx(expected, rel=1e-12)
         assert a.counters.sent.payload == 999_000 and a.counters.sent.framing == frame_overhead(tag)
         assert b.counters.received.payload == 999_000 and b.counters.received.framing == frame_overhead(tag)
@@ -52,19 +53,23 @@ def test_delivery_time_and_counters_match_hand_computation():
     run(main())
 
 
-def test_uplink_serializes_messages_in_send_order():
+def test_uplink_is_shared_by_messages_sent_at_once_and_serializes_later_ones():
     async def main():
         net = SimNetwork(LinkSpec(8e6, 0.001))
-        a, b, c = (net.add_peer(x) for x in "abc")
-        t1, t2 = Tag(0, 0, 0), Tag(0, 0, 1)
+        a, b, c, d = (net.add_peer(x) for x in "abcd")
+        t1, t2, t3 = Tag(0, 0, 0), Tag(0, 0, 1), Tag(0, 0, 2)
         n = 10_000
         await a.send("b", t1, b"\0" * n)
-        await a.send("c", t2, b"\0" * n)
+        await a.send("c", t2, b"\0" * (2 * n))
+        a.compute(0.001)  # a later instant: waits for the uplink
+        await a.send("d", t3, b"\0" * n)
         await b.recv("a", t1)
         await c.recv("a", t2)
-        s1, s2 = (TCP_IPV4.wire_bytes(n + frame_overhead(t)) for t in (t1, t2))
-        assert b.now() == pytest.approx(s1 * 1e-6 + 0.001)
-        assert c.now() == pytest.approx((s1 + s2) * 1e-6 + 0.001)  # waited for the first to leave
+        await d.recv("a", t3)
+        s1, s2, s3 = (TCP_IPV4.wire_bytes(k * n + frame_overhead(t)) for k, t in ((1, t1), (2, t2), (1, t3)))
+        assert b.now() == pytest.approx(2 * s1 * 1e-6 + 0.001)  # half the uplink until it is out
+        assert c.now() == pytest.approx((s1 + s2) * 1e-6 + 0.001)  # then all of it
+        assert d.now() == pytest.approx((s1 + s2 + s3) * 1e-6 + 0.001)  # after both left
 
     run(main())
 

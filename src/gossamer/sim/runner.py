@@ -11,7 +11,9 @@ Contract:
   ``scenario.peer_link``), so ``sim_time_s`` reflects both compute and
   communication. With ``scenario.coordinator`` every sync is wrapped, as in
   a real swarm, in the coordinator's barrier before it and its commit
-  decision after it (``SimControl.rendezvous``: two round trips per round).
+  decision after it (``SimControl.rendezvous``: two round trips per round);
+  ``scenario.round_overhead`` seconds are charged to every peer's clock at
+  the end of every sync (the software's own work per round).
 - All peers start from the same initial model (seeded) and read their own
   shard. Algorithms are compared at the same number of training samples per
   peer (``steps * batch_size``).
@@ -396,15 +398,16 @@ async def _simulate(scenario: Scenario, algorithm: str, task: Any, progress: Pro
         async def sync(self) -> None:
             if self.tracer is not None:
                 self.tracer.sync_started()
+            transport = self.comm.transport
             if self.control is None:
                 await self._sync()
-                return
-            # the swarm's round around the sync: the coordinator's barrier, then its decision
-            transport = self.comm.transport
-            rnd = len(self.plog.hashes)
-            transport.advance_to(await self.control.rendezvous(("ready", rnd), self.pid, transport.now(), self.comm.group))
-            await self._sync()
-            transport.advance_to(await self.control.rendezvous(("done", rnd), self.pid, transport.now(), self.comm.group))
+            else:  # the swarm's round around the sync: the coordinator's barrier, then its decision
+                rnd = len(self.plog.hashes)
+                transport.advance_to(await self.control.rendezvous(("ready", rnd), self.pid, transport.now(), self.comm.group))
+                await self._sync()
+                transport.advance_to(await self.control.rendezvous(("done", rnd), self.pid, transport.now(), self.comm.group))
+            if scenario.round_overhead:
+                transport.compute(scenario.round_overhead)
 
         async def _sync(self) -> None:
             if trust is None:

@@ -30,6 +30,9 @@ TOML keys are the field names below, e.g.::
     link = "100mbit,50ms" # every peer's access link: UP[/DOWN],LATENCY[,LOSS], e.g. "10mbit/100mbit,20ms"
     coordinator = "100mbit,50ms"  # model the swarm's coordinator on this link: each round waits for its
                           # barrier and its commit decision (two round trips); absent: no coordinator
+    round_overhead = 0.05 # seconds of the swarm's own work per round beyond compute and network (state
+                          # snapshots, hashes, codec, the coordinator's processing); measure it on your
+                          # machines (gossamer bench predict measures it with an unshaped run); default 0
     iid = true            # or: alpha = 0.5  (non-iid)
     seed = 0
     codec = "int8"        # payload codec spec for every algorithm, e.g. "none", "topk:0.001+ef"
@@ -97,6 +100,7 @@ class Scenario:
     inner_steps: int | None = None
     link: str = "100mbit,50ms"
     coordinator: str | None = None
+    round_overhead: float = 0.0
     peer_profiles: tuple[dict[str, Any], ...] = ()
     iid: bool = True
     alpha: float | None = None
@@ -157,6 +161,9 @@ class Scenario:
                 raise ConfigError(f"coordinator must be a link spec string such as '100mbit,20ms', got {self.coordinator!r}")
             LinkSpec.parse(self.coordinator)
         object.__setattr__(self, "peer_profiles", _check_profiles(self.peer_profiles, self.peers))
+        ro = self.round_overhead
+        if isinstance(ro, bool) or not isinstance(ro, (int, float)) or not (math.isfinite(ro) and ro >= 0):
+            raise ConfigError(f"round_overhead must be a finite number of seconds >= 0, got {ro!r}")
         if self.alpha is not None:
             if not self.alpha > 0:
                 raise ConfigError(f"alpha (Dirichlet concentration) must be > 0, got {self.alpha}")

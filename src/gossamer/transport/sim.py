@@ -13,28 +13,32 @@ Contract:
   ``a`` sends to ``b``).
 - **Wire bytes.** A message of ``B`` bytes (payload plus framing, see
   ``frame.py``) occupies the links for ``W = wire.wire_bytes(B)`` bytes: by
-  default TCP over IPv4 on Ethernet, ``B + ceil(B / 1448) * 66`` (MSS 1448;
-  20 IP + 32 TCP with timestamps + 14 Ethernet header bytes per segment),
-  which is what a ``tc`` shaper counts; ``wire=None`` models none. Only
-  times change: the byte counters report payload and framing, as TCP's do.
-- **Uplink** (serialization at the sender): messages leave ``a``'s uplink one
-  at a time in the order ``a`` sends them: a message starts at
-  ``max(clock_a, uplink_free_a)``, takes ``8 W / up_a`` seconds, and its last
-  bit reaches ``b`` ``latency(a, b)`` later. Sending does not advance the
-  sender's clock (sends are asynchronous), but it occupies the uplink.
+  default TCP over IPv4 on Ethernet, ``B + ceil(B / 1448) * (66 + 56)`` (MSS
+  1448; 20 IP + 32 TCP with timestamps + 14 Ethernet header bytes per
+  segment, which is what a ``tc`` shaper counts, and the acknowledgements
+  the peers' symmetric traffic puts on the same links, see
+  ``WireOverhead``); ``wire=None`` models none. Only times change: the byte
+  counters report payload and framing, as TCP's do.
+- **Uplink** (serialization at the sender): the messages a peer sends at
+  the same virtual instant (a collective's phase sends to every peer at
+  once) share its uplink as concurrent TCP flows do (processor sharing): ``n``
+  messages of ``W`` bytes all leave after ``n * 8 W / up_a`` seconds, a
+  shorter one earlier. Messages sent later (in virtual time) start when
+  those are out. A message's last bit reaches ``b`` ``latency(a, b)`` after
+  it left. Sending does not advance the sender's clock (sends are
+  asynchronous), but it occupies the uplink.
 - **Downlink** (contention at the receiver): ``b``'s downlink carries at most
   ``down_b`` bit/s in total. Each message to ``b`` takes ``8 W`` bits of it,
-  at most ``up_a`` bit/s of them at a time, from when its first bit can
-  arrive (it starts to leave ``a``'s uplink, plus ``latency(a, b)``), out of
-  the capacity the messages sent to ``b`` before it left free (a fluid,
-  work-conserving share, served in send order). A message arrives at the
-  later of its last bit leaving the uplink plus the latency and the end of
-  its downlink share. So ``n`` senders sending ``W`` bytes each to one
-  receiver at once finish after about ``n * 8 W / down_b``; a receiver
-  whose downlink is faster than its senders' uplinks sees no contention
-  until their sum exceeds it. Measured against real TCP through ``tc``
-  shaped links (``bench/predict.py``): with large TCP windows a sender's
-  concurrent messages leave its queue one after the other, as modelled.
+  at most at the rate it leaves its sender (its share of the uplink), from
+  when its first bit can arrive (its batch starts to leave, plus
+  ``latency(a, b)``), out of the capacity the messages resolved before it
+  left free (a fluid, work-conserving share). A message arrives at the later
+  of its last bit leaving the uplink plus the latency and the end of its
+  downlink share. So ``n`` senders sending ``W`` bytes each to one receiver
+  at once finish after about ``n * 8 W / down_b``; a receiver whose
+  downlink is faster than its senders' uplinks sees no contention until
+  their sum exceeds it. Measured against real TCP through ``tc``-shaped
+  links in ``bench/predict.py``.
 - With loss probability ``p`` on a path, each transmission attempt is lost
   with probability ``p`` (seeded, per path); a lost attempt costs its
   transmission time plus one round trip (``2 * latency``, the retransmission
@@ -42,20 +46,22 @@ Contract:
   (the counters report what the application sent once).
 - ``recv`` returns when the message is there and sets the receiver's clock to
   ``max(clock_b, arrival)``.
-- Determinism: a message's times are fixed when it is sent and depend only
-  on the sender's clock and uplink, the receiver's downlink and the order in
-  which the program sends (the simulator's single event loop sends in the
-  same order on every run), so a seeded run gives the same times every time.
+- Determinism: a message's times are fixed when its batch is resolved (the
+  first of them is received, or its sender sends at a later instant) and
+  depend only on the sender's clock and uplink, the receiver's downlink and
+  the order in which the program sends and receives (the simulator's single
+  event loop does both in the same order on every run), so a seeded run
+  gives the same times every time.
 - **Coordinator** (optional, ``SimNetwork(..., coordinator=LinkSpec)``): the
   swarm's control plane. ``await control.rendezvous(key, peer, clock,
   group)`` models one request that every member of ``group`` sends and the
   coordinator answers once the last has arrived (the round barrier, the
   commit decision): every member resumes at ``max_q(clock_q + lat_q) +
   lat_p``, ``lat_p`` the one-way latency between peer ``p`` and the
-  coordinator (the mean of their link latencies). A request leaves through
-  the peer's uplink behind the data sent before it, an answer comes in
-  through its downlink behind the data sent to it before (``CONTROL_BYTES``
-  each); they are not counted (they do not travel on the data transport).
+  coordinator (the mean of their link latencies), plus the transmission of
+  ``CONTROL_BYTES`` each way (as one more flow: data in flight does not hold
+  it up). Control messages are not counted (they do not travel on the data
+  transport).
 - A peer removed with ``kill`` fails every pending and future ``recv`` that
   waits on it with ``PeerError``, and is no longer waited for by a
   rendezvous.
@@ -171,15 +177,21 @@ class LinkSpec:
 
 @dataclass(frozen=True)
 class WireOverhead:
-    """What the network carries beyond a message's frame: ``per_segment``
-    header bytes for every ``mss`` bytes (at least one segment)."""
+    """What the network carries beyond a message's frame, per ``mss`` bytes of
+    it (at least one segment): ``per_segment`` header bytes, plus ``acks``
+    bytes of acknowledgements. Acknowledgements travel the other way, on the
+    receiver's uplink; they are charged to the sender's because in the
+    collectives every peer receives about as much as it sends at the same
+    time (a one-way transfer is then predicted ``acks / (mss + per_segment)``
+    too slow)."""
 
     mss: int = 1448
     per_segment: int = 66
+    acks: int = 0
 
     def wire_bytes(self, size: int) -> int:
-        """Bytes on the wire for a frame of ``size`` bytes."""
-        return size + max(1, math.ceil(size / self.mss)) * self.per_segment
+        """Bytes a frame of ``size`` bytes costs the link."""
+        return size + max(1, math.ceil(size / self.mss)) * (self.per_segment + self.acks)
 
 
 #: A coordinator request or answer (ready, start, done, decision), bytes on
@@ -187,9 +199,12 @@ class WireOverhead:
 CONTROL_BYTES = 400
 
 #: TCP over IPv4 with timestamps on Ethernet (MTU 1500): 1448 payload bytes per
-#: segment, 20 + 32 + 14 header bytes. Measured: a 20 Mbit/s tbf carries 19.15
-#: Mbit/s of TCP payload, 1448 / 1514 of it.
-TCP_IPV4 = WireOverhead()
+#: segment, 20 + 32 + 14 header bytes; the receiver acknowledges 0.85 segments
+#: out of 1 with a 66-byte packet (56 bytes per segment). Measured through tc
+#: tbf (which counts Ethernet frames): a 20 Mbit/s link carries 19.15 Mbit/s of
+#: TCP payload one way (1448 / 1514), and the receiver's uplink 3.7% of the
+#: data's bytes in acknowledgements.
+TCP_IPV4 = WireOverhead(acks=56)
 
 
 class _Capacity:
@@ -278,10 +293,72 @@ class SimControl:
             self._check(key)
 
 
-@dataclass
 class _Message:
-    payload: bytes
-    arrival: float
+    """A message in flight: its payload and, once its uplink batch is resolved, its arrival time."""
+
+    __slots__ = ("payload", "_arrival", "batch")
+
+    def __init__(self, payload: bytes, arrival: float | None = None, batch: "_Batch | None" = None) -> None:
+        self.payload = payload
+        self._arrival = arrival
+        self.batch = batch
+
+    @property
+    def arrival(self) -> float:
+        if self._arrival is None:
+            assert self.batch is not None
+            self.batch.resolve()
+        assert self._arrival is not None
+        return self._arrival
+
+
+@dataclass
+class _Send:
+    msg: _Message
+    dst: str
+    bits: float
+    tx: float  # seconds of the sender's uplink alone
+    latency: float
+    lost: int
+
+
+class _Batch:
+    """Messages one peer sent at the same virtual instant: they share its uplink
+    (processor sharing, as concurrent TCP flows do), so ``n`` equal messages all
+    finish after ``n`` transmission times. Resolved (times fixed) when the first
+    of them is received or the uplink is needed for something sent later."""
+
+    def __init__(self, network: "SimNetwork", sender: "SimTransport", clock: float, start: float) -> None:
+        self.network, self.sender = network, sender
+        self.clock, self.start = clock, start
+        self.sends: list[_Send] = []
+        self.end: float | None = None
+
+    def resolve(self) -> float:
+        """Fix every member's times (idempotent); returns when the uplink is free again."""
+        if self.end is not None:
+            return self.end
+        if self.sender.open_batch is self:
+            self.sender.open_batch = None
+        n = len(self.sends)
+        finish = [0.0] * n
+        t, served, active = self.start, 0.0, n
+        for k in sorted(range(n), key=lambda k: self.sends[k].tx):  # processor sharing, shortest first out
+            t += (self.sends[k].tx - served) * active
+            served, active = self.sends[k].tx, active - 1
+            finish[k] = t
+        self.end = t
+        for s, f in zip(self.sends, finish):
+            retry = s.lost * (s.tx + 2.0 * s.latency)  # lost attempts: sent again after a round trip each
+            done = f + retry
+            arrival = done + s.latency
+            downlink = self.network._downlinks.get(s.dst)
+            if downlink is not None and s.dst not in self.network._dead and done > self.start:
+                arrival = max(arrival, downlink.fill(self.start + s.latency, s.bits, s.bits / (done - self.start)))
+            s.msg._arrival = arrival
+        self.end = t + sum(s.lost * (s.tx + 2.0 * s.latency) for s in self.sends)  # a stream waits for its retries
+        self.sender.uplink_free = max(self.sender.uplink_free, self.end)
+        return self.end
 
 
 class SimNetwork:
@@ -356,23 +433,15 @@ class SimNetwork:
         return dict(self._transports)
 
     def _control_sent(self, peer: str, clock: float) -> float:
-        """A control message leaves ``peer`` at ``clock``: it waits for the uplink
-        (behind the data sent before it) and occupies it; returns when its last bit left."""
-        t = self._transports.get(peer)
-        bits = 8.0 * self._wire_bytes(CONTROL_BYTES)
-        if t is None:
-            return clock
-        start = max(clock, t.uplink_free)
-        t.uplink_free = start + bits / self.access_link(peer).bandwidth_bps
-        return t.uplink_free
+        """When a control message ``peer`` sends at ``clock`` has left: a few hundred
+        bytes, sharing the uplink with any data as one more flow, so data queued
+        before it does not hold it up."""
+        return clock + 8.0 * self._wire_bytes(CONTROL_BYTES) / self.access_link(peer).bandwidth_bps
 
     def _control_received(self, peer: str, first_bit: float, rate_bps: float) -> float:
-        """A control message for ``peer`` whose first bit reaches its downlink at
-        ``first_bit``, sent at ``rate_bps``: when it is there (behind the data before it)."""
-        bits = 8.0 * self._wire_bytes(CONTROL_BYTES)
-        downlink = self._downlinks.get(peer)
-        done = first_bit + bits / rate_bps
-        return max(done, downlink.fill(first_bit, bits, rate_bps)) if downlink is not None else done
+        """When a control message whose first bit reaches ``peer`` at ``first_bit`` is there."""
+        rate = min(rate_bps, float(self.access_link(peer).down_bps))  # type: ignore[arg-type]
+        return first_bit + 8.0 * self._wire_bytes(CONTROL_BYTES) / rate
 
     def _wire_bytes(self, size: int) -> int:
         return self.wire.wire_bytes(size) if self.wire is not None else size
@@ -389,11 +458,11 @@ class SimNetwork:
             lost += 1
         return lost
 
-    def _deliver(self, src: str, dst: str, tag: Tag, payload: bytes, arrival: float) -> None:
+    def _deliver(self, src: str, dst: str, tag: Tag, msg: _Message) -> None:
         target = self._transports.get(dst)
         if target is None or dst in self._dead:
             return  # like a packet to a dead host: the bytes left, nobody reads them
-        target._accept(src, tag, _Message(payload, arrival))
+        target._accept(src, tag, msg)
 
 
 class SimTransport(Transport):
@@ -404,6 +473,8 @@ class SimTransport(Transport):
         self._id = peer_id
         self.clock = clock
         self.uplink_free = clock
+        #: the messages sent at the current instant, sharing the uplink (not yet resolved)
+        self.open_batch: _Batch | None = None
         self.counters = ByteCounters()
         self._mailbox: dict[tuple[str, Tag], _Message] = {}
         self._waiters: dict[tuple[str, Tag], asyncio.Future[_Message]] = {}
@@ -439,17 +510,15 @@ class SimTransport(Transport):
         size = len(data) + framing
         bits = 8.0 * net._wire_bytes(size)
         up, latency, loss = net._path(self._id, dst)
-        tx = bits / up
-        start = max(clock, self.uplink_free)
-        lost = net._lost_attempts(self._id, dst, loss)
-        done = start + tx * (1 + lost) + lost * 2.0 * latency
-        self.uplink_free = done
-        arrival = done + latency
-        downlink = net._downlinks.get(dst)
-        if downlink is not None and dst not in net._dead:
-            arrival = max(arrival, downlink.fill(done - tx + latency, bits, up))
+        batch = self.open_batch
+        if batch is None or batch.clock != clock:
+            if batch is not None:
+                batch.resolve()
+            batch = self.open_batch = _Batch(net, self, clock, max(clock, self.uplink_free))
+        msg = _Message(data, batch=batch)
+        batch.sends.append(_Send(msg, dst, bits, bits / up, latency, net._lost_attempts(self._id, dst, loss)))
         self.counters.count_sent(dst, len(data), framing)
-        net._deliver(self._id, dst, tag, data, arrival)
+        net._deliver(self._id, dst, tag, msg)
 
     async def recv(self, src: str, tag: Tag, *, timeout: float | None = None) -> bytes:
         try:

@@ -184,6 +184,23 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--processes", type=_positive_int, default=4)
     tr.add_argument("--repeats", type=_positive_int, default=5)
     tr.add_argument("--json", dest="json_out", metavar="PATH")
+
+    pre = bsub.add_parser("predict", help="the simulator's predicted round and total times against real peers on tc-shaped links (needs root)")
+    pre.add_argument("--settings", default=None, metavar="LINKS",
+                     help="';'-separated link specs UP[/DOWN],LATENCY (latency one-way; default '20mbit,20ms;100mbit,5ms')")
+    help_naming_algorithms(pre.add_argument("--algorithms", default=None),
+                           "comma-separated, from ddp, diloco, streaming_diloco (default: all three)")
+    pre.add_argument("--task", default="charlm", help="workload of the peers, with its default model (default charlm)")
+    pre.add_argument("--peers", type=_positive_int, default=4)
+    pre.add_argument("--step-sleep", type=_positive_float, default=None, metavar="S",
+                     help="seconds added to every local step of the real peers (GOSSAMER_TEST_STEP_SLEEP; default 0.05)")
+    pre.add_argument("--tcp", choices=("tuned", "default"), default="tuned",
+                     help="TCP inside the lab: tuned for a long fat pipe (default) or the kernel's defaults")
+    pre.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                     help="do not measure the software's per-round time on an unshaped link first (predict network and compute only)")
+    pre.add_argument("--workdir", default=None, metavar="DIR", help="keep the runs' logs and traces here (default: a new temporary folder)")
+    pre.add_argument("--seed", type=_nonneg_int, default=0)
+    pre.add_argument("--json", dest="json_out", metavar="PATH")
     add_swarm_commands(sub)
 
     rep = sub.add_parser("report", help="summarize trace files: slow peers, aborts, exclusions, bytes, loss; optional plot of the run")
@@ -331,6 +348,67 @@ def cmd_bench_parity(args: argparse.Namespace, console: Any) -> int:
         Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
         console.print(f"wrote {args.json_out}")
     return 0 if all(r["hash_equal"] and r["bytes_equal"] for r in result["runs"]) else 1
+
+
+def cmd_bench_predict(args: argparse.Namespace, console: Any) -> int:
+    import json
+    import signal
+
+    from rich.table import Table
+
+    from .bench.netns import support_problem
+    from .bench.predict import DEFAULT_ALGORITHMS, DEFAULT_SETTINGS, DEFAULT_STEP_SLEEP, check_setting, run_predict_bench
+
+    settings = [x.strip() for x in args.settings.split(";") if x.strip()] if args.settings else list(DEFAULT_SETTINGS)
+    if not settings:
+        raise ConfigError("--settings names no link; give e.g. '20mbit,20ms;100mbit,5ms'")
+    for text in settings:
+        check_setting(text)
+    algorithms = _split(args.algorithms) or list(DEFAULT_ALGORITHMS)
+    for a in algorithms:
+        if a not in DEFAULT_ALGORITHMS:
+            raise ConfigError(f"bench predict runs {', '.join(DEFAULT_ALGORITHMS)}; got {a!r}")
+    if args.json_out:
+        _check_writable(args.json_out)
+    problem = support_problem()
+    if problem is not None:
+        sys.stderr.write(f"gossamer bench predict {problem}\n")
+        return EXIT_USAGE
+
+    def stop(signum: int, frame: Any) -> None:  # SIGTERM: unwind, so that namespaces and processes go
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        with console.status("predict ...") as status:
+            result = run_predict_bench(settings, algorithms, task=args.task, peers=args.peers,
+                                       step_sleep=args.step_sleep or DEFAULT_STEP_SLEEP, seed=args.seed, tcp=args.tcp,
+                                       calibrate=args.calibrate, workdir=args.workdir, progress=status.update)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    table = Table(title=f"predict: {args.task}, {args.peers} peers, +{result['step_sleep_s']} s per step, tcp {args.tcp} "
+                        f"({result['cores']} cores, load average up to {max(r['loadavg'] for r in result['runs']):.1f})")
+    for col in ("algorithm", "link (one-way)", "time", "predicted", "measured", "error",
+                "without overhead", "error"):
+        table.add_column(col, justify="left" if col in ("algorithm", "link (one-way)", "time") else "right")
+    for r in result["rows"]:
+        err = r["error_pct"]
+        table.add_row(r["algorithm"], r["link"], "per round" if r["metric"] == "round" else "total after round 0",
+                      f"{r['predicted_s']:.3f} s", f"{r['measured_s']:.3f} s",
+                      f"{err:+.1f}%" if abs(err) <= 10 else f"[red]{err:+.1f}%[/red]",
+                      f"{r['predicted_without_overhead_s']:.3f} s", f"{r['error_without_overhead_pct']:+.1f}%")
+    console.print(table)
+    if result["calibration"]:
+        console.print("round overhead (software time per round, unshaped link): " + ", ".join(
+            f"{a} {c['round_overhead_s'] * 1e3:.0f} ms" for a, c in result["calibration"].items()))
+    worst = result["max_abs_error_pct"]
+    console.print(f"largest error {worst:.1f}% ({'within' if worst <= 10 else 'outside'} the 10% target); "
+                  f"payload bytes {'equal' if all(r['bytes_equal'] for r in result['runs']) else '[red]DIFFERENT[/red]'} "
+                  f"in the simulator and the real runs")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
+        console.print(f"wrote {args.json_out}")
+    return 0 if all(r["bytes_equal"] for r in result["runs"]) else 1
 
 
 def cmd_bench_soak(args: argparse.Namespace, console: Any) -> int:
@@ -789,7 +867,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "robust": cmd_bench_robust, "algorithms": cmd_bench_algorithms, "transport": cmd_bench_transport,
                         "spsa": cmd_bench_spsa, "equal-bytes": cmd_bench_equal_bytes, "parity": cmd_bench_parity,
                         "soak": cmd_bench_soak, "trust": cmd_bench_trust,
-                        "frontier": cmd_bench_frontier}
+                        "frontier": cmd_bench_frontier, "predict": cmd_bench_predict}
             if args.bench in handlers:
                 return handlers[args.bench](args, console)
             sys.stderr.write(args.bench_help())

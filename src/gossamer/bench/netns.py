@@ -70,6 +70,8 @@ TBF_MIN_BURST = 16 * 1024
 TBF_BURST_S = 0.002
 #: tbf queue limit in seconds of traffic: long enough that nothing is dropped.
 TBF_QUEUE_S = 2.0
+#: ... but at most this many bytes (tc takes a 32-bit limit).
+TBF_MAX_QUEUE = 1 << 30
 
 #: ``tcp="tuned"``: congestion control of every lab socket. Reno: with windows
 #: this large and no loss it never leaves slow start, so it simply sends what
@@ -124,13 +126,13 @@ def _run(cmd: Sequence[str]) -> str:
 def tbf_args(rate_bps: float) -> list[str]:
     """``tc`` arguments of a tbf shaping to ``rate_bps`` bits per second (see the constants)."""
     burst = max(TBF_MIN_BURST, int(rate_bps / 8 * TBF_BURST_S))
-    limit = max(4 * burst, int(rate_bps / 8 * TBF_QUEUE_S))
+    limit = min(TBF_MAX_QUEUE, max(4 * burst, int(rate_bps / 8 * TBF_QUEUE_S)))
     return ["tbf", "rate", f"{int(rate_bps)}bit", "burst", str(burst), "limit", str(limit)]
 
 
 @dataclass(frozen=True)
 class LabPeer:
-    """One namespace: its name, the namespace-side and root-side addresses."""
+    """One peer's namespace: its name, the peer-side and hub-side addresses of its veth."""
 
     index: int
     netns: str
@@ -144,13 +146,16 @@ class LabPeer:
 
 class DelayRelay:
     """Userspace TCP relays that delay every chunk by a fixed time, on one
-    event loop in a background thread.
+    event loop in a background thread (inside network namespace ``netns``
+    when given, with its own ``nice``).
 
     ``add(target_host, target_port, delay_s) -> port`` listens on
-    ``0.0.0.0:port`` (root namespace) and forwards each accepted connection
-    to the target; bytes read from either side are written to the other
-    side ``delay_s`` seconds after they were read, in order. ``close()``
-    closes everything. Counts the bytes it carried (``relayed``)."""
+    ``bind:port`` and forwards each accepted connection to the target; bytes
+    read from either side are written to the other side ``delay_s`` seconds
+    after they were read, in order. ``close()`` closes everything. Counts the
+    bytes it carried (``relayed``) and how late it wrote what it held
+    (``lateness``, seconds). It waits with select(2) (microsecond timeouts;
+    file descriptors below 1024, plenty for a lab)."""
 
     def __init__(self, *, netns: str | None = None, nice: int = 0, buffer: int | None = None) -> None:
         self.netns = netns
@@ -280,6 +285,10 @@ class DelayRelay:
                 s.close()
             for w in list(self._writers):
                 w.close()
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in others:
+                t.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
 
         if self.loop.is_running():
             with contextlib.suppress(Exception):

@@ -194,3 +194,29 @@ def test_a_dead_member_is_not_waited_for():
         return await asyncio.gather(*waiting)
 
     assert asyncio.run(main()) == pytest.approx([1.0, 1.0], abs=1e-5)
+
+
+def test_pruning_the_downlinks_history_changes_no_time_and_bounds_memory(monkeypatch):
+    import gossamer.transport.sim as sim
+    from gossamer.sim.runner import run_algorithm
+    from gossamer.sim.scenario import Scenario
+
+    sc = Scenario(task="quadratic", algorithms=("streaming_diloco",), peers=5, steps=40, inner_steps=8, evals=1,
+                  compute_time=0.01, link="10mbit/20mbit,5ms", coordinator="100mbit,5ms")
+    sizes = []
+    real_fill = sim._Capacity.fill
+
+    def fill(self, *a):
+        sizes.append(len(self.times))
+        return real_fill(self, *a)
+
+    monkeypatch.setattr(sim._Capacity, "fill", fill)
+    monkeypatch.setattr(sim, "PRUNE_EVERY", 10**9)
+    kept = run_algorithm(sc, "streaming_diloco")
+    most_kept = max(sizes)
+    sizes.clear()
+    monkeypatch.setattr(sim, "PRUNE_EVERY", 3)
+    pruned = run_algorithm(sc, "streaming_diloco")
+    assert pruned.sim_time_s == kept.sim_time_s
+    assert pruned.extra["payload_bytes_sent_by_peer"] == kept.extra["payload_bytes_sent_by_peer"]
+    assert max(sizes) < most_kept / 4

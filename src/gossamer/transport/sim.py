@@ -73,6 +73,7 @@ import asyncio
 import bisect
 import math
 import re
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -194,6 +195,9 @@ class WireOverhead:
         return size + max(1, math.ceil(size / self.mss)) * (self.per_segment + self.acks)
 
 
+#: Downlink fills between two prunings of the downlinks' history (``SimNetwork._filled``).
+PRUNE_EVERY = 4096
+
 #: A coordinator request or answer (ready, start, done, decision), bytes on
 #: its connection: a msgpack map of a few ids, hashes and counters.
 CONTROL_BYTES = 400
@@ -224,6 +228,13 @@ class _Capacity:
             self.used.insert(i + 1, self.used[i])
             i += 1
         return i
+
+    def forget_before(self, horizon: float) -> None:
+        """Drop the steps before ``horizon``: no fill will start earlier."""
+        i = bisect.bisect_right(self.times, horizon) - 1
+        if i > 0:
+            self.times[1 : i + 1] = []
+            self.used[0 : i] = []
 
     def fill(self, start: float, bits: float, cap_bps: float) -> float:
         """Take ``bits`` of the free capacity from ``start`` on, at most
@@ -355,6 +366,7 @@ class _Batch:
             downlink = self.network._downlinks.get(s.dst)
             if downlink is not None and s.dst not in self.network._dead and done > self.start:
                 arrival = max(arrival, downlink.fill(self.start + s.latency, s.bits, s.bits / (done - self.start)))
+                self.network._filled()
             s.msg._arrival = arrival
         self.end = t + sum(s.lost * (s.tx + 2.0 * s.latency) for s in self.sends)  # a stream waits for its retries
         self.sender.uplink_free = max(self.sender.uplink_free, self.end)
@@ -376,6 +388,7 @@ class SimNetwork:
         self._transports: dict[str, SimTransport] = {}
         self._dead: set[str] = set()
         self._loss_rng: dict[tuple[str, str], torch.Generator] = {}
+        self._fills = 0
         #: the coordinator's round trips (``None``: the network has no coordinator)
         self.control: SimControl | None = SimControl(self, coordinator) if coordinator is not None else None
 
@@ -443,6 +456,25 @@ class SimNetwork:
         rate = min(rate_bps, float(self.access_link(peer).down_bps))  # type: ignore[arg-type]
         return first_bit + 8.0 * self._wire_bytes(CONTROL_BYTES) / rate
 
+    def _filled(self) -> None:
+        """Every ``PRUNE_EVERY`` downlink fills, forget what no later fill can
+        touch: the downlinks' history before the earliest time anyone can
+        still send from (every live peer's clock, its lanes' clocks and the
+        start of its unresolved batch), so memory stays bounded in long runs.
+        (A peer added later with an older clock would see that history as
+        it stood at the cut.)"""
+        self._fills += 1
+        if self._fills % PRUNE_EVERY:
+            return
+        horizon = math.inf
+        for pid, t in self._transports.items():
+            if pid in self._dead:
+                continue
+            horizon = min(horizon, t.earliest_send())
+        if math.isfinite(horizon):
+            for downlink in self._downlinks.values():
+                downlink.forget_before(horizon)
+
     def _wire_bytes(self, size: int) -> int:
         return self.wire.wire_bytes(size) if self.wire is not None else size
 
@@ -475,6 +507,7 @@ class SimTransport(Transport):
         self.uplink_free = clock
         #: the messages sent at the current instant, sharing the uplink (not yet resolved)
         self.open_batch: _Batch | None = None
+        self._lanes: weakref.WeakSet[SimLane] = weakref.WeakSet()
         self.counters = ByteCounters()
         self._mailbox: dict[tuple[str, Tag], _Message] = {}
         self._waiters: dict[tuple[str, Tag], asyncio.Future[_Message]] = {}
@@ -495,6 +528,15 @@ class SimTransport(Transport):
         if seconds < 0:
             raise ValueError(f"compute time must be >= 0, got {seconds}")
         self.clock += seconds
+
+    def earliest_send(self) -> float:
+        """No message of this peer, sent now or later, starts to leave before this time."""
+        t = self.clock
+        for lane in list(self._lanes):
+            t = min(t, lane.clock)
+        if self.open_batch is not None:
+            t = min(t, self.open_batch.start)
+        return t
 
     def advance_to(self, t: float) -> None:
         """Move the clock to ``t`` if that is later (waiting for something outside the network)."""
@@ -548,7 +590,9 @@ class SimTransport(Transport):
         return msg.payload, max(clock, msg.arrival)
 
     def lane(self) -> "SimLane":
-        return SimLane(self)
+        lane = SimLane(self)
+        self._lanes.add(lane)
+        return lane
 
     def join_lane(self, lane: Transport) -> None:
         if isinstance(lane, SimLane) and lane.parent is self:
@@ -601,4 +645,4 @@ class SimLane(Transport):
         return payload
 
     def lane(self) -> "SimLane":
-        return SimLane(self.parent)
+        return self.parent.lane()

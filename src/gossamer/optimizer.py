@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import math
 import sys
 import threading
@@ -75,6 +76,33 @@ def _check_algorithm(algorithm: str, options: dict[str, Any]) -> dict[str, Any]:
     if "grad_clip" in fields:
         out.setdefault("grad_clip", 0.0)  # the user's loop clips, if it wants to
     return out
+
+
+def _check_inner(model: Any, inner: Any) -> None:
+    """The model is a module, and the inner optimizer's step works on ``.grad`` alone."""
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(inner, torch.optim.Optimizer):
+        return  # check_optimizer names it
+    try:
+        closure = inspect.signature(inner.step).parameters.get("closure")
+    except (TypeError, ValueError):  # no signature to read: let the step decide
+        return
+    if closure is not None and closure.default is inspect.Parameter.empty:
+        raise ConfigError(f"{type(inner).__name__} cannot be the inner optimizer: its step needs a closure that it "
+                          f"calls several times (re-evaluating the loss), which gossamer.Optimizer does not pass on; "
+                          f"use an optimizer that steps on the gradients in .grad (SGD, Adam, AdamW, ...)")
+
+
+def _check_coordinator(coordinator: Any) -> None:
+    from .swarm.protocol import parse_hostport
+
+    if not isinstance(coordinator, str):
+        raise ConfigError(f"coordinator must be 'host:port', got {type(coordinator).__name__}")
+    try:
+        parse_hostport(coordinator)
+    except ValueError as exc:
+        raise ConfigError(f"coordinator: {exc}") from None
 
 
 def _check_total(total_steps: int | None) -> None:
@@ -110,8 +138,12 @@ class Optimizer:
                  swarm: "SimulatedSwarm | None" = None, rank: int | None = None, algorithm: str = "diloco",
                  total_steps: int | None = None, join_timeout: float = 120.0, **options: Any) -> None:
         if (coordinator is None) == (swarm is None):
-            raise ConfigError("give either coordinator='host:port' (a real swarm) or swarm=SimulatedSwarm(...), not both")
+            raise ConfigError("give exactly one of coordinator='host:port' (a real swarm) and "
+                              "swarm=SimulatedSwarm(...) (a simulated one)")
+        _check_inner(model, inner)
         _check_total(total_steps)
+        if coordinator is not None:
+            _check_coordinator(coordinator)
         self.model = model
         self.inner = inner
         self.total_steps = total_steps
@@ -414,6 +446,7 @@ class SimulatedSwarm:
                 with self._turn_cv:
                     self._turn_cv.wait_for(lambda: self._turn is not None and self._turn >= rank)
                 train(rank)
+                self._check_finished(rank)
             except BaseException as exc:
                 with self._lock:
                     errors.append(exc)
@@ -436,6 +469,19 @@ class SimulatedSwarm:
         if errors:
             raise errors[0]
         return self.report()
+
+    def _check_finished(self, rank: int) -> None:
+        """``train(rank)`` returned: it must have built its optimizer and, with
+        ``total_steps``, taken them all, or the other ranks would wait for it
+        for ever (raised through ``run``'s error path, which stops them)."""
+        with self._lock:
+            peer = self._attached.get(rank)
+        if peer is None:
+            raise ConfigError(f"train({rank}) returned without calling swarm.optimizer({rank}, model, inner): "
+                              f"every rank must take part")
+        if self.total_steps is not None and int(peer.algo.steps) < self.total_steps:
+            raise ConfigError(f"train({rank}) returned after {int(peer.algo.steps)} of total_steps={self.total_steps} "
+                              f"steps: every rank must take them all (loop on `while opt.steps < total_steps`)")
 
     def report(self) -> SimulatedSwarmReport:
         with self._lock:

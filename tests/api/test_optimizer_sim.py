@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 
 import pytest
@@ -102,7 +103,7 @@ def test_what_does_not_fit_is_refused_with_the_reason():
     different = torch.nn.Linear(3, 1)
     with pytest.raises(gossamer.ConfigError, match="differs from the first peer's"):
         swarm.optimizer(1, different, torch.optim.SGD(different.parameters(), lr=0.1))
-    with pytest.raises(gossamer.ConfigError, match="either coordinator"):
+    with pytest.raises(gossamer.ConfigError, match="exactly one of coordinator"):
         gossamer.Optimizer(model, sgd)
     swarm.close()
 
@@ -141,3 +142,51 @@ def test_a_failing_user_loop_ends_the_run_instead_of_hanging_the_others():
     assert isinstance(errors[0], RuntimeError) and "user bug in rank 1" in str(errors[0])
     assert set(seen) == {0, 2} and all("gone" in str(e) for e in seen.values())
     swarm.close()
+
+
+@pytest.mark.parametrize("early", ["no optimizer", "fewer steps"])
+def test_a_rank_whose_train_returns_early_ends_the_run_with_a_clear_error(early):
+    # A rank that never builds its optimizer, or stops before total_steps, used to leave the others waiting for it
+    # for ever; now run() raises a ConfigError naming the rank and the others stop.
+    swarm = gossamer.SimulatedSwarm(3, algorithm="diloco", inner_steps=5, total_steps=10, compute_time=0.01)
+
+    def train(rank: int) -> None:
+        if rank == 2 and early == "no optimizer":
+            return
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 1)
+        opt = swarm.optimizer(rank, model, torch.optim.SGD(model.parameters(), lr=0.1))
+        for _ in range(7 if rank == 2 else 10):
+            model(torch.ones(2, 4)).sum().backward()
+            opt.step()
+            opt.zero_grad()
+
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def go() -> None:
+        try:
+            swarm.run(train)
+        except BaseException as exc:
+            errors.append(exc)
+        done.set()
+
+    threading.Thread(target=go, daemon=True).start()
+    assert done.wait(60), "the other peers hung on the rank that returned early"
+    want = "without calling swarm.optimizer\\(2" if early == "no optimizer" else "after 7 of total_steps=10 steps"
+    assert isinstance(errors[0], gossamer.ConfigError) and re.search(want, str(errors[0]))
+    swarm.close()
+
+
+def test_what_the_wrapper_cannot_take_is_refused_before_anything_starts():
+    model = torch.nn.Linear(3, 1)
+    with pytest.raises(gossamer.ConfigError, match="LBFGS cannot be the inner optimizer: its step needs a closure"):
+        gossamer.SimulatedSwarm(2).optimizer(0, model, torch.optim.LBFGS(model.parameters()))
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(gossamer.ConfigError, match="model must be a torch.nn.Module, got str"):
+        gossamer.Optimizer("model", sgd, coordinator="127.0.0.1:7000")  # type: ignore[arg-type]
+    for bad, why in (("localhost", "expected HOST:PORT"), ("host:x", "numeric port"), (7000, "must be 'host:port'")):
+        with pytest.raises(gossamer.ConfigError, match=why):
+            gossamer.Optimizer(model, sgd, coordinator=bad)  # type: ignore[arg-type]
+    with pytest.raises(gossamer.ConfigError, match="exactly one of coordinator"):
+        gossamer.Optimizer(model, sgd)

@@ -186,6 +186,12 @@ def _loss_returns(fn):
     return t
 
 
+def _signature(method, fn):
+    t = _Broken()
+    setattr(t, method, fn)
+    return t
+
+
 def _random_init():
     t = _Broken()
     gen = torch.Generator().manual_seed(0)
@@ -209,6 +215,14 @@ BAD = {
     "model without params": (lambda: _make_model_returns(nn.ReLU()), gossamer.TaskError, "no trainable parameters"),
     "model not deterministic": (_random_init, gossamer.TaskError, "not deterministic"),
     "shard without next_batch": (lambda: _shard_returns([1, 2]), gossamer.TaskError, "next_batch"),
+    "shard without seed": (lambda: _signature("shard", lambda peer, n_peers: None), gossamer.TaskError,
+                           "shard must accept shard\\(peer, n_peers, \\*, seed\\)"),
+    "make_model without seed": (lambda: _signature("make_model", lambda: nn.Linear(6, 1)), gossamer.TaskError,
+                                "make_model must accept make_model\\(seed\\)"),
+    "loss without batch": (lambda: _signature("loss", lambda model: None), gossamer.TaskError,
+                           "loss must accept loss\\(model, batch\\)"),
+    "evaluate with an extra argument": (lambda: _signature("evaluate", lambda model, data: None), gossamer.TaskError,
+                                        "evaluate must accept evaluate\\(model\\)"),
     "loss a float": (lambda: _loss_returns(lambda m, b: 1.5), gossamer.TaskError, "loss\\(model, batch\\) must return a scalar"),
     "loss detached": (lambda: _loss_returns(lambda m, b: LinReg.loss(None, m, b).detach()), gossamer.TaskError,
                       "does not require grad"),

@@ -271,13 +271,23 @@ def peer_run_options(algorithm: str, task: str, *, steps: int | None, inner_step
     return steps, options
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity where the OS has one
+    (``taskset``, a container's cpuset), else every core of the machine."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def default_threads(cores: int | None = None) -> int:
-    """A peer's default torch thread count: a quarter of ``cores`` (this machine's), at least 1.
+    """A peer's default torch thread count: a quarter of ``cores`` (the cores this
+    process may use, ``usable_cores``), at least 1.
 
     Several peers often share one machine (tests, demos, a lab box); torch's own
     default (every core, per process) oversubscribes it: 3 peers on 2 cores took
     212 s for 20 rounds with it and 11 s with one thread each."""
-    return max(1, (cores if cores is not None else (os.cpu_count() or 1)) // 4)
+    return max(1, (cores if cores is not None else usable_cores()) // 4)
 
 
 async def _peer(args: argparse.Namespace) -> int:

@@ -33,7 +33,8 @@ never passes it otherwise).
 Contract of this module:
 
 * ``check_task(obj)`` checks the shape of the object without calling its
-  code: the four methods exist and are callable, the optional attributes
+  code: the four methods exist, are callable and accept the arguments
+  gossamer passes (where their signature can be read), the optional attributes
   have the right types. It raises ``TaskError`` naming the task and the
   first thing wrong (a class passed instead of an instance, a missing
   method, ``metric_name = 3`` ...).
@@ -73,6 +74,14 @@ __all__ = ["REQUIRED_METHODS", "UserTask", "as_task", "check_task", "is_builtin"
 
 REQUIRED_METHODS = ("make_model", "loss", "shard", "evaluate")
 
+#: how gossamer calls each method (placeholder arguments), and that call's shape for the error message
+_CALLS: tuple[tuple[str, tuple[tuple[Any, ...], dict[str, Any]], str], ...] = (
+    ("make_model", ((0,), {}), "make_model(seed)"),
+    ("loss", ((None, None), {}), "loss(model, batch)"),
+    ("shard", ((0, 1), {"seed": 0}), "shard(peer, n_peers, *, seed)"),
+    ("evaluate", ((None,), {}), "evaluate(model)"),
+)
+
 _OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {
     "metric_name": (str,),
     "metric_higher_is_better": (bool,),
@@ -107,6 +116,15 @@ def check_task(obj: Any) -> None:
     if missing:
         raise TaskError(f"{label} ({type(obj).__name__}) has no method {', '.join(missing)}; "
                         f"a task needs {', '.join(REQUIRED_METHODS)} (docs/own-task.md)")
+    for method, (args, kwargs), shape in _CALLS:
+        try:
+            signature = inspect.signature(getattr(obj, method))
+        except (TypeError, ValueError):  # no signature to read (a builtin or C callable): let the call decide
+            continue
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TaskError(f"{label}: {method} must accept {shape} ({exc})") from None
     name = getattr(obj, "name", None)
     if name is not None and (not isinstance(name, str) or not name.strip()):
         raise TaskError(f"task {type(obj).__name__}: name must be a non-empty string, got {name!r}")

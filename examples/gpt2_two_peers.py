@@ -12,8 +12,9 @@ coordinator, rank = sys.argv[1], int(sys.argv[2])
 steps, context, batch = 60, 64, 8
 torch.manual_seed(0)  # every peer starts from the same weights
 config = GPT2Config(vocab_size=256, n_positions=context, n_embd=64, n_layer=2, n_head=2, bos_token_id=0,
-                    eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, loss_type="ForCausalLM")
+                    eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
 model = GPT2LMHeadModel(config)
+model.loss_type = "ForCausalLM"  # the plain causal-LM loss, without transformers' "unrecognized loss_type" warning
 files = sorted(pathlib.Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[rank::2]  # this peer's shard
 text = torch.tensor(list(b"".join(f.read_bytes() for f in files[:40])), dtype=torch.long)
 

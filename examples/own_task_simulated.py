@@ -60,8 +60,9 @@ results = gossamer.simulate(task=MyDigits(), algorithms=("ddp", "diloco", "spars
 print(f"task: {results.task}")
 ddp_bytes = results.runs[0].bytes_sent_per_peer
 for run in results.runs:
+    ratio = "the baseline" if run.algorithm == "ddp" else f"{ddp_bytes / run.bytes_sent_per_peer:.1f}x fewer bytes than ddp"
     print(f"{run.algorithm:10s} accuracy {run.final_val_metric:6.1%}  {run.bytes_sent_per_peer / 1e3:9.1f} kB sent per peer"
-          f"  ({ddp_bytes / run.bytes_sent_per_peer:7.1f}x less than ddp)")
+          f"  ({ratio})")
 model = MyDigits().make_model(0)
 model.load_state_dict(load_file("my-digits-diloco.safetensors"))  # plain torch, strict
 print("saved diloco model loads:", type(model).__name__)

@@ -35,7 +35,7 @@ def _add_swarm_args(p: argparse.ArgumentParser, *, task_default: str | None) -> 
     p.add_argument("--peers", type=_positive_int, default=None, help="number of simulated peers (default 8)")
     p.add_argument("--steps", type=_positive_int, default=None, help="local steps per peer (default per task)")
     p.add_argument("--inner-steps", type=_positive_int, default=None, help="H: local steps between syncs, for the algorithms that have inner steps")
-    p.add_argument("--link", default=None, help="link model BANDWIDTH,LATENCY[,LOSS], e.g. 100mbit,50ms (default)")
+    p.add_argument("--link", default=None, help="link model UP[/DOWN],LATENCY[,LOSS] (one-way latency; UP alone: symmetric), e.g. 100mbit,50ms (default) or 10mbit/100mbit,20ms")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--iid", action="store_true", default=None, help="iid shards (default)")
     g.add_argument("--alpha", type=_positive_float, default=None, metavar="A",

@@ -313,7 +313,10 @@ class SimulatedSwarm:
         peers: number of peers (>= 1); each needs one ``optimizer(rank, ...)``
             and one thread driving it.
         algorithm, codec, aggregator, tolerate, seed: as in ``gossamer.simulate``.
-        link: ``"BANDWIDTH,LATENCY[,LOSS]"``, e.g. ``"20mbit,20ms"``.
+        link: ``"UP[/DOWN],LATENCY[,LOSS]"`` (docs/concepts.md), e.g. ``"20mbit,20ms"``
+            or ``"10mbit/100mbit,20ms"``. Bytes are the same on every run of a
+            seed; simulated times may vary slightly with the order in which
+            the user threads hand in their steps.
         total_steps: the run's length in local steps (None: until each ``close()``).
         compute_time: simulated seconds per local step (None: the CPU time the
             user's thread spent since its previous step, measured).

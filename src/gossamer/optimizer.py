@@ -53,8 +53,8 @@ from typing import Any
 
 import torch
 
-from .algorithms import ALGORITHMS, make_algorithm
-from .algorithms.base import INNER_OPTIMIZER_OPTIONS, Gradients, check_optimizer
+from .algorithms import ALGORITHMS, check_own_optimizer, make_algorithm
+from .algorithms.base import Gradients, check_optimizer
 from .algorithms.driver import RoundLoop, StepHandoff
 from .errors import ConfigError, PeerError
 
@@ -62,15 +62,7 @@ __all__ = ["Optimizer", "SimulatedSwarm", "SimulatedSwarmReport"]
 
 
 def _check_algorithm(algorithm: str, options: dict[str, Any]) -> dict[str, Any]:
-    if algorithm not in ALGORITHMS:
-        raise ConfigError(f"unknown algorithm {algorithm!r}; accepted: {', '.join(ALGORITHMS)}")
-    refusal = ALGORITHMS[algorithm][0].own_optimizer_refusal
-    if refusal:
-        raise ConfigError(f"{algorithm} cannot run with your own optimizer: {refusal}")
-    clash = sorted(set(options) & set(INNER_OPTIMIZER_OPTIONS))
-    if clash:
-        raise ConfigError(f"option(s) {', '.join(clash)} configure gossamer's own inner optimizer; "
-                          f"with your optimizer, set them on it instead")
+    check_own_optimizer(algorithm, options)
     fields = {f.name for f in dataclasses.fields(ALGORITHMS[algorithm][1])}
     out = dict(options)
     if "grad_clip" in fields:

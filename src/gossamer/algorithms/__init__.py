@@ -57,9 +57,26 @@ def run_options(name: str, *, steps: int, inner_steps: int | None, overrides: di
     return opts
 
 
+def check_own_optimizer(name: str, options: dict[str, Any]) -> None:
+    """Raise ``ConfigError`` unless algorithm ``name`` can run with a user's own
+    inner optimizer (``Algorithm.use_optimizer``) and ``options`` hold none of
+    the options that configure gossamer's own (``INNER_OPTIMIZER_OPTIONS``)."""
+    from .base import INNER_OPTIMIZER_OPTIONS
+
+    if name not in ALGORITHMS:
+        raise ConfigError(f"unknown algorithm {name!r}; accepted: {', '.join(ALGORITHM_NAMES)}")
+    refusal = ALGORITHMS[name][0].own_optimizer_refusal
+    if refusal:
+        raise ConfigError(f"{name} cannot run with your own optimizer: {refusal}")
+    clash = sorted(set(options) & set(INNER_OPTIMIZER_OPTIONS))
+    if clash:
+        raise ConfigError(f"option(s) {', '.join(clash)} configure gossamer's own inner optimizer; "
+                          f"with your optimizer, set them on it instead")
+
+
 def make_algorithm(name: str, model: torch.nn.Module, loss_fn: Any, comm: Communicator, **options: Any) -> Algorithm:
     config = algorithm_config(name, **options)
     return ALGORITHMS[name][0](model, loss_fn, comm, config)
 
 
-__all__ = ["ALGORITHMS", "ALGORITHM_NAMES", "Algorithm", "algorithm_config", "make_algorithm", "run_options"]
+__all__ = ["ALGORITHMS", "ALGORITHM_NAMES", "Algorithm", "algorithm_config", "check_own_optimizer", "make_algorithm", "run_options"]

@@ -117,8 +117,8 @@ from typing import Any
 import torch
 
 from ..aggregate import make_aggregator
-from ..algorithms import ALGORITHMS, Algorithm, algorithm_config, make_algorithm
-from ..algorithms.base import INNER_OPTIMIZER_OPTIONS, check_optimizer
+from ..algorithms import ALGORITHMS, Algorithm, algorithm_config, check_own_optimizer, make_algorithm
+from ..algorithms.base import check_optimizer
 from ..algorithms.driver import RoundLoop, StepHandoff
 from ..comm import make_run_codec
 from ..devices import module_device
@@ -377,13 +377,7 @@ class Peer:
             raise ConfigError(f"unknown algorithm {algorithm!r}; accepted: {', '.join(ALGORITHMS)}")
         algorithm_config(algorithm, **options)  # unknown or invalid options fail here, before joining
         if optimizer is not None:  # the user's own inner optimizer (gossamer.Optimizer)
-            refusal = ALGORITHMS[algorithm][0].own_optimizer_refusal
-            if refusal:
-                raise ConfigError(f"{algorithm} cannot run with your own optimizer: {refusal}")
-            clash = sorted(set(options) & set(INNER_OPTIMIZER_OPTIONS))
-            if clash:
-                raise ConfigError(f"option(s) {', '.join(clash)} configure gossamer's own inner optimizer; "
-                                  f"with your optimizer, set them on it instead")
+            check_own_optimizer(algorithm, options)
             check_optimizer(optimizer, [q for q in model.parameters() if q.requires_grad], what=algorithm)
         self.optimizer = optimizer
         self.model = model

@@ -18,6 +18,22 @@ def _adamw_like_gossamer(model: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
 
 
+def _run_in_background(swarm, train, timeout: float = 60.0) -> list[BaseException] | None:
+    """``swarm.run(train)`` in a thread: the exceptions it raised, or None if it had not ended after ``timeout``."""
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def go() -> None:
+        try:
+            swarm.run(train)
+        except BaseException as exc:
+            errors.append(exc)
+        done.set()
+
+    threading.Thread(target=go, daemon=True).start()
+    return errors if done.wait(timeout) else None
+
+
 def test_own_loop_is_bit_identical_to_the_simulator_running_the_same_algorithm():
     # The same model, data, optimizer and clipping: the user's loop through gossamer.Optimizer must end
     # in the very state the built-in simulator reaches, byte counts included.
@@ -127,18 +143,8 @@ def test_a_failing_user_loop_ends_the_run_instead_of_hanging_the_others():
             seen[rank] = exc
             raise
 
-    done = threading.Event()
-    errors: list[BaseException] = []
-
-    def go() -> None:
-        try:
-            swarm.run(train)
-        except BaseException as exc:
-            errors.append(exc)
-        done.set()
-
-    threading.Thread(target=go, daemon=True).start()
-    assert done.wait(60), "the other peers hung on the failed one"
+    errors = _run_in_background(swarm, train)
+    assert errors is not None, "the other peers hung on the failed one"
     assert isinstance(errors[0], RuntimeError) and "user bug in rank 1" in str(errors[0])
     assert set(seen) == {0, 2} and all("gone" in str(e) for e in seen.values())
     swarm.close()
@@ -161,18 +167,8 @@ def test_a_rank_whose_train_returns_early_ends_the_run_with_a_clear_error(early)
             opt.step()
             opt.zero_grad()
 
-    done = threading.Event()
-    errors: list[BaseException] = []
-
-    def go() -> None:
-        try:
-            swarm.run(train)
-        except BaseException as exc:
-            errors.append(exc)
-        done.set()
-
-    threading.Thread(target=go, daemon=True).start()
-    assert done.wait(60), "the other peers hung on the rank that returned early"
+    errors = _run_in_background(swarm, train)
+    assert errors is not None, "the other peers hung on the rank that returned early"
     want = "without calling swarm.optimizer\\(2" if early == "no optimizer" else "after 7 of total_steps=10 steps"
     assert isinstance(errors[0], gossamer.ConfigError) and re.search(want, str(errors[0]))
     swarm.close()

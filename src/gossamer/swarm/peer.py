@@ -117,6 +117,7 @@ from typing import Any
 import torch
 
 from ..aggregate import make_aggregator
+from ..aio import cancel_and_wait
 from ..algorithms import ALGORITHMS, Algorithm, algorithm_config, check_own_optimizer, make_algorithm
 from ..algorithms.base import check_optimizer
 from ..algorithms.driver import RoundLoop, StepHandoff
@@ -789,9 +790,7 @@ class Peer:
             stop.cancel()
         if task.done():
             return task.result()
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
+        await cancel_and_wait(task)
         raise _Stopping()
 
     def _state_deadline(self) -> float:
@@ -1083,13 +1082,7 @@ class Peer:
                 raise _Rejoin(str(err)) from None
             return {"decision": "abort", "reason": str(err)}
         finally:
-            for task in (sync, outcome):
-                if not task.done():
-                    task.cancel()
-                    with contextlib.suppress(BaseException):
-                        await task
-                elif not task.cancelled():
-                    task.exception()  # retrieved: a failure here was already acted on
+            await cancel_and_wait(sync, outcome)  # a failure of either was already acted on
 
     async def _committed_round(self, decision: dict[str, Any], group_size: int,
                                cand: tuple[int, str, dict[str, Any]] | None = None) -> None:

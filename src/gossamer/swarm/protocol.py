@@ -72,6 +72,7 @@ from typing import Any
 
 import msgpack
 
+from ..aio import cancel_and_wait
 from ..errors import GossamerError, PeerError, ProtocolError
 from ..transport.base import Tag
 from ..transport.frame import encode_frame, read_frame
@@ -339,8 +340,4 @@ class CoordinatorClient:
         return resp
 
     async def close(self) -> None:
-        self._reader.cancel()
-        try:
-            await self._reader
-        except (asyncio.CancelledError, Exception):
-            pass
+        await cancel_and_wait(self._reader)

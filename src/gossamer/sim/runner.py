@@ -101,6 +101,7 @@ from ..comm.audit import AuditFailed, KeyBook, audit_report
 from ..comm.byzantine import ATTACKS as OWNER_ATTACKS
 from ..comm.byzantine import make_behaviour
 from .adversary import Adversary, Collusion
+from .churn import ChurnControl
 from .trust import Excluded, SimTrust
 from .scenario import Scenario
 
@@ -135,6 +136,7 @@ class _PeerLog:
     time_at: dict[int, float] = field(default_factory=dict)
     round_bytes: list[int] = field(default_factory=list)
     hashes: list[str] = field(default_factory=list)
+    rounds: list[int] = field(default_factory=list)  # the swarm round of each hash (with churn: not all)
 
 
 class _PeerTracer:
@@ -223,7 +225,7 @@ def check_before_training(task: Any, scenario: Scenario) -> None:
     (``ShardError``); for a user's task also that ``make_model`` is
     deterministic and that one batch goes through ``loss`` on the run's
     device (``TaskError`` naming what is wrong)."""
-    shard = task.shard(scenario.peers - 1, scenario.peers, seed=scenario.seed)  # fails now if the data cannot be split
+    shard = task.shard(scenario.slots - 1, scenario.slots, seed=scenario.seed)  # fails now if the data cannot be split
     if not isinstance(task, UserTask):
         return
     model = task.make_model(scenario.seed)
@@ -277,44 +279,50 @@ async def _run(scenario: Scenario, algorithm: str, task: Any, progress: Progress
     net = SimNetwork(scenario.link_spec, seed=scenario.seed, coordinator=scenario.coordinator_spec)
     if peer_ids is None and scenario.peer_ids is not None:
         peer_ids = list(scenario.peer_ids)
-    ids = list(peer_ids) if peer_ids is not None else [f"p{i}" for i in range(scenario.peers)]
-    if len(ids) != scenario.peers or len(set(ids)) != len(ids):
-        raise ConfigError(f"peer_ids must be {scenario.peers} distinct ids, got {ids}")
-    group = tuple(ids)
+    ids = list(peer_ids) if peer_ids is not None else [f"p{i}" for i in range(scenario.slots)]
+    if len(ids) != scenario.slots or len(set(ids)) != len(ids):
+        raise ConfigError(f"peer_ids must be {scenario.slots} distinct ids, got {ids}")
+    first = ids[:scenario.peers]  # the peers that start the run; the rest are churn's joiner slots
+    group = tuple(first)
     options = scenario.options_for(algorithm)
-    byzantine = ids[len(ids) - scenario.byzantine :] if scenario.byzantine else []
+    byzantine = first[len(first) - scenario.byzantine :] if scenario.byzantine else []
     attack = scenario.make_attack()
     adversary: Any = None
     if attack is not None:
         adversary = Collusion(attack, byzantine, seed=scenario.seed) if scenario.collude else \
-            Adversary(attack, [p for p in ids if p not in byzantine], byzantine, seed=scenario.seed)
+            Adversary(attack, [p for p in first if p not in byzantine], byzantine, seed=scenario.seed)
     robust = scenario.aggregator != "mean" or scenario.byzantine > 0 or bool(scenario.tolerate)
     protocol_attack = scenario.protocol_attack()
     device = resolve_device(scenario.device)
-    peers = []
-    for i, pid in enumerate(ids):
+
+    def build(i: int, pid: str, clock: float = 0.0) -> _Peer:
+        """Peer ``i`` (its slot): model, communicator on the network, algorithm, shard."""
         model = task.make_model(scenario.seed)
         if init_state is not None:
             _load_state(model, init_state)
         model.to(device)
         codec = make_run_codec(scenario.codec_for(algorithm))
         aggregator = make_aggregator(scenario.aggregator, scenario.tolerate, seed=scenario.seed) if robust else None
-        comm = Communicator(net.add_peer(pid, link=scenario.peer_link(i)), group, codec=codec, aggregator=aggregator, seed=scenario.seed,
-                            device=device)
+        link = scenario.peer_link(i) if i < scenario.peers else scenario.link_spec
+        comm = Communicator(net.add_peer(pid, link=link, clock=clock), group if i < scenario.peers else (pid,),
+                            codec=codec, aggregator=aggregator, seed=scenario.seed, device=device)
         if adversary is not None:
             comm.contribution_hook = adversary.hook_for(pid, comm) if scenario.collude else adversary.hook_for(pid)
         if scenario.audit:
-            comm.keybook = KeyBook.simulated(pid, ids, scenario.seed)
+            comm.keybook = KeyBook.simulated(pid, first, scenario.seed)
             comm.audit_shadows = scenario.audit
             if pid in byzantine and protocol_attack in OWNER_ATTACKS:
                 comm.behaviour = make_behaviour(protocol_attack)
         algo = make_algorithm(algorithm, model, task.loss, comm, **options)
         poisoned = pid in byzantine and attack is not None and attack.data_poisoning
-        shard = task.shard(i, scenario.peers, seed=scenario.seed, label_flip=poisoned)
-        peers.append((pid, algo, shard, comm))
+        shard = task.shard(i, scenario.slots, seed=scenario.seed, label_flip=poisoned)
+        return (pid, algo, shard, comm)
+
+    peers = [build(i, pid) for i, pid in enumerate(first)]
     trace = _open_trace(scenario, algorithm, peers, byzantine, options)
     try:
-        return await _simulate(scenario, algorithm, task, progress, keep_state, peers, byzantine, options, trace, wall0)
+        return await _simulate(scenario, algorithm, task, progress, keep_state, peers, byzantine, options, trace, wall0,
+                               build=build, slots=ids)
     finally:
         if trace is not None:
             trace.close()
@@ -345,8 +353,10 @@ def _open_trace(scenario: Scenario, algorithm: str, peers: list[_Peer], byzantin
 
 async def _simulate(scenario: Scenario, algorithm: str, task: Any, progress: Progress | None, keep_state: bool,
                     peers: list[_Peer], byzantine: list[str], options: dict[str, Any], trace: TraceWriter | None,
-                    wall0: float) -> RunResult:
-    """The round loops of all peers, then the result (``trace``: see the module docstring)."""
+                    wall0: float, *, build: Callable[..., _Peer] | None = None,
+                    slots: list[str] | None = None) -> RunResult:
+    """The round loops of all peers, then the result (``trace``: see the module docstring).
+    ``build(slot, pid, clock)`` makes a joiner (churn); ``slots`` every peer id of the run."""
     ids = [p[0] for p in peers]
     honest_ids = [p for p in ids if p not in byzantine]
     lie = scenario.protocol_attack()
@@ -382,14 +392,19 @@ async def _simulate(scenario: Scenario, algorithm: str, task: Any, progress: Pro
             self.plog = logs[pid]
             self.sent_before_round = 0
             self.tracer = _PeerTracer(trace, pid, comm) if trace is not None else None
-            self.compute_scale = scenario.compute_scale(idx)
+            self.compute_scale = scenario.compute_scale(idx) if idx < scenario.peers else 1.0
             self.control = control
+            self.sat_out = self.failed = False
+            self.round_no = 0
 
         async def local_step(self, batch: Any) -> float:
             t0 = time.perf_counter()
             loss = self.algo.step(batch)
             elapsed = time.perf_counter() - t0
             charged = (scenario.compute_time if scenario.compute_time is not None else elapsed) * self.compute_scale
+            if churn is not None:
+                charged *= churn.compute_factor(self.pid)
+                churn.computed(self.pid, charged)
             self.comm.transport.compute(charged)
             if self.tracer is not None:
                 self.tracer.computed(charged)
@@ -399,7 +414,9 @@ async def _simulate(scenario: Scenario, algorithm: str, task: Any, progress: Pro
             if self.tracer is not None:
                 self.tracer.sync_started()
             transport = self.comm.transport
-            if self.control is None:
+            if churn is not None:
+                await self._churn_sync()
+            elif self.control is None:
                 await self._sync()
             else:  # the swarm's round around the sync: the coordinator's barrier, then its decision
                 rnd = len(self.plog.hashes)
@@ -408,6 +425,23 @@ async def _simulate(scenario: Scenario, algorithm: str, task: Any, progress: Pro
                 transport.advance_to(await self.control.rendezvous(("done", rnd), self.pid, transport.now(), self.comm.group))
             if scenario.round_overhead:
                 transport.compute(scenario.round_overhead)
+
+        async def _churn_sync(self) -> None:
+            """A round under churn: the simulated coordinator's barrier decides who syncs."""
+            assert churn is not None
+            transport = self.comm.transport
+            rnd = churn.round
+            start = await churn.ready(self.pid, rnd, transport.now())
+            if start.kind == "dead":
+                raise _Failed(self.pid)
+            transport.advance_to(start.t)
+            if start.kind == "out":
+                self.sat_out = True  # the state of the round it missed is already loaded
+                return
+            self.comm.regroup(start.group, epoch=start.epoch)
+            await self.algo.synchronize()
+            transport.advance_to(await churn.done(self.pid, transport.now()))
+            self.round_no = rnd
 
         async def _sync(self) -> None:
             if trust is None:
@@ -445,15 +479,25 @@ async def _simulate(scenario: Scenario, algorithm: str, task: Any, progress: Pro
                 await super().run()
             except Excluded:
                 self.excluded = True
+            except _Failed:
+                self.failed = True
+            finally:
+                if churn is not None:
+                    churn.finished(self.pid)
 
         def after_sync(self) -> None:
+            if self.sat_out:
+                self.sat_out = False
+                return
+            rnd = len(self.plog.hashes) if churn is None else self.round_no
+            self.plog.rounds.append(rnd)
             sent = self.comm.transport.counters.sent.total
             self.plog.round_bytes.append(sent - self.sent_before_round)
             self.sent_before_round = sent
             self.plog.hashes.append(self.algo.shared_hash())
             if self.tracer is not None:
                 keep_hash = self.algo.bit_parity and self.pid not in byzantine
-                self.tracer.round_done(len(self.plog.hashes) - 1, self.last_loss,
+                self.tracer.round_done(rnd, self.last_loss,
                                        self.plog.hashes[-1] if keep_hash else None)
 
         def after_step(self, loss: float) -> None:
@@ -461,24 +505,55 @@ async def _simulate(scenario: Scenario, algorithm: str, task: Any, progress: Pro
             if done in points:
                 self.plog.bytes_at[done] = self.comm.transport.counters.sent.total
                 self.plog.time_at[done] = self.comm.transport.now()
-                if self.idx == 0:
-                    evaluate(self.algo, done)
-            if self.idx == 0 and progress is not None:
+                if self.idx == 0 if churn is None else done not in curve_eval:
+                    evaluate(self.algo, done)  # with churn: the first peer there (peer 0 may be gone)
+            if progress is not None and (self.idx == 0 if churn is None else done > progressed[0]):
+                progressed[0] = done
                 progress(algorithm, done, steps)
 
     control = peers[0][3].transport.network.control if peers else None
-    loops = [SimPeerLoop(i, *p) for i, p in enumerate(peers)]
+    progressed = [0]
+    churn: ChurnControl | None = None
+    tasks: list[asyncio.Task[None]] = []
+    loops: list[Any] = []
+    if scenario.churn is not None:
+        assert build is not None and slots is not None
+        churn = _churn_control(scenario, task, peers, slots, build, logs, tasks, loops,
+                               lambda *a: SimPeerLoop(*a))
+    loops.extend(SimPeerLoop(i, *p) for i, p in enumerate(peers))
     evaluate(peers[0][1], 0)
     for pid in ids:
         logs[pid].bytes_at[0], logs[pid].time_at[0] = 0, 0.0
-    await asyncio.gather(*(loop.run() for loop in loops))
+    tasks.extend(asyncio.ensure_future(loop.run()) for loop in loops)
+    while True:  # joiners add their loops as they are admitted
+        pending = [t for t in tasks if not t.done()]
+        if not pending:
+            break
+        await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+        for t in tasks:
+            if t.done() and not t.cancelled() and t.exception() is not None:
+                for other in tasks:
+                    other.cancel()
+                raise t.exception()  # type: ignore[misc]
+    if churn is not None:  # joiners: their logs, and the final state comes from those still in the swarm
+        peers = [(loop.pid, loop.algo, None, loop.comm) for loop in loops]
+        ids = [p[0] for p in peers]
     for loop in loops:
         if loop.tracer is not None:
             loop.tracer.finished(len(loop.plog.hashes))
 
     if trust is not None:  # the excluded stopped early: compare the peers that stayed
         honest_ids = [p for p in honest_ids if p not in trust.excluded]
-    hashes_equal = all(logs[pid].hashes == logs[honest_ids[0]].hashes for pid in honest_ids)
+    if churn is None:
+        hashes_equal = all(logs[pid].hashes == logs[honest_ids[0]].hashes for pid in honest_ids)
+        stayed = peers
+    else:  # every member of a committed round holds the same state after it
+        by_round: dict[int, set[str]] = {}
+        for pid in ids:
+            for r, h in zip(logs[pid].rounds, logs[pid].hashes):
+                by_round.setdefault(r, set()).add(h)
+        hashes_equal = all(len(v) == 1 for v in by_round.values())
+        stayed = [p for p, loop in zip(peers, loops) if not loop.failed] or peers[:1]
     if not hashes_equal and peers[0][1].bit_parity:
         log.error("state hashes diverged between peers in %s", algorithm)
     curve = []
@@ -494,14 +569,14 @@ async def _simulate(scenario: Scenario, algorithm: str, task: Any, progress: Pro
             )
         )
     final = curve[-1]
-    final_hashes = [p[1].shared_hash() for p in peers]
+    final_hashes = [p[1].shared_hash() for p in stayed]
     final_hash = final_hashes[0] if peers[0][1].bit_parity else combined_hash(final_hashes)
     final_params = None
     if keep_state:
-        final_params = [p.detach().to("cpu", copy=True) for p in peers[0][1].eval_model().parameters() if p.requires_grad]
+        final_params = [p.detach().to("cpu", copy=True) for p in stayed[0][1].eval_model().parameters() if p.requires_grad]
     saved = scenario.save_path(algorithm)
     if saved is not None:
-        save_model(peers[0][1].eval_model(), saved, metadata={"task": scenario.task_name, "algorithm": algorithm,
+        save_model(stayed[0][1].eval_model(), saved, metadata={"task": scenario.task_name, "algorithm": algorithm,
                                                               "seed": str(scenario.seed), "steps": str(steps)})
     result = RunResult(
         algorithm=algorithm,
@@ -515,7 +590,7 @@ async def _simulate(scenario: Scenario, algorithm: str, task: Any, progress: Pro
         sim_time_s=max(p[3].transport.now() for p in peers),
         wall_time_s=time.perf_counter() - wall0,
         steps=steps,
-        rounds=len(logs[ids[0]].hashes),
+        rounds=len(logs[ids[0]].hashes) if churn is None else len(churn.rounds),
         curve=curve,
         extra={
             "metric_name": task.metric_name,
@@ -537,7 +612,49 @@ async def _simulate(scenario: Scenario, algorithm: str, task: Any, progress: Pro
             "aborts": trust.aborts if trust is not None else 0,
             "device": scenario.device,
             **({"saved_model": str(saved)} if saved is not None else {}),
+            **({"churn": churn.summary(max(p[3].transport.now() for p in peers))} if churn is not None else {}),
         },
     )
     result.final_params = final_params
     return result
+
+
+class _Failed(Exception):
+    """A simulated peer failed (churn): its round loop ends."""
+
+
+def _churn_control(scenario: Scenario, task: Any, peers: list[_Peer], slots: list[str],
+                   build: Callable[..., _Peer], logs: dict[str, _PeerLog], tasks: list[asyncio.Task[None]],
+                   loops: list[Any], make_loop: Callable[..., Any]) -> ChurnControl:
+    """The simulated coordinator of a run with ``scenario.churn``; joiners are
+    built with ``build`` when admitted, get the committed shared state of a
+    member, and their loops are appended to ``loops`` and ``tasks``."""
+    assert scenario.churn is not None
+    algos = {p[0]: p[1] for p in peers}
+    net = peers[0][3].transport.network
+    state_bits = 8 * sum(t.numel() * t.element_size() for t in peers[0][1].shared_state())
+
+    def transfer_time(src: str, dst: str) -> float:
+        path = net.link(src, dst)
+        return path.latency_s + state_bits / min(path.up_bps, float(path.down_bps))
+
+    kept: dict[str, Any] = {}
+
+    def committed(source: str) -> None:  # what a member serves: the state of the last commit
+        kept["shared"] = algos[source].state_dict()["shared"]
+
+    def spawn(slot: int, clock: float) -> None:
+        pid = slots[slot]
+        p = build(slot, pid, clock)
+        p[1].load_state_dict({"shared": kept["shared"]})  # a joiner's view: its local state derived
+        algos[pid] = p[1]
+        logs[pid] = _PeerLog()
+        loop = make_loop(slot, *p)
+        loops.append(loop)
+        tasks.append(asyncio.ensure_future(loop.run()))
+
+    def adopt(pid: str) -> None:
+        algos[pid].load_state_dict({"shared": kept["shared"]})
+
+    return ChurnControl(scenario.churn, slots, scenario.peers, seed=scenario.seed, transfer_time=transfer_time,
+                        committed=committed, spawn=spawn, adopt=adopt, samples_per_step=getattr(task, "samples_per_batch", None))

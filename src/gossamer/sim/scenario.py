@@ -55,6 +55,13 @@ TOML keys are the field names below, e.g.::
                           # fraction = 0.25 (the same, round(0.25 * peers) of them) or ranks = [0, 5]
     link = "10mbit/50mbit,40ms"   # their own access link (default: `link`)
     compute_scale = 2.0   # their compute time per step times this (2.0: half as fast; default 1)
+    [churn]               # failures, joins and stragglers (sim/churn.py, docs/concepts.md "Churn")
+    mtbf = 3600           # each peer fails after Exp(mtbf) simulated seconds online
+    joins_per_hour = 4    # new peers arrive as a Poisson process (at most max_joins, default: peers)
+    stragglers = 0.1      # probability that a peer is slow in a round ...
+    slowdown = "pareto:1.5"   # ... and by what factor: fixed:F, uniform:A,B, lognormal:SIGMA, pareto:ALPHA
+    straggler_grace = 10.0    # the coordinator's straggler deadline floor, s (as --straggler-grace)
+    events = [{round = 3, peer = 1, kind = "crash"}]  # and/or an exact schedule (leave, crash, join, slow)
     [task_options]        # passed to the task (batch_size, layers, ...)
     [algorithm_options.diloco]
     outer_lr = 0.7
@@ -76,6 +83,7 @@ from ..errors import ConfigError
 from ..tasks import TASK_NAMES
 from ..tasks.protocol import check_task, is_builtin, supports_label_flip, task_name
 from ..transport.sim import LinkSpec
+from .churn import Churn
 
 
 #: Defaults per task: steps, inner steps, evaluation points. Chosen so the
@@ -102,6 +110,7 @@ class Scenario:
     coordinator: str | None = None
     round_overhead: float = 0.0
     peer_profiles: tuple[dict[str, Any], ...] = ()
+    churn: Any = None
     iid: bool = True
     alpha: float | None = None
     seed: int = 0
@@ -136,11 +145,19 @@ class Scenario:
         _positive_int("peers", self.peers)
         if self.peers < 2:
             raise ConfigError(f"peers must be >= 2 for a swarm, got {self.peers}")
+        churn = Churn.parse(self.churn)
+        if churn is not None and not churn.active:
+            churn = None
+        object.__setattr__(self, "churn", churn)
+        if churn is not None:
+            churn.check_for(self.peers)
         if self.peer_ids is not None:
             ids = tuple(str(x) for x in self.peer_ids)
             object.__setattr__(self, "peer_ids", ids)
-            if len(ids) != self.peers or len(set(ids)) != len(ids):
-                raise ConfigError(f"peer_ids must be {self.peers} distinct ids (one per peer, in rank order), got {len(ids)}")
+            if len(ids) != self.slots or len(set(ids)) != len(ids):
+                joiners = f" and {self.slots - self.peers} joiner slot(s)" if self.slots != self.peers else ""
+                raise ConfigError(f"peer_ids must be {self.slots} distinct ids (one per peer{joiners}, in slot order), "
+                                  f"got {len(ids)}")
         if self.steps is None:
             if defaults["steps"] is None:
                 raise ConfigError(f"steps is required with your own task {self.task_name!r}: give steps=N "
@@ -172,6 +189,7 @@ class Scenario:
             raise ConfigError(f"compute_time must be > 0 seconds per step, got {self.compute_time}")
         object.__setattr__(self, "device", str(resolve_device(self.device)))
         self._check_robustness()
+        self._check_churn()
         self._check_trace()
         self._check_save()
         unknown = sorted(set(self.algorithm_options) - set(ALGORITHM_NAMES))
@@ -182,6 +200,21 @@ class Scenario:
         for a in algos:
             algorithm_config(a, **self.options_for(a))
             ALGORITHMS[a][0].check_codec(self.codec_for(a))
+
+    @property
+    def slots(self) -> int:
+        """Peers the run may have: ``peers`` plus the joiner slots of ``churn``."""
+        return self.peers + (self.churn.join_slots(self.peers) if self.churn is not None else 0)
+
+    def _check_churn(self) -> None:
+        if self.churn is None:
+            return
+        no_group = [a for a in self.algorithms if a in ("gossip", "noloco")]
+        if no_group:
+            raise ConfigError(f"churn is modelled for algorithms whose members agree on one state each round; "
+                              f"{', '.join(no_group)} have no swarm-wide round (drop them or the churn table)")
+        if self.audit or self.byzantine:
+            raise ConfigError("churn with audit or Byzantine peers is not modelled yet: run them separately")
 
     def _check_task(self) -> dict[str, int | None]:
         """Check ``task`` (and the task-only fields); return its step defaults."""
@@ -212,7 +245,9 @@ class Scenario:
         """The fields as plain data (a task object by its name), e.g. for a trace's metadata."""
         out: dict[str, Any] = {"task": self.task_name}
         for f in dataclasses.fields(self):
-            if f.name != "task":
+            if f.name == "churn":
+                out[f.name] = self.churn.as_dict() if self.churn is not None else None
+            elif f.name != "task":
                 out[f.name] = copy.deepcopy(getattr(self, f.name))
         return out
 

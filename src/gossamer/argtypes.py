@@ -37,6 +37,20 @@ def positive_float(text: str) -> float:
     return value
 
 
+def nonneg_float(text: str) -> float:
+    value = float(_number(text, float, "a number >= 0"))
+    if not (value >= 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {value}")
+    return value
+
+
+def probability(text: str) -> float:
+    value = float(_number(text, float, "a probability in [0, 1]"))
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {value}")
+    return value
+
+
 def check_writable(path: str) -> None:
     """Fail before any work when ``path`` cannot be written (missing or
     read-only folder): ``ConfigError`` naming the folder."""

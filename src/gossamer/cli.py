@@ -12,7 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from .argtypes import nonneg_float as _nonneg_float
 from .argtypes import nonneg_int as _nonneg_int
+from .argtypes import probability as _probability
 from .argtypes import positive_float as _positive_float
 from .argtypes import check_writable as _check_writable
 from .argtypes import help_naming_algorithms
@@ -76,6 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
                           "model.load_state_dict(safetensors.torch.load_file(PATH)) (several algorithms: one file each, named as --trace's)")
     add_device_argument(sim)
     _add_swarm_args(sim, task_default=None)
+    churn = sim.add_argument_group("churn (docs/concepts.md#churn; also the [churn] table of a scenario file)")
+    churn.add_argument("--mtbf", type=_positive_float, default=None, metavar="SECONDS",
+                       help="each peer fails after Exp(SECONDS) of simulated time online")
+    churn.add_argument("--joins-per-hour", type=_nonneg_float, default=None, metavar="N",
+                       help="new peers arrive as a Poisson process, N per simulated hour (at most --max-joins)")
+    churn.add_argument("--max-joins", type=_nonneg_int, default=None, metavar="N", help="at most N peers join (default: --peers)")
+    churn.add_argument("--stragglers", type=_probability, default=None, metavar="P",
+                       help="probability that a peer is slow in a round ...")
+    churn.add_argument("--slowdown", default=None, metavar="DIST",
+                       help="... and by what factor: fixed:F, uniform:A,B, lognormal:SIGMA or pareto:ALPHA (default pareto:1.5)")
+    churn.add_argument("--straggler-grace", type=_nonneg_float, default=None, metavar="SECONDS",
+                       help="the coordinator's straggler deadline floor, as `gossamer coordinator --straggler-grace` (default 10)")
 
     bench = sub.add_parser("bench", help="benchmarks that print ratios against a baseline measured in the same run")
     bench.set_defaults(bench_help=bench.format_help)
@@ -635,6 +649,14 @@ def _scenario_from_args(args: argparse.Namespace, *, algorithms: str | None) -> 
         if "inner_steps" in options and args.inner_steps is not None:
             raise ConfigError("inner_steps given twice (--inner-steps and --option inner_steps=...): give it once")
         scenario = _with_options(scenario, options)
+    flags = {k: getattr(args, k, None) for k in ("mtbf", "joins_per_hour", "max_joins", "stragglers", "slowdown",
+                                                   "straggler_grace")}
+    flags = {k: v for k, v in flags.items() if v is not None}
+    if flags:  # the flags override the scenario file's [churn] table key by key
+        import dataclasses
+
+        churn = scenario.churn.as_dict() if scenario.churn is not None else {}
+        scenario = dataclasses.replace(scenario, churn=churn | flags)
     return scenario
 
 
@@ -692,7 +714,8 @@ def _results_table(results: Any, *, title: str, baseline: str = "algorithm") -> 
     # a task whose metric is its loss (charlm) gets one column, named with the unit
     loss_only = bool(results.runs) and all(m.startswith("val_loss") for m in metrics)
     loss_col = metric_col if loss_only else "val loss"
-    for col in ("algorithm", "codec", loss_col, *(() if loss_only else (metric_col,)), "bytes/peer", "vs dense" if baseline == "codec" else "vs ddp", "peak/round", "rounds", "sim time", "wall time", "parity"):
+    churn = any("churn" in r.extra for r in results.runs)
+    for col in ("algorithm", "codec", loss_col, *(() if loss_only else (metric_col,)), "bytes/peer", "vs dense" if baseline == "codec" else "vs ddp", "peak/round", "rounds", "sim time", *(("goodput", "fail/join/late") if churn else ()), "wall time", "parity"):
         table.add_column(col, justify="left" if col in ("algorithm", "codec") else "right")
     for r in results.runs:
         ratio = f"{base.bytes_sent_per_peer / r.bytes_sent_per_peer:,.1f}x less" if base and r.bytes_sent_per_peer else "-"
@@ -709,10 +732,19 @@ def _results_table(results: Any, *, title: str, baseline: str = "algorithm") -> 
             _human_bytes(r.peak_bytes_per_round),
             str(r.rounds),
             _human_time(r.sim_time_s),
+            *((_churn_cells(r.extra.get("churn")) if churn else ())),
             _human_time(r.wall_time_s),
             _parity(r),
         )
     return table
+
+
+def _churn_cells(c: dict[str, Any] | None) -> tuple[str, str]:
+    """Goodput (committed compute / all compute) and the fault counts of a run with churn."""
+    if not c:
+        return "-", "-"
+    done = "" if c.get("completed", True) else " (all failed)"
+    return f"{c['goodput']:.0%}", f"{c['failures']}/{c['joins']}/{c['sat_out']}{done}"
 
 
 def _metric_label(metric_name: str) -> str:
@@ -734,6 +766,12 @@ def _scenario_details(scenario: Any) -> str:
         parts.append(f"aggregator {scenario.aggregator}" + (f" (tolerates {scenario.tolerate})" if scenario.tolerate != scenario.byzantine else ""))
     if scenario.audit:
         parts.append(f"audited ({scenario.audit} auditor/chunk)")
+    c = getattr(scenario, "churn", None)
+    if c is not None:
+        bits = [f"mtbf {c.mtbf:g} s" if c.mtbf else "", f"{c.joins_per_hour:g} joins/h" if c.joins_per_hour else "",
+                f"stragglers {c.stragglers:g} x {c.slowdown}" if c.stragglers else "",
+                f"{len(c.events)} scheduled faults" if c.events else ""]
+        parts.append("churn: " + ", ".join(b for b in bits if b) + f" (grace {c.straggler_grace:g} s)")
     return "".join(", " + p for p in parts)
 
 

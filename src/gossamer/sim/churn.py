@@ -426,12 +426,14 @@ class ChurnControl:
         else:  # a quorum is ready: the rest have the straggler deadline from the first ready
             deadline = max(times[n // 2], times[0] + self._straggler_deadline())
             start = times[-1] if len(ready) == n and times[-1] <= deadline else deadline
-        back = [s for s in away if (s.away or 0.0) < start]
-        if back:  # between rounds: they rejoin and compute this round; the barrier waits for them
-            source = ready[0].pid if ready else None
+        back = [s for s in away if (s.away or 0.0) < min(start, times[-1])]
+        if back:  # back while others still compute: they rejoin and compute this round; the barrier waits
             for s in back:
-                self._resume(s, source, (s.away or 0.0), r)
+                self._resume(s, ready[0].pid, (s.away or 0.0), r)
             return
+        early = [s.away or 0.0 for s in away if (s.away or 0.0) < start]
+        if early:  # back once the rest are ready: its rejoin (a leave, then a join) starts the round without it
+            start = min(early)
         late = [s for s in ready if (s.ready_at or 0.0) > start]
         group_slots = [s for s in ready if (s.ready_at or 0.0) <= start]
         if not late and not away:
@@ -557,6 +559,7 @@ class ChurnControl:
             "compute_s": self.compute_total,
             "committed_compute_s": self.compute_committed,
             "committed_rounds": len(self.rounds),
+            "completed": any(s.finished and s.alive for s in self.members.values()),
             "aborted_attempts": self.aborts,
             "failures": self.failures,
             "joins": sum(1 for e in self.events if e.kind == "join"),

@@ -557,7 +557,11 @@ async def _simulate(scenario: Scenario, algorithm: str, task: Any, progress: Pro
     if not hashes_equal and peers[0][1].bit_parity:
         log.error("state hashes diverged between peers in %s", algorithm)
     curve = []
+    if churn is not None and steps not in curve_eval:  # every peer failed before the end: the curve stops there
+        log.warning("%s: every peer failed by step %d of %d (churn)", algorithm, max(curve_eval), steps)
     for s in points:
+        if s not in curve_eval:
+            continue
         vl, vm = curve_eval[s]
         curve.append(
             CurvePoint(

@@ -212,7 +212,8 @@ class Scenario:
         no_group = [a for a in self.algorithms if a in ("gossip", "noloco")]
         if no_group:
             raise ConfigError(f"churn is modelled for algorithms whose members agree on one state each round; "
-                              f"{', '.join(no_group)} have no swarm-wide round (drop them or the churn table)")
+                              f"{' and '.join(no_group)} {'have' if len(no_group) > 1 else 'has'} no swarm-wide round "
+                              f"(drop {'them' if len(no_group) > 1 else 'it'} or the churn)")
         if self.audit or self.byzantine:
             raise ConfigError("churn with audit or Byzantine peers is not modelled yet: run them separately")
 

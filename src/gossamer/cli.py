@@ -175,6 +175,21 @@ def build_parser() -> argparse.ArgumentParser:
     par.add_argument("--seed", type=_nonneg_int, default=0)
     par.add_argument("--json", dest="json_out", metavar="PATH")
 
+    chb = bsub.add_parser("churn", help="one fault schedule in the simulator and in a real loopback swarm: the same committed rounds and final state")
+    chb.add_argument("--schedule", default=None, metavar="JSON",
+                     help="a JSON list of {round, peer, kind[, factor]} (kinds: leave, crash, join, slow; peers 0..P-1 start, "
+                          "P.. join), a file of it, or a `gossamer simulate --json` results file with churn (default: a built-in schedule)")
+    chb.add_argument("--algorithm", default="diloco")
+    chb.add_argument("--task", default="digits")
+    chb.add_argument("--peers", type=_positive_int, default=4)
+    chb.add_argument("--rounds", type=_positive_int, default=12)
+    chb.add_argument("--inner-steps", type=_positive_int, default=4)
+    chb.add_argument("--step-sleep", type=_positive_float, default=0.05, metavar="SECONDS",
+                     help="the real peers' compute per step, and the simulator's compute_time (default 0.05)")
+    chb.add_argument("--straggler-grace", type=_nonneg_float, default=1.0, metavar="SECONDS")
+    chb.add_argument("--seed", type=_nonneg_int, default=0)
+    chb.add_argument("--json", dest="json_out", metavar="PATH")
+
     soak = bsub.add_parser("soak", help="a loopback swarm under random faults: divergent, lost, livelocked rounds and memory")
     soak.add_argument("--faults", type=_positive_int, default=100)
     soak.add_argument("--peers", type=_positive_int, default=4)
@@ -362,6 +377,47 @@ def cmd_bench_parity(args: argparse.Namespace, console: Any) -> int:
         Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
         console.print(f"wrote {args.json_out}")
     return 0 if all(r["hash_equal"] and r["bytes_equal"] for r in result["runs"]) else 1
+
+
+def cmd_bench_churn(args: argparse.Namespace, console: Any) -> int:
+    import json
+
+    from rich.table import Table
+
+    from .bench.churn import DEFAULT_SCHEDULE, check_schedule, load_schedule, run_churn_replay
+
+    if args.json_out:
+        _check_writable(args.json_out)
+    events = load_schedule(args.schedule) if args.schedule else list(DEFAULT_SCHEDULE)
+    check_schedule(events, args.peers)  # a bad schedule fails before anything runs
+    with console.status("churn: the schedule in the simulator, then in a real swarm on 127.0.0.1 ..."):
+        row = run_churn_replay(events, algorithm=args.algorithm, task=args.task, peers=args.peers,
+                               inner_steps=args.inner_steps, rounds=args.rounds, step_sleep=args.step_sleep,
+                               straggler_grace=args.straggler_grace, seed=args.seed)
+    table = Table(title=f"churn replay: {args.algorithm} on {args.task}, {args.peers} peers, {args.rounds} rounds of "
+                        f"{args.inner_steps} x {args.step_sleep:g} s, grace {args.straggler_grace:g} s; "
+                        + "; ".join(f"r{e['round']} p{e['peer']} {e['kind']}" + (f" x{e['factor']:g}" if e.get("factor", 1) != 1 else "")
+                                    for e in row["events"]))
+    for col in ("round", "simulator: members (attempts)", "real swarm: members (attempts)", ""):
+        table.add_column(col, justify="right" if col == "round" else "left")
+    slot = {}
+    for r in row["sim_rounds"] + row["real_rounds"]:
+        for p in r[1]:
+            slot.setdefault(p, None)
+    names = {p: f"p{i}" for i, p in enumerate(sorted(slot))}
+    sim = {r[0]: r for r in row["sim_rounds"]}
+    real = {r[0]: r for r in row["real_rounds"]}
+    for k in sorted(set(sim) | set(real)):
+        cell = [" ".join(names[p] for p in x[1]) + f" ({x[2]})" if x else "-" for x in (sim.get(k), real.get(k))]
+        table.add_row(str(k), *cell, "" if sim.get(k) == real.get(k) else "[red]DIFFERENT[/red]")
+    console.print(table)
+    console.print(f"final state: simulator {row['sim_hash'][:12]}, real {row['real_hash'][:12]}: "
+                  + ("equal" if row["hash_equal"] else "[red]DIFFERENT[/red]")
+                  + f"; simulated goodput {row['sim_goodput']:.0%}; real swarm {row['real_wall_s']:.1f} s")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(row, indent=2) + "\n")
+        console.print(f"wrote {args.json_out}")
+    return 0 if row["rounds_equal"] and row["hash_equal"] else 1
 
 
 def cmd_bench_predict(args: argparse.Namespace, console: Any) -> int:
@@ -903,7 +959,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "bench":
             handlers = {"comm": cmd_bench_comm, "codecs": cmd_bench_codecs, "compression": cmd_bench_compression,
                         "robust": cmd_bench_robust, "algorithms": cmd_bench_algorithms, "transport": cmd_bench_transport,
-                        "spsa": cmd_bench_spsa, "equal-bytes": cmd_bench_equal_bytes, "parity": cmd_bench_parity,
+                        "spsa": cmd_bench_spsa, "equal-bytes": cmd_bench_equal_bytes, "parity": cmd_bench_parity, "churn": cmd_bench_churn,
                         "soak": cmd_bench_soak, "trust": cmd_bench_trust,
                         "frontier": cmd_bench_frontier, "predict": cmd_bench_predict}
             if args.bench in handlers:

@@ -42,6 +42,42 @@ from typing import Any
 from ..errors import ConfigError, GossamerError
 
 
+#: The default schedule (4 peers, 12 rounds of 4 steps at 0.05 s, grace 1 s): a crash in a sync, a
+#: join, a leave while computing, a straggler 16x slower (4 x 0.8 s: it sits rounds 6-7 out and is
+#: back after the rest are ready for round 8, about 0.4 s from either edge) and a mild one (2x: in time).
+DEFAULT_SCHEDULE: tuple[dict[str, Any], ...] = (
+    {"round": 2, "peer": 1, "kind": "crash"},
+    {"round": 3, "peer": 4, "kind": "join"},
+    {"round": 5, "peer": 2, "kind": "leave"},
+    {"round": 6, "peer": 3, "kind": "slow", "factor": 16.0},
+    {"round": 8, "peer": 0, "kind": "slow", "factor": 2.0},
+)
+
+
+def load_schedule(text: str) -> list[dict[str, Any]]:
+    """A schedule from a JSON file path or inline JSON: a list of ``{round, peer,
+    kind[, factor]}``, or a results file whose run has ``extra.churn.events``."""
+    import json
+    from pathlib import Path
+
+    path = Path(text)
+    try:
+        data = json.loads(path.read_text() if not text.lstrip().startswith(("[", "{")) else text)
+    except FileNotFoundError:
+        raise ConfigError(f"schedule {text!r}: no such file (give a JSON file or inline JSON)") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"schedule {text!r} is not readable JSON: {exc}") from None
+    if isinstance(data, dict):  # a results file: the first run's realized schedule
+        runs = data.get("runs") or []
+        events = runs[0].get("extra", {}).get("churn", {}).get("events") if runs and isinstance(runs[0], dict) else None
+        if events is None:
+            raise ConfigError(f"schedule {text!r}: a JSON object must be simulate results with a churn run")
+        data = events
+    if not isinstance(data, list):
+        raise ConfigError(f"schedule {text!r}: expected a list of {{round, peer, kind[, factor]}}")
+    return data
+
+
 def _events(events: Iterable[Any]) -> list[Any]:
     from ..sim.churn import ChurnEvent, _event
 
@@ -60,9 +96,8 @@ def run_churn_replay(events: Iterable[Any], *, algorithm: str = "diloco", task: 
     from ..sim.scenario import Scenario
     from ..transport.identity import Identity
 
-    evs = _events(events)
+    evs = check_schedule(events, peers)
     churn = Churn(events=tuple(evs), straggler_grace=straggler_grace)
-    churn.check_for(peers)
     slots = peers + churn.join_slots(peers)
     identities = sorted((Identity.generate() for _ in range(slots)), key=lambda i: i.peer_id)
     ids = [i.peer_id for i in identities]

@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     churn.add_argument("--straggler-grace", type=_nonneg_float, default=None, metavar="SECONDS",
                        help="the coordinator's straggler deadline floor, as `gossamer coordinator --straggler-grace` (default 10)")
 
+    from .sim.plan_cli import add_plan_command
+
+    add_plan_command(sub)
+
     bench = sub.add_parser("bench", help="benchmarks that print ratios against a baseline measured in the same run")
     bench.set_defaults(bench_help=bench.format_help)
     bsub = bench.add_subparsers(dest="bench", metavar="BENCH", parser_class=_Parser)
@@ -956,6 +960,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_simulate(args, console)
         if args.command == "report":
             return cmd_report(args, console)
+        if args.command == "plan":
+            from .sim.plan_cli import run_plan_command
+
+            return run_plan_command(args, console)
         if args.command == "bench":
             handlers = {"comm": cmd_bench_comm, "codecs": cmd_bench_codecs, "compression": cmd_bench_compression,
                         "robust": cmd_bench_robust, "algorithms": cmd_bench_algorithms, "transport": cmd_bench_transport,

@@ -244,8 +244,13 @@ def check_before_training(task: Any, scenario: Scenario) -> None:
 
 def run_algorithm(scenario: Scenario, algorithm: str, *, task: Any = None, progress: Progress | None = None,
                   init_state: list[torch.Tensor] | None = None, keep_state: bool = False,
-                  peer_ids: list[str] | None = None) -> RunResult:
+                  peer_ids: list[str] | None = None,
+                  payload_size: Callable[[str, str, Any, int], int] | None = None) -> RunResult:
     """Simulate ``algorithm`` on ``scenario``; see the module docstring.
+
+    ``payload_size`` (the planner's, ``sim/plan.py``): the network models
+    and counts each message as that many payload bytes
+    (``SimNetwork(payload_size=...)``); default: the bytes it carries.
 
     Torch runs with ``scenario.threads`` intra-op threads while the simulation
     runs (one by default: all peers share the process, small per-peer
@@ -255,7 +260,7 @@ def run_algorithm(scenario: Scenario, algorithm: str, *, task: Any = None, progr
     torch.set_num_threads(scenario.threads)
     task = as_task(task) if task is not None else task_for(scenario)
     try:
-        return asyncio.run(_run(scenario, algorithm, task, progress, init_state, keep_state, peer_ids))
+        return asyncio.run(_run(scenario, algorithm, task, progress, init_state, keep_state, peer_ids, payload_size))
     finally:
         torch.set_num_threads(threads)
 
@@ -273,10 +278,12 @@ def _load_state(model: torch.nn.Module, init_state: list[torch.Tensor]) -> None:
 
 async def _run(scenario: Scenario, algorithm: str, task: Any, progress: Progress | None,
                init_state: list[torch.Tensor] | None = None, keep_state: bool = False,
-               peer_ids: list[str] | None = None) -> RunResult:
+               peer_ids: list[str] | None = None,
+               payload_size: Callable[[str, str, Any, int], int] | None = None) -> RunResult:
     torch.manual_seed(scenario.seed)  # only for library code that ignores our generators
     wall0 = time.perf_counter()
-    net = SimNetwork(scenario.link_spec, seed=scenario.seed, coordinator=scenario.coordinator_spec)
+    net = SimNetwork(scenario.link_spec, seed=scenario.seed, coordinator=scenario.coordinator_spec,
+                     payload_size=payload_size)
     if peer_ids is None and scenario.peer_ids is not None:
         peer_ids = list(scenario.peer_ids)
     ids = list(peer_ids) if peer_ids is not None else [f"p{i}" for i in range(scenario.slots)]

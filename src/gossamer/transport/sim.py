@@ -65,6 +65,14 @@ Contract:
 - A peer removed with ``kill`` fails every pending and future ``recv`` that
   waits on it with ``PeerError``, and is no longer waited for by a
   rendezvous.
+- **Modelled payload sizes** (optional, ``SimNetwork(..., payload_size=f)``;
+  used by the planner, ``sim/plan.py``): a message whose payload has ``B``
+  bytes is modelled as ``f(src, dst, tag, B)`` payload bytes, on the wire
+  (its framing and wire bytes are those of a message of that size) and in
+  both peers' counters. The planner runs the real collectives on a small
+  proxy model and charges each message the size it would have for the
+  full-size model. Without ``payload_size`` (the default) a message is
+  modelled and counted as the bytes it carries.
 """
 
 from __future__ import annotations
@@ -74,7 +82,7 @@ import bisect
 import math
 import re
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -307,12 +315,15 @@ class SimControl:
 class _Message:
     """A message in flight: its payload and, once its uplink batch is resolved, its arrival time."""
 
-    __slots__ = ("payload", "_arrival", "batch")
+    __slots__ = ("payload", "_arrival", "batch", "size")
 
-    def __init__(self, payload: bytes, arrival: float | None = None, batch: "_Batch | None" = None) -> None:
+    def __init__(self, payload: bytes, arrival: float | None = None, batch: "_Batch | None" = None,
+                 size: int | None = None) -> None:
         self.payload = payload
         self._arrival = arrival
         self.batch = batch
+        #: the modelled payload size in bytes (``len(payload)`` unless the network models another)
+        self.size = len(payload) if size is None else size
 
     @property
     def arrival(self) -> float:
@@ -378,10 +389,13 @@ class SimNetwork:
     mailboxes, and optionally the coordinator's round trips (``control``)."""
 
     def __init__(self, link: LinkSpec, *, seed: int = 0, wire: WireOverhead | None = TCP_IPV4,
-                 coordinator: LinkSpec | None = None) -> None:
+                 coordinator: LinkSpec | None = None,
+                 payload_size: Callable[[str, str, Tag, int], int] | None = None) -> None:
         self.default_link = link
         self.seed = seed
         self.wire = wire
+        #: modelled payload size of a message (module docstring); ``None``: the bytes it carries
+        self.payload_size = payload_size
         self._links: dict[tuple[str, str], LinkSpec] = {}
         self._access: dict[str, LinkSpec] = {}
         self._downlinks: dict[str, _Capacity] = {}
@@ -548,18 +562,18 @@ class SimTransport(Transport):
     def _send_at(self, clock: float, dst: str, tag: Tag, payload: Buffer) -> None:
         net = self._net
         data = bytes(payload)
-        framing = message_overhead(tag, len(data))
-        size = len(data) + framing
-        bits = 8.0 * net._wire_bytes(size)
+        modelled = len(data) if net.payload_size is None else int(net.payload_size(self._id, dst, tag, len(data)))
+        framing = message_overhead(tag, modelled)
+        bits = 8.0 * net._wire_bytes(modelled + framing)
         up, latency, loss = net._path(self._id, dst)
         batch = self.open_batch
         if batch is None or batch.clock != clock:
             if batch is not None:
                 batch.resolve()
             batch = self.open_batch = _Batch(net, self, clock, max(clock, self.uplink_free))
-        msg = _Message(data, batch=batch)
+        msg = _Message(data, batch=batch, size=modelled)
         batch.sends.append(_Send(msg, dst, bits, bits / up, latency, net._lost_attempts(self._id, dst, loss)))
-        self.counters.count_sent(dst, len(data), framing)
+        self.counters.count_sent(dst, modelled, framing)
         net._deliver(self._id, dst, tag, msg)
 
     async def recv(self, src: str, tag: Tag, *, timeout: float | None = None) -> bytes:
@@ -586,7 +600,7 @@ class SimTransport(Transport):
         if timeout is not None and msg.arrival > clock + timeout:
             self._mailbox[key] = msg  # it is still in flight; a later recv may take it; the caller's clock advances by timeout
             raise TimeoutError(f"{self._id!r}: no message {tag} from {src!r} within {timeout:.3f} s")
-        self.counters.count_received(src, len(msg.payload), message_overhead(tag, len(msg.payload)))
+        self.counters.count_received(src, msg.size, message_overhead(tag, msg.size))
         return msg.payload, max(clock, msg.arrival)
 
     def lane(self) -> "SimLane":

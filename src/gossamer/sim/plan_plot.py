@@ -1,8 +1,8 @@
 """The plot of a plan: predicted total time and bytes sent per peer, one bar per algorithm and codec.
 
 Contract: ``plot_plan(plan, path)`` writes one PNG with two horizontal bar
-panels (total time in hours, with the compute part shaded; bytes sent per
-peer on a log axis), in the plan's row order; matplotlib's Agg backend, no
+panels (total time in hours, with the compute part shaded, on a log axis
+when the rows differ more than 20x; bytes sent per peer on a log axis), in the plan's row order; matplotlib's Agg backend, no
 window.
 """
 
@@ -29,6 +29,8 @@ def plot_plan(plan: Plan, path: str | Path, *, title: str | None = None) -> None
     ax_t.barh(y, compute, color="#4c72b0", label="compute")
     for yi, r, h in zip(y, rows, hours):
         ax_t.text(h, yi, f" {100 * r.compute_utilisation:.0f}%", va="center", fontsize=8)
+    if len(rows) > 1 and max(hours) > 20 * min(hours):  # one slow row would flatten the others
+        ax_t.set_xscale("log")
     ax_t.set_xlabel("predicted total time (h)")
     ax_t.legend(loc="lower right", fontsize=8)
     ax_b.barh(y, [max(r.bytes_sent_per_peer, 1.0) for r in rows], color="#dd8452")

@@ -30,7 +30,9 @@ How (the same code the simulator runs, at a small size):
   granularity (``N = k n1``) the modelled sizes equal those of a run at
   ``N`` exactly, and so do the times (``tests/sim/test_plan.py`` checks this
   against an unscaled run); otherwise each message may differ from the real
-  one by the rounding of one codec block (a few bytes in megabytes).
+  one by the rounding of one codec block (a few bytes in megabytes). A model
+  of at most ``UNSCALED_MAX`` parameters (or no larger than the proxy) is
+  run at its real size, unscaled.
 - **Extrapolation.** A round is one sync period of ``H`` local steps (the
   algorithm's ``inner_steps``; 1 for ddp and spsa). With ``S`` steps and
   ``r = S mod H``, the planner simulates ``S_1 = r + w H`` and ``S_2 = r +
@@ -388,7 +390,7 @@ def _combos(algorithms: tuple[str, ...], codecs: tuple[str, ...] | None
         if not cls.uses_codec:
             combos.append((a, "none"))
             for spec in wanted:
-                if spec != DEFAULT_CODEC:
+                if spec not in (DEFAULT_CODEC, "none", "fp32"):
                     skipped.append((a, spec, f"{a} sends no codec payload"))
             continue
         for spec in wanted:
@@ -429,7 +431,7 @@ def plan(params: int | str, *, compute_time: float, steps: int, peers: int = 8, 
     that applies to none of the algorithms, a negative count, an unknown
     algorithm ...), ``PlanError`` if the proxy runs break the size model.
     """
-    from ..algorithms import algorithm_config
+    from ..algorithms import ALGORITHMS, algorithm_config
     from .runner import run_algorithm
     from .scenario import Scenario
 
@@ -451,7 +453,7 @@ def plan(params: int | str, *, compute_time: float, steps: int, peers: int = 8, 
         return Scenario(task=ProxyTask(numel), algorithms=(a,), peers=peers, steps=n_steps, inner_steps=inner_steps,
                         link=link, coordinator=coordinator, round_overhead=round_overhead,
                         peer_profiles=tuple(peer_profiles), seed=seed, evals=1, compute_time=compute,
-                        codec=codec, algorithm_options={a: options[a]} if a in options else {})
+                        codec=codec if ALGORITHMS[a][0].uses_codec else None, algorithm_options={a: options[a]} if a in options else {})
 
     # everything is checked before the first simulation
     base = [(a, codec, scenario(a, codec, 1 << 12, steps)) for a, codec in combos]

@@ -303,7 +303,8 @@ class PlanRow:
     codec: str
     inner_steps: int             # H: local steps per round (the sync period)
     rounds: float                # steps / H
-    time_per_round_s: float      # steady-state wall time of one round (H steps and their syncs)
+    time_per_round_s: float      # steady-state wall time of one round (H steps and their syncs); the mean round
+                                 # when the run is short enough to be simulated whole
     total_time_s: float          # predicted wall time of the whole run (the slowest peer's clock)
     compute_time_s: float        # compute per peer (mean over peers): steps * compute_time * compute_scale
     compute_utilisation: float   # compute_time_s / total_time_s

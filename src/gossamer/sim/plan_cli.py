@@ -15,7 +15,7 @@ from typing import Any
 
 from ..argtypes import check_writable, help_naming_algorithms, nonneg_int, positive_float, positive_int
 from ..errors import ConfigError
-from .plan import DEFAULT_ALGORITHMS, DEFAULT_CODEC, Plan, count_parameters, gpu_step_seconds, parse_count, plan
+from .plan import DEFAULT_ALGORITHMS, Plan, count_parameters, gpu_step_seconds, parse_count, plan
 
 #: Keys of a scenario TOML that ``gossamer plan --scenario`` reads (the rest describe training, not the network).
 SCENARIO_KEYS = ("task", "algorithms", "peers", "steps", "inner_steps", "link", "coordinator", "round_overhead",

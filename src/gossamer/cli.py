@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     churn.add_argument("--straggler-grace", type=_nonneg_float, default=None, metavar="SECONDS",
                        help="the coordinator's straggler deadline floor, as `gossamer coordinator --straggler-grace` (default 10)")
 
-    from .sim.plan_cli import add_plan_command
+    from .cli_plan import add_plan_command
 
     add_plan_command(sub)
 
@@ -961,7 +961,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "report":
             return cmd_report(args, console)
         if args.command == "plan":
-            from .sim.plan_cli import run_plan_command
+            from .cli_plan import run_plan_command
 
             return run_plan_command(args, console)
         if args.command == "bench":

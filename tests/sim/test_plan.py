@@ -264,3 +264,10 @@ def test_scaled_plan_of_charlm_matches_its_full_simulation():
         assert row.bytes_sent_per_peer == pytest.approx(run.bytes_sent_per_peer, rel=1e-3)
         assert row.peak_bytes_per_round == pytest.approx(run.peak_bytes_per_round, rel=1e-3)
         assert row.total_time_s == pytest.approx(run.sim_time_s, rel=1e-4)
+
+
+def test_cli_default_algorithms_are_the_planners():
+    from gossamer import cli_plan
+    from gossamer.sim import plan as plan_module
+
+    assert cli_plan.DEFAULT_ALGORITHMS == plan_module.DEFAULT_ALGORITHMS

@@ -1,6 +1,7 @@
 """``gossamer plan``: the command line of the planner (``sim/plan.py``).
 
-``add_plan_command(sub)`` adds the subcommand to the ``gossamer`` parser;
+``add_plan_command(sub)`` adds the subcommand to the ``gossamer`` parser
+without importing the simulator (or torch: ``gossamer --help`` stays fast);
 ``run_plan_command(args, console)`` checks every input (``ConfigError``, one
 line, exit 2, before any simulation), runs ``plan``, prints the table and
 writes ``--json`` / ``--plot``.
@@ -13,9 +14,12 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from ..argtypes import check_writable, help_naming_algorithms, nonneg_int, positive_float, positive_int
-from ..errors import ConfigError
-from .plan import DEFAULT_ALGORITHMS, Plan, count_parameters, gpu_step_seconds, parse_count, plan
+from .argtypes import check_writable, help_naming_algorithms, nonneg_int, positive_float, positive_int
+from .errors import ConfigError
+
+#: ``sim.plan.DEFAULT_ALGORITHMS``, repeated here so that building the parser imports no torch
+#: (tests/sim/test_plan.py checks that they agree)
+DEFAULT_ALGORITHMS = ("ddp", "diloco", "streaming_diloco", "sparseloco")
 
 #: Keys of a scenario TOML that ``gossamer plan --scenario`` reads (the rest describe training, not the network).
 SCENARIO_KEYS = ("task", "algorithms", "peers", "steps", "inner_steps", "link", "coordinator", "round_overhead",
@@ -33,6 +37,8 @@ def _fraction(text: str) -> float:
 
 
 def _count(text: str) -> int:
+    from .sim.plan import parse_count
+
     try:
         return parse_count(text)
     except ConfigError as exc:
@@ -95,7 +101,7 @@ def _scenario_file(path: str) -> dict[str, Any]:
         raise ConfigError(f"scenario file {path!r} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"scenario file {path!r} is not valid TOML: {exc}") from None
-    from .scenario import Scenario
+    from .sim.scenario import Scenario
 
     known = {f for f in Scenario.__dataclass_fields__}
     unknown = sorted(set(data) - known)
@@ -107,7 +113,8 @@ def _scenario_file(path: str) -> dict[str, Any]:
 def plan_inputs(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments of ``plan`` from the command line (and its scenario
     file); ``ConfigError`` naming the problem."""
-    from ..swarm.cli import parse_options
+    from .sim.plan import count_parameters, gpu_step_seconds
+    from .swarm.cli import parse_options
 
     base = _scenario_file(args.scenario) if args.scenario else {}
     params = args.params
@@ -142,7 +149,7 @@ def plan_inputs(args: argparse.Namespace) -> dict[str, Any]:
     if args.option:
         import dataclasses
 
-        from ..algorithms import ALGORITHMS
+        from .algorithms import ALGORITHMS
 
         for key, value in parse_options(args.option).items():
             takers = [a for a in algorithms if a in ALGORITHMS
@@ -190,12 +197,12 @@ def _human_time(s: float) -> str:
     return f"{s / 86400:.1f} d"
 
 
-def plan_title(p: Plan) -> str:
+def plan_title(p: Any) -> str:
     return (f"plan: {_human_count(p.params)} parameters, {p.peers} peers, link {p.link}, {p.steps:,} steps "
             f"x {p.compute_time_s:.4g} s compute")
 
 
-def plan_table(p: Plan) -> Any:
+def plan_table(p: Any) -> Any:
     """The plan as a rich table, one row per algorithm and codec."""
     from rich.table import Table
 
@@ -213,6 +220,8 @@ def plan_table(p: Plan) -> Any:
 
 def run_plan_command(args: argparse.Namespace, console: Any) -> int:
     """``gossamer plan``: see the module docstring."""
+    from .sim.plan import plan
+
     for out in (args.json_out, args.plot):
         if out:
             check_writable(out)
@@ -231,7 +240,7 @@ def run_plan_command(args: argparse.Namespace, console: Any) -> int:
         result.write(args.json_out)
         console.print(f"wrote {args.json_out}", markup=False, highlight=False)
     if args.plot:
-        from .plan_plot import plot_plan
+        from .sim.plan_plot import plot_plan
 
         plot_plan(result, args.plot, title=plan_title(result))
         console.print(f"wrote {args.plot}", markup=False, highlight=False)

@@ -26,6 +26,10 @@ SCENARIO_KEYS = ("task", "algorithms", "peers", "steps", "inner_steps", "link", 
                  "peer_profiles", "seed", "compute_time", "codec", "algorithm_options")
 
 
+#: Keys of a scenario TOML that change times or bytes in ways a plan does not model: refused.
+UNPLANNED_KEYS = ("churn", "byzantine", "attack", "audit", "aggregator", "tolerate", "collude")
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -107,6 +111,10 @@ def _scenario_file(path: str) -> dict[str, Any]:
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown key(s) {', '.join(unknown)} in {path}; accepted: {', '.join(sorted(known))}")
+    unplanned = sorted(set(data) & set(UNPLANNED_KEYS))
+    if unplanned:
+        raise ConfigError(f"{path}: gossamer plan does not model {', '.join(unplanned)} (it extrapolates a few "
+                          f"rounds of honest, always-present peers); remove them, or run gossamer simulate")
     return {k: v for k, v in data.items() if k in SCENARIO_KEYS}
 
 

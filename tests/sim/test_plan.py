@@ -241,6 +241,14 @@ def test_cli_reads_network_and_profiles_from_a_scenario_file(tmp_path):
     assert row["bytes_sent_per_peer"] == sim.runs[0].bytes_sent_per_peer
 
 
+def test_cli_refuses_a_scenario_with_what_a_plan_does_not_model(tmp_path, capsys):
+    scenario = tmp_path / "churn.toml"
+    scenario.write_text('task = "digits"\nsteps = 20\ncompute_time = 0.1\n[churn]\nmtbf = 3600\n')
+    assert main(["plan", str(scenario)]) == 2
+    err = capsys.readouterr().err
+    assert "does not model churn" in err and len(err.strip().splitlines()) == 1
+
+
 def test_proxy_task_is_cheap_and_has_a_gradient():
     task = ProxyTask(1000)
     model = task.make_model(0)

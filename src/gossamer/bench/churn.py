@@ -69,7 +69,8 @@ def load_schedule(text: str) -> list[dict[str, Any]]:
         raise ConfigError(f"schedule {text!r} is not readable JSON: {exc}") from None
     if isinstance(data, dict):  # a results file: the first run's realized schedule
         runs = data.get("runs") or []
-        events = runs[0].get("extra", {}).get("churn", {}).get("events") if runs and isinstance(runs[0], dict) else None
+        run = runs[0] if runs and isinstance(runs[0], dict) else {}
+        events = (run.get("churn") or run.get("extra", {}).get("churn") or {}).get("events")
         if events is None:
             raise ConfigError(f"schedule {text!r}: a JSON object must be simulate results with a churn run")
         data = events

@@ -216,6 +216,11 @@ class Scenario:
                               f"(drop {'them' if len(no_group) > 1 else 'it'} or the churn)")
         if self.audit or self.byzantine:
             raise ConfigError("churn with audit or Byzantine peers is not modelled yet: run them separately")
+        if "streaming_diloco" in self.algorithms and algorithm_config("streaming_diloco", **self.options_for("streaming_diloco")).tau:
+            raise ConfigError("churn with streaming_diloco is modelled without overlap only: a peer that joins or "
+                              "comes back while a fragment is in flight has no part in it (in a real swarm the "
+                              "attempt aborts and is re-run); give --option tau=0 (or [algorithm_options."
+                              "streaming_diloco] tau = 0)")
 
     def _check_task(self) -> dict[str, int | None]:
         """Check ``task`` (and the task-only fields); return its step defaults."""

@@ -12,7 +12,7 @@ from gossamer.errors import ConfigError
 from gossamer.sim.churn import Churn, ChurnEvent, draw_slowdown, parse_slowdown
 
 BASE = dict(task="digits", peers=5, steps=40, inner_steps=4, compute_time=0.05, link="100mbit,10ms", evals=2)
-MODEL = {"mtbf": 10.0, "joins_per_hour": 3600, "stragglers": 0.15, "slowdown": "pareto:1.2", "straggler_grace": 0.5}
+MODEL = {"mtbf": 10.0, "joins_per_hour": 7200, "stragglers": 0.15, "slowdown": "pareto:1.2", "straggler_grace": 0.5}
 
 
 def _run(algorithm="diloco", seed=0, **churn):

@@ -280,12 +280,12 @@ class ChurnControl:
     shared state; ``committed(pid)`` is called at each commit with a member
     that holds the committed state (keep a copy: members go on training);
     ``spawn(slot, t)`` when a joiner is admitted (it starts from that copy,
-    its clock at ``t``); ``adopt(pid)`` when a member that sat rounds out
+    its clock at ``t``; False if the run has no steps left for it); ``adopt(pid)`` when a member that sat rounds out
     loads it."""
 
     def __init__(self, churn: Churn, slots: list[str], peers: int, *, seed: int,
                  transfer_time: Callable[[str, str], float], committed: Callable[[str], None],
-                 spawn: Callable[[int, float], None], adopt: Callable[[str], None],
+                 spawn: Callable[[int, float], bool], adopt: Callable[[str], None],
                  samples_per_step: int | None = None) -> None:
         self.churn = churn
         self.ids = list(slots)
@@ -531,11 +531,12 @@ class ChurnControl:
             if slot_.alive and slot_.away is not None and slot_.away <= commit:
                 self._resume(slot_, source, commit, self.round)
         for slot in self._joiners(commit):  # admitted now: they fetch the state and compute the next round
-            self.events.append(ChurnEvent(self.round, slot, "join"))
             pid = self.ids[slot]
             t = commit + self.transfer_time(source, pid)
+            if not self.spawn(slot, t):  # the run is over: nothing left to join
+                continue
+            self.events.append(ChurnEvent(self.round, slot, "join"))
             self._online(pid, t)
-            self.spawn(slot, t)
         for pid, fut in cur.futures.items():
             fut.set_result(commit)
         self._check_barrier()

@@ -654,7 +654,9 @@ def _churn_control(scenario: Scenario, task: Any, peers: list[_Peer], slots: lis
     def committed(source: str) -> None:  # what a member serves: the state of the last commit
         kept["shared"] = algos[source].state_dict()["shared"]
 
-    def spawn(slot: int, clock: float) -> None:
+    def spawn(slot: int, clock: float) -> bool:
+        if int(kept["shared"]["counters"]["steps"]) >= int(scenario.steps or 0):
+            return False
         pid = slots[slot]
         p = build(slot, pid, clock)
         p[1].load_state_dict({"shared": kept["shared"]})  # a joiner's view: its local state derived
@@ -663,6 +665,7 @@ def _churn_control(scenario: Scenario, task: Any, peers: list[_Peer], slots: lis
         loop = make_loop(slot, *p)
         loops.append(loop)
         tasks.append(asyncio.ensure_future(loop.run()))
+        return True
 
     def adopt(pid: str) -> None:
         algos[pid].load_state_dict({"shared": kept["shared"]})

@@ -182,16 +182,21 @@ def build_parser() -> argparse.ArgumentParser:
     chb = bsub.add_parser("churn", help="one fault schedule in the simulator and in a real loopback swarm: the same committed rounds and final state")
     chb.add_argument("--schedule", default=None, metavar="JSON",
                      help="a JSON list of {round, peer, kind[, factor]} (kinds: leave, crash, join, slow; peers 0..P-1 start, "
-                          "P.. join), a file of it, or a `gossamer simulate --json` results file with churn (default: a built-in schedule)")
-    chb.add_argument("--algorithm", default="diloco")
-    chb.add_argument("--task", default="digits")
-    chb.add_argument("--peers", type=_positive_int, default=4)
-    chb.add_argument("--rounds", type=_positive_int, default=12)
-    chb.add_argument("--inner-steps", type=_positive_int, default=4)
-    chb.add_argument("--step-sleep", type=_positive_float, default=0.05, metavar="SECONDS",
+                          "P.. join), a file of it, or a `gossamer simulate --json` results file with churn, whose run "
+                          "(--algorithm's, else the first) also gives the defaults of the options below (default: a built-in schedule)")
+    chb.add_argument("--algorithm", default=None, help="default diloco (or the results file's run)")
+    chb.add_argument("--task", default=None, help="default digits")
+    chb.add_argument("--peers", type=_positive_int, default=None, help="peers that start the run (default 4)")
+    chb.add_argument("--rounds", type=_positive_int, default=None, help="default 12")
+    chb.add_argument("--inner-steps", type=_positive_int, default=None, help="H, for algorithms with inner steps (default 4)")
+    chb.add_argument("--step-sleep", type=_positive_float, default=None, metavar="SECONDS",
                      help="the real peers' compute per step, and the simulator's compute_time (default 0.05)")
-    chb.add_argument("--straggler-grace", type=_nonneg_float, default=1.0, metavar="SECONDS")
-    chb.add_argument("--seed", type=_nonneg_int, default=0)
+    chb.add_argument("--straggler-grace", type=_nonneg_float, default=None, metavar="SECONDS", help="default 1")
+    chb.add_argument("--max-joins", type=_nonneg_int, default=None, metavar="N",
+                     help="joiner slots the data is cut for (default: the joins in the schedule)")
+    chb.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                     help="an algorithm option (TOML value) for both runtimes, e.g. tau=0; repeatable")
+    chb.add_argument("--seed", type=_nonneg_int, default=None)
     chb.add_argument("--json", dest="json_out", metavar="PATH")
 
     soak = bsub.add_parser("soak", help="a loopback swarm under random faults: divergent, lost, livelocked rounds and memory")
@@ -392,30 +397,36 @@ def cmd_bench_churn(args: argparse.Namespace, console: Any) -> int:
 
     if args.json_out:
         _check_writable(args.json_out)
-    events = load_schedule(args.schedule) if args.schedule else list(DEFAULT_SCHEDULE)
-    check_schedule(events, args.peers)  # a bad schedule fails before anything runs
+    events, got = load_schedule(args.schedule, args.algorithm) if args.schedule else (list(DEFAULT_SCHEDULE), {})
+    defaults = {"algorithm": "diloco", "task": "digits", "peers": 4, "rounds": 12, "inner_steps": 4, "step_sleep": 0.05,
+                "straggler_grace": 1.0, "max_joins": None, "seed": 0}
+    cfg = {k: getattr(args, k) if getattr(args, k) is not None else got.get(k, d) for k, d in defaults.items()}
+    options = dict(got.get("options") or {}) | (parse_options(args.option) if args.option else {})
+    if got:
+        console.print(f"replaying the realized schedule of the {got.get('run')} run in {args.schedule}: "
+                      + ", ".join(f"{k} {cfg[k]}" for k in ("peers", "rounds", "inner_steps", "step_sleep",
+                                                            "straggler_grace", "max_joins")))
+    check_schedule(events, cfg["peers"], rounds=cfg["rounds"], max_joins=cfg["max_joins"])  # before anything runs
     with console.status("churn: the schedule in the simulator, then in a real swarm on 127.0.0.1 ..."):
-        row = run_churn_replay(events, algorithm=args.algorithm, task=args.task, peers=args.peers,
-                               inner_steps=args.inner_steps, rounds=args.rounds, step_sleep=args.step_sleep,
-                               straggler_grace=args.straggler_grace, seed=args.seed)
-    table = Table(title=f"churn replay: {args.algorithm} on {args.task}, {args.peers} peers, {args.rounds} rounds of "
-                        f"{args.inner_steps} x {args.step_sleep:g} s, grace {args.straggler_grace:g} s; "
-                        + "; ".join(f"r{e['round']} p{e['peer']} {e['kind']}" + (f" x{e['factor']:g}" if e.get("factor", 1) != 1 else "")
-                                    for e in row["events"]))
-    for col in ("round", "simulator: members (attempts)", "real swarm: members (attempts)", ""):
+        row = run_churn_replay(events, algorithm=cfg["algorithm"], task=cfg["task"], peers=cfg["peers"],
+                               inner_steps=cfg["inner_steps"], rounds=cfg["rounds"], step_sleep=cfg["step_sleep"],
+                               straggler_grace=cfg["straggler_grace"], seed=cfg["seed"], options=options,
+                               max_joins=cfg["max_joins"])
+    faults = "; ".join(f"r{e['round']} p{e['peer']} {e['kind']}" + (f" x{e['factor']:g}" if e.get("factor", 1) != 1 else "")
+                       for e in row["events"][:12]) + (f"; ... ({len(row['events'])} faults)" if len(row["events"]) > 12 else "")
+    table = Table(title=f"churn replay: {cfg['algorithm']} on {cfg['task']}, {cfg['peers']} peers, {cfg['rounds']} rounds, "
+                        f"{cfg['step_sleep']:g} s per step, grace {cfg['straggler_grace']:g} s; {faults}")
+    for col in ("round", "simulator: members (attempts)", "real swarm: members (attempts)", "match"):
         table.add_column(col, justify="right" if col == "round" else "left")
-    slot = {}
-    for r in row["sim_rounds"] + row["real_rounds"]:
-        for p in r[1]:
-            slot.setdefault(p, None)
-    names = {p: f"p{i}" for i, p in enumerate(sorted(slot))}
+    members = sorted({p for r in row["sim_rounds"] + row["real_rounds"] for p in r[1]})
+    names = {p: f"p{i}" for i, p in enumerate(members)}
     sim = {r[0]: r for r in row["sim_rounds"]}
     real = {r[0]: r for r in row["real_rounds"]}
     for k in sorted(set(sim) | set(real)):
         cell = [" ".join(names[p] for p in x[1]) + f" ({x[2]})" if x else "-" for x in (sim.get(k), real.get(k))]
-        table.add_row(str(k), *cell, "" if sim.get(k) == real.get(k) else "[red]DIFFERENT[/red]")
+        table.add_row(str(k), *cell, "yes" if sim.get(k) == real.get(k) else "[red]DIFFERENT[/red]")
     console.print(table)
-    console.print(f"final state: simulator {row['sim_hash'][:12]}, real {row['real_hash'][:12]}: "
+    console.print(f"final state: simulator {row['sim_hash'][:24]}, real {row['real_hash'][:24]}: "
                   + ("equal" if row["hash_equal"] else "[red]DIFFERENT[/red]")
                   + f"; simulated goodput {row['sim_goodput']:.0%}; real swarm {row['real_wall_s']:.1f} s")
     if args.json_out:

@@ -113,6 +113,13 @@ def test_slowdown_distributions_give_factors_of_at_least_one():
     ({"events": [{"round": 2, "peer": 9, "kind": "crash"}]}, "out of range"),
     ({"events": [{"round": 2, "peer": 1, "kind": "explode"}]}, "kind"),
     ({"events": [{"round": 2, "peer": 1}]}, "{round, peer, kind"),
+    ({"events": [{"round": 2, "peer": 1, "kind": "slow"}]}, "factor > 1"),
+    ({"events": [{"round": 2, "peer": 1, "kind": "slow", "factor": 0.5}]}, "factor > 1"),
+    ({"events": [{"round": 2, "peer": 1, "kind": "crash", "factor": 2}]}, "slow events only"),
+    ({"events": [{"round": 2, "peer": 1, "kind": "crash"}, {"round": 4, "peer": 1, "kind": "crash"}]}, "not in the swarm"),
+    ({"events": [{"round": 2, "peer": 5, "kind": "slow", "factor": 2}, {"round": 3, "peer": 5, "kind": "join"}]},
+     "not in the swarm"),
+    ({"slowdown": "fixed:2"}, "without stragglers"),
 ])
 def test_a_bad_churn_table_is_one_clear_error_before_any_work(churn, needle):
     with pytest.raises(ConfigError, match=None) as err:
@@ -144,4 +151,7 @@ def test_a_scenario_file_churn_table_and_cli_flags(tmp_path):
     assert any(e["kind"] == "slow" and e["factor"] == 20 for e in c["events"])  # and the flags' stragglers
     assert Churn.parse({"events": [{"round": 1, "peer": 0, "kind": "leave"}]}).events == (ChurnEvent(1, 0, "leave"),)
     from gossamer.bench.churn import load_schedule
-    assert load_schedule(str(out)) == c["events"]  # a results file gives bench churn its realized schedule
+    events, settings = load_schedule(str(out))  # a results file gives bench churn its schedule and settings
+    assert events == c["events"]
+    assert (settings["peers"], settings["rounds"], settings["inner_steps"], settings["step_sleep"],
+            settings["straggler_grace"], settings["algorithm"]) == (4, run["rounds"], 4, 0.05, 0.5, "diloco")

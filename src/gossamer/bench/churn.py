@@ -54,9 +54,13 @@ DEFAULT_SCHEDULE: tuple[dict[str, Any], ...] = (
 )
 
 
-def load_schedule(text: str) -> list[dict[str, Any]]:
-    """A schedule from a JSON file path or inline JSON: a list of ``{round, peer,
-    kind[, factor]}``, or a results file whose run has ``extra.churn.events``."""
+def load_schedule(text: str, algorithm: str | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A schedule from a JSON file path or inline JSON: a list of ``{round,
+    peer, kind[, factor]}``, or a ``gossamer simulate --json`` results file
+    with churn (the run of ``algorithm``, else the first). Returns the events
+    and, for a results file, the settings to replay them with (``algorithm``,
+    ``peers``, ``rounds``, ``inner_steps``, ``options``, ``step_sleep``,
+    ``straggler_grace``, ``max_joins``, ``task``, ``seed``, ``run``)."""
     import json
     from pathlib import Path
 
@@ -67,16 +71,29 @@ def load_schedule(text: str) -> list[dict[str, Any]]:
         raise ConfigError(f"schedule {text!r}: no such file (give a JSON file or inline JSON)") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"schedule {text!r} is not readable JSON: {exc}") from None
-    if isinstance(data, dict):  # a results file: the first run's realized schedule
-        runs = data.get("runs") or []
-        run = runs[0] if runs and isinstance(runs[0], dict) else {}
-        events = (run.get("churn") or run.get("extra", {}).get("churn") or {}).get("events")
-        if events is None:
-            raise ConfigError(f"schedule {text!r}: a JSON object must be simulate results with a churn run")
-        data = events
-    if not isinstance(data, list):
+    if isinstance(data, list):
+        return data, {}
+    if not isinstance(data, dict):
         raise ConfigError(f"schedule {text!r}: expected a list of {{round, peer, kind[, factor]}}")
-    return data
+    runs = [r for r in data.get("runs") or [] if isinstance(r, dict) and isinstance(r.get("churn"), dict)]
+    if not runs:
+        raise ConfigError(f"schedule {text!r}: a JSON object must be simulate results with a churn run")
+    if algorithm is not None:
+        runs = [r for r in runs if r.get("algorithm") == algorithm]
+        if not runs:
+            raise ConfigError(f"schedule {text!r} has no churn run of {algorithm!r}")
+    run = runs[0]
+    c = run["churn"]
+    options = dict(run.get("options") or {})
+    h = options.pop("inner_steps", None)
+    steps = options.pop("steps", None) or run.get("steps")
+    settings: dict[str, Any] = {
+        "run": run.get("algorithm"), "algorithm": run.get("algorithm"), "peers": data.get("peers"),
+        "task": data.get("task"), "seed": data.get("seed"), "rounds": run.get("rounds"), "inner_steps": h,
+        "steps": steps, "options": options, "step_sleep": c.get("compute_time"),
+        "straggler_grace": (c.get("config") or {}).get("straggler_grace"),
+        "max_joins": (c.get("config") or {}).get("max_joins")}
+    return list(c.get("events") or []), {k: v for k, v in settings.items() if v is not None}
 
 
 def _events(events: Iterable[Any]) -> list[Any]:
@@ -85,38 +102,58 @@ def _events(events: Iterable[Any]) -> list[Any]:
     return [e if isinstance(e, ChurnEvent) else _event(e) for e in events]
 
 
+def _run_length(algorithm: str, rounds: int, inner_steps: int) -> tuple[int, int | None]:
+    """(local steps, H or None) for ``rounds`` rounds of ``algorithm``: H steps a
+    round where it has inner steps, else one step a round (ddp, spsa)."""
+    import dataclasses
+
+    from ..algorithms import ALGORITHMS
+
+    if algorithm not in ALGORITHMS:
+        raise ConfigError(f"unknown algorithm {algorithm!r}; accepted: {', '.join(ALGORITHMS)}")
+    has_h = "inner_steps" in {f.name for f in dataclasses.fields(ALGORITHMS[algorithm][1])}
+    return (inner_steps * rounds, inner_steps) if has_h else (rounds, None)
+
+
 def run_churn_replay(events: Iterable[Any], *, algorithm: str = "diloco", task: str = "digits", peers: int = 4,
-                     inner_steps: int = 4, rounds: int = 10, step_sleep: float = 0.05, straggler_grace: float = 1.0,
-                     seed: int = 0, timeout: float = 240.0) -> dict[str, Any]:
+                     inner_steps: int = 4, rounds: int = 12, step_sleep: float = 0.05, straggler_grace: float = 1.0,
+                     seed: int = 0, options: dict[str, Any] | None = None, max_joins: int | None = None,
+                     timeout: float = 240.0) -> dict[str, Any]:
     """One replay (module docstring). ``events`` are ``ChurnEvent``s or tables
     ``{round, peer, kind[, factor]}``; slots ``0..peers-1`` start the run, the
-    joiners are ``peers..``. Raises ``ConfigError`` for a bad schedule and
-    ``GossamerError`` when the real swarm does not finish within ``timeout``."""
+    joiners are ``peers..`` (``max_joins``: joiner slots the data is cut for,
+    default the joins in the schedule). ``options``: the algorithm's options,
+    in both runtimes. Raises ``ConfigError`` for a bad schedule (before
+    anything runs) and ``GossamerError`` when the real swarm does not finish
+    within ``timeout``."""
     from ..sim.churn import Churn
     from ..sim.runner import run_algorithm
     from ..sim.scenario import Scenario
     from ..transport.identity import Identity
 
-    evs = check_schedule(events, peers)
-    churn = Churn(events=tuple(evs), straggler_grace=straggler_grace)
+    steps, h = _run_length(algorithm, rounds, inner_steps)
+    evs = check_schedule(events, peers, rounds=rounds, max_joins=max_joins)
+    churn = Churn(events=tuple(evs), straggler_grace=straggler_grace, max_joins=max_joins)
     slots = peers + churn.join_slots(peers)
     identities = sorted((Identity.generate() for _ in range(slots)), key=lambda i: i.peer_id)
     ids = [i.peer_id for i in identities]
-    steps = inner_steps * rounds
-    scenario = Scenario(task=task, algorithms=(algorithm,), peers=peers, steps=steps, inner_steps=inner_steps,
-                        seed=seed, evals=1, compute_time=step_sleep, link="10gbit,0.05ms", churn=churn,
-                        peer_ids=tuple(ids))
+    options = dict(options or {})
+    scenario = Scenario(task=task, algorithms=(algorithm,), peers=peers, steps=steps, inner_steps=h, seed=seed,
+                        evals=1, compute_time=step_sleep, link="10gbit,0.05ms", churn=churn, peer_ids=tuple(ids),
+                        algorithm_options={algorithm: options} if options else {})
     sim = run_algorithm(scenario, algorithm)
-    sim_rounds = [(r["round"], sorted(r["members"]), r["attempts"]) for r in sim.extra["churn"]["rounds"]]
+    c = sim.extra["churn"]
+    sim_rounds = [(r["round"], sorted(r["members"]), r["attempts"]) for r in c["rounds"]]
+    sim_hash = sim.extra["final_state_hash"] if c["completed"] else "none: every peer failed"
     t0 = time.perf_counter()
     real_rounds, real_hash = asyncio.run(asyncio.wait_for(
-        _real(evs, identities, algorithm=algorithm, task=task, peers=peers, inner_steps=inner_steps, steps=steps,
-              step_sleep=step_sleep, straggler_grace=straggler_grace, seed=seed), timeout))
+        _real(evs, identities, algorithm=algorithm, task=task, peers=peers, inner_steps=h, steps=steps,
+              rounds=len(sim_rounds), step_sleep=step_sleep, straggler_grace=straggler_grace, seed=seed,
+              options=options), timeout))
     return {"algorithm": algorithm, "events": [e.as_dict() for e in evs],
             "sim_rounds": sim_rounds, "real_rounds": real_rounds, "rounds_equal": sim_rounds == real_rounds,
-            "sim_hash": sim.extra["final_state_hash"], "real_hash": real_hash,
-            "hash_equal": sim.extra["final_state_hash"] == real_hash,
-            "sim_goodput": sim.extra["churn"]["goodput"], "real_wall_s": round(time.perf_counter() - t0, 3)}
+            "sim_hash": sim_hash, "real_hash": real_hash, "hash_equal": sim_hash == real_hash,
+            "sim_goodput": c["goodput"], "real_wall_s": round(time.perf_counter() - t0, 3)}
 
 
 class _Plan:
@@ -131,8 +168,11 @@ class _Plan:
             self.task.cancel()  # lands at the sync's first await: mid-attempt
 
 
-async def _real(events: list[Any], identities: list[Any], *, algorithm: str, task: str, peers: int, inner_steps: int,
-                steps: int, step_sleep: float, straggler_grace: float, seed: int) -> tuple[list[Any], str]:
+async def _real(events: list[Any], identities: list[Any], *, algorithm: str, task: str, peers: int,
+                inner_steps: int | None, steps: int, rounds: int, step_sleep: float, straggler_grace: float, seed: int,
+                options: dict[str, Any]) -> tuple[list[Any], str]:
+    """The real swarm; returns its commits and the hash of the last committed
+    round's members (``none: ...`` when no round committed)."""
     from ..algorithms import ALGORITHMS
     from ..swarm.coordinator import Coordinator
     from ..swarm.peer import Peer
@@ -153,8 +193,10 @@ async def _real(events: list[Any], identities: list[Any], *, algorithm: str, tas
         by_round.setdefault((e.round, e.kind), []).append(e)
     plans = [_Plan({e.round for e in events if e.kind == "crash" and e.peer == k}) for k in range(slots)]
     runs: dict[int, asyncio.Task[Any]] = {}
-    ended: dict[int, str] = {}
     peer_objs: list[Any] = []
+    extra = dict(options)
+    if inner_steps is not None:
+        extra["inner_steps"] = inner_steps
 
     def batches(k: int) -> Any:
         shard = t.shard(k, slots, seed=seed)
@@ -163,6 +205,9 @@ async def _real(events: list[Any], identities: list[Any], *, algorithm: str, tas
 
     def slow_factor(k: int, r: int) -> float:
         return next((e.factor for e in by_round.get((r, "slow"), ()) if e.peer == k), 1.0)
+
+    def leaves(k: int, r: int) -> bool:
+        return any(e.peer == k for e in by_round.get((r, "leave"), ()))
 
     def progress_for(k: int) -> Any:
         def progress(ev: dict[str, Any]) -> None:
@@ -173,60 +218,83 @@ async def _real(events: list[Any], identities: list[Any], *, algorithm: str, tas
             elif kind in ("commit", "admitted"):  # the round it computes next
                 nxt = int(ev["round"]) + 1 if kind == "commit" else int(ev["round"])
                 p.step_sleep = step_sleep * slow_factor(k, nxt)
-            if kind == "commit":
-                r = int(ev["round"])
-                if any(e.peer == k for e in by_round.get((r + 1, "leave"), ())):
+                if leaves(k, nxt):  # it fails as it starts computing that round
                     runs[k].cancel()
-                for e in by_round.get((r + 1, "join"), ()):
+            if kind == "commit":
+                for e in by_round.get((int(ev["round"]) + 1, "join"), ()):
                     if e.peer not in runs:
                         start(e.peer)
         return progress
 
     for k in range(slots):
         peer_objs.append(Peer(t.make_model(seed), t.loss, coordinator=addr, swarm_id="churnreplay",
-                              identity=identities[k], algorithm=algorithm, inner_steps=inner_steps, seed=seed,
-                              faults=plans[k], progress=progress_for(k), deadline_floor=30.0))
+                              identity=identities[k], algorithm=algorithm, seed=seed, faults=plans[k],
+                              progress=progress_for(k), deadline_floor=30.0, **extra))
         peer_objs[k].step_sleep = step_sleep * slow_factor(k, 0)
 
     def start(k: int) -> None:
         runs[k] = asyncio.ensure_future(peer_objs[k].run(batches(k), steps=steps))
         plans[k].task = runs[k]
 
+    ids = [i.peer_id for i in identities]
     try:
         for k in range(peers):
             start(k)
+        stopped = False
         while True:
             pending = [r for r in runs.values() if not r.done()]
             if not pending:
                 break
             await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        reports = []
+            last = commits[-1] if commits else None
+            if not stopped and last is not None and last[0] == rounds - 1 and all(
+                    runs[ids.index(p)].done() for p in last[1]):
+                # the run is over: a peer that sat the last rounds out has no swarm to rejoin
+                stopped = True
+                for k, run in runs.items():
+                    if not run.done():
+                        peer_objs[k].request_stop()
+        reports = {}
         for k, run in sorted(runs.items()):
             if run.cancelled():
-                ended[k] = "cancelled"
                 continue
             exc = run.exception()
             if exc is not None:
                 raise GossamerError(f"churn replay: peer slot {k} failed: {type(exc).__name__}: {exc}")
-            reports.append(run.result())
+            reports[ids[k]] = run.result()
     finally:
         for run in runs.values():
             run.cancel()
         await asyncio.gather(*runs.values(), return_exceptions=True)
         await coord.close()
-    hashes = [r.final_state_hash for r in reports]
+    if not commits:
+        return commits, "none: every peer failed"
+    hashes = [reports[p].final_state_hash for p in commits[-1][1] if p in reports]
+    if not hashes:
+        return commits, "none: every peer failed"
     parity = ALGORITHMS[algorithm][0].bit_parity
     real_hash = hashes[0] if parity and len(set(hashes)) == 1 else combined_hash(hashes) if not parity else \
         "disagree:" + ",".join(h[:12] for h in hashes)
     return commits, real_hash
 
 
-def check_schedule(events: Iterable[Any], peers: int) -> list[Any]:
-    """The schedule as ``ChurnEvent``s, checked (ConfigError naming the event)."""
+def check_schedule(events: Iterable[Any], peers: int, *, rounds: int | None = None,
+                   max_joins: int | None = None) -> list[Any]:
+    """The schedule as ``ChurnEvent``s, checked (ConfigError naming the event):
+    not empty, no leave in round 0 (round 0 waits for every starting peer),
+    every event within ``rounds``, and ``Churn.check_for``."""
     from ..sim.churn import Churn
 
     evs = _events(events)
+    if not evs:
+        raise ConfigError("the schedule is empty: nothing to replay (`gossamer bench parity` compares fault-free runs)")
     if any(e.kind == "leave" and e.round == 0 for e in evs):
-        raise ConfigError("a replayed schedule cannot have a leave in round 0 (the peer would never have run)")
-    Churn(events=tuple(evs)).check_for(peers)
+        raise ConfigError("a replayed schedule cannot have a leave in round 0: a real swarm's round 0 waits for every "
+                          "peer that starts it (drop that peer from the run instead)")
+    if rounds is not None:
+        late = [e for e in evs if e.round >= rounds]
+        if late:
+            raise ConfigError(f"churn event {late[0].as_dict()} is in round {late[0].round}, but the run has "
+                              f"{rounds} rounds (0..{rounds - 1}): give --rounds")
+    Churn(events=tuple(evs), max_joins=max_joins).check_for(peers)
     return evs

@@ -92,6 +92,11 @@ class ChurnEvent:
         f = self.factor
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not (math.isfinite(f) and f > 0):
             raise ConfigError(f"churn event factor must be a finite number > 0, got {f!r}")
+        if self.kind == "slow" and not f > 1:
+            raise ConfigError(f"churn event {{round {self.round}, peer {self.peer}, slow}} needs a factor > 1 "
+                              f"(its compute time is multiplied by it), got {f!r}")
+        if self.kind != "slow" and f != 1:
+            raise ConfigError(f"churn event {{round {self.round}, peer {self.peer}, {self.kind}}}: factor is for slow events only")
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"round": self.round, "peer": self.peer, "kind": self.kind}
@@ -166,6 +171,9 @@ class Churn:
                                            or self.max_joins < 0):
             raise ConfigError(f"churn max_joins must be an integer >= 0, got {self.max_joins!r}")
         parse_slowdown(self.slowdown)
+        if self.slowdown != "pareto:1.5" and not self.stragglers:
+            raise ConfigError(f"churn slowdown {self.slowdown!r} has no effect without stragglers (the probability "
+                              f"that a peer is slow in a round): give stragglers too")
         events = tuple(e if isinstance(e, ChurnEvent) else _event(e) for e in self.events)
         object.__setattr__(self, "events", events)
 
@@ -185,7 +193,9 @@ class Churn:
 
     def check_for(self, peers: int) -> None:
         """Events name slots ``0..peers + join_slots - 1``; joiners are exactly the
-        slots from ``peers`` on, each joining once; ConfigError otherwise."""
+        slots from ``peers`` on, each joining once; every other event is for a
+        peer in the swarm in that round (in each round: joins first, then the
+        others, then the failures take effect); ConfigError otherwise."""
         slots = peers + self.join_slots(peers)
         joined: set[int] = set()
         for e in self.events:
@@ -199,6 +209,21 @@ class Churn:
                 if e.peer in joined:
                     raise ConfigError(f"churn event {e.as_dict()}: slot {e.peer} joins twice")
                 joined.add(e.peer)
+        alive = set(range(peers))
+        by_round: dict[int, list[ChurnEvent]] = {}
+        for e in self.events:
+            by_round.setdefault(e.round, []).append(e)
+        for r in sorted(by_round):
+            alive |= {e.peer for e in by_round[r] if e.kind == "join"}
+            for e in by_round[r]:
+                if e.kind != "join" and e.peer not in alive:
+                    raise ConfigError(f"churn event {e.as_dict()}: peer slot {e.peer} is not in the swarm in round {r} "
+                                      f"(it has not joined yet, or failed before)")
+            gone = [e.peer for e in by_round[r] if e.kind in ("leave", "crash")]
+            twice = {p for p in gone if gone.count(p) > 1}
+            if twice:
+                raise ConfigError(f"churn: peer slot {min(twice)} fails twice in round {r}")
+            alive -= set(gone)
 
     def as_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -554,7 +579,7 @@ class ChurnControl:
         steps = self.committed_steps
         samples = steps * self.samples_per_step if self.samples_per_step else None
         return {
-            "goodput": self.compute_committed / self.compute_total if self.compute_total else 1.0,
+            "goodput": min(1.0, self.compute_committed / self.compute_total) if self.compute_total else 1.0,
             "compute_s": self.compute_total,
             "committed_compute_s": self.compute_committed,
             "committed_rounds": len(self.rounds),

@@ -623,11 +623,23 @@ async def _simulate(scenario: Scenario, algorithm: str, task: Any, progress: Pro
             "aborts": trust.aborts if trust is not None else 0,
             "device": scenario.device,
             **({"saved_model": str(saved)} if saved is not None else {}),
-            **({"churn": churn.summary(max(p[3].transport.now() for p in peers))} if churn is not None else {}),
+            **({"churn": _churn_summary(churn, scenario, max(p[3].transport.now() for p in peers))}
+               if churn is not None else {}),
         },
     )
     result.final_params = final_params
     return result
+
+
+def _churn_summary(churn: ChurnControl, scenario: Scenario, sim_time: float) -> dict[str, Any]:
+    """``ChurnControl.summary`` plus what a replay needs: the fault model's
+    settings (``config``, without the events) and the run's clock and length."""
+    out = churn.summary(sim_time)
+    assert scenario.churn is not None
+    out["config"] = {k: v for k, v in scenario.churn.as_dict().items() if k != "events"}
+    out["config"]["max_joins"] = scenario.slots - scenario.peers  # the joiner slots the data was cut for
+    out["compute_time"] = scenario.compute_time
+    return out
 
 
 class _Failed(Exception):

@@ -12,6 +12,11 @@ Contract:
   reduces it in rank order, and sends the reduced chunk to everyone. Every
   member therefore ends with the bit-identical result, whatever the
   scheduling. Each member sends ``2 (n-1)/n`` of the (encoded) vector.
+  In groups of more than ``MIN_OWNERS`` (16) members a small vector is cut
+  into fewer chunks (``owner_count``: at least 256 elements per chunk, at
+  least 16 owners), owned by the first ranks; members without a chunk send
+  their contribution to the owners and receive the reduced chunks, and
+  nothing else (the audited all-reduce keeps one chunk per member).
 - With a lossy codec, contributions are encoded per chunk (the owner's own
   contribution goes through encode/decode too, so every contribution is
   treated alike), and the reduced chunk is encoded once by its owner with the
@@ -221,6 +226,33 @@ def chunk_bounds(total: int, parts: int) -> list[tuple[int, int]]:
         bounds.append((start, stop))
         start = stop
     return bounds
+
+
+#: Groups of up to this many members: every member owns a chunk of an all-reduce.
+MIN_OWNERS = 16
+#: In larger groups, at most one owner per this many elements (at least ``MIN_OWNERS`` owners).
+MIN_CHUNK_ELEMENTS = 256
+
+
+def owner_count(members: int, numel: int) -> int:
+    """How many members own a chunk of an all-reduce of ``numel`` elements in a
+    group of ``members``: ``min(members, max(MIN_OWNERS, ceil(numel /
+    MIN_CHUNK_ELEMENTS)))``. Every member of a group of up to ``MIN_OWNERS``
+    (16); in a larger group no more owners than chunks of
+    ``MIN_CHUNK_ELEMENTS`` (256) elements, so that a 1,000-member all-reduce
+    of a small model sends ``2 * (members - 1) * owners`` messages of useful
+    size instead of ``2 * members * (members - 1)`` nearly empty ones. The
+    owners are the first ranks; the others own empty chunks and exchange no
+    message of that collective's reduce-scatter or all-gather with anyone
+    but the owners."""
+    return min(members, max(MIN_OWNERS, -(-numel // MIN_CHUNK_ELEMENTS)))
+
+
+def owner_bounds(total: int, members: int) -> list[tuple[int, int]]:
+    """``chunk_bounds`` over the ``owner_count(members, total)`` owners, then an
+    empty chunk ``(total, total)`` for each other member."""
+    owners = owner_count(members, total)
+    return chunk_bounds(total, owners) + [(total, total)] * (members - owners)
 
 
 def tensor_plan(shapes: Sequence[tuple[int, ...]], parts: int) -> list[list[tuple[int, int, tuple[int, ...]]]]:
@@ -704,10 +736,14 @@ class Communicator:
         op = self._next_op()
         if self.contribution_hook is not None:
             flat = await self.contribution_hook(name, op, flat)
+        owners = owner_count(self.size, flat.numel())
         if codec is not None and getattr(codec, "whole_tensors", False):
-            plan = tensor_plan([tuple(t.shape) for t in like], self.size)
+            plan = tensor_plan([tuple(t.shape) for t in like], owners) + [[] for _ in range(self.size - owners)]
         else:
-            plan = [[(lo, hi, (hi - lo,))] for lo, hi in chunk_bounds(flat.numel(), self.size)]
+            plan = [[(lo, hi, (hi - lo,))] for lo, hi in chunk_bounds(flat.numel(), owners)]
+            plan += [[(flat.numel(), flat.numel(), (0,))]] * (self.size - owners)  # one shared (read-only) empty chunk
+        owner_ids = self.group[:owners]
+        is_owner = self.rank < owners
         lossy = codec is not None and not codec.lossless
 
         def seed_for(owner: int, seg: int, phase: str) -> int:
@@ -786,6 +822,8 @@ class Communicator:
                 [gather_chunk(j) for j in range(self.size)])
             encoded = encode_memory(codec, range(self.size), whole, (name, "rs", self.peer_id), "rs")
         for j, peer in enumerate(self.group):
+            if j >= owners and peer != self.peer_id:
+                continue  # it owns no chunk: nothing to send it
             key = (name, "rs", self.peer_id, j)
             if withheld:
                 if peer == self.peer_id:
@@ -805,7 +843,7 @@ class Communicator:
         rows: list[torch.Tensor] = []
         rejected: list[str] = [self.peer_id] if withheld else []
         assert own is not None
-        for src in self.group:
+        for src in self.group if is_owner else ():  # a member without a chunk: nothing arrives
             if src == self.peer_id:
                 rows.append(own)
                 continue
@@ -825,7 +863,7 @@ class Communicator:
         if len(rejected) == len(self.group) and own.numel():
             raise AggregationError(f"{name} (round {self.round}): every member's contribution was rejected "
                                    f"(non-finite or malformed); nothing to apply")
-        stacked = torch.stack(rows)
+        stacked = torch.stack(rows) if is_owner else own.new_empty((self.size, 0))
 
         # Reduce my chunk (fixed rank order), talking to the other owners for global statistics.
         reduced, dropped = await self._reduce_chunk(stacked, op)
@@ -840,9 +878,9 @@ class Communicator:
             mine = encode_memory(bcodec, [self.rank], reduced, (name, "ag"), "ag", decay=1.0)[0]
         else:
             mine = encode(bcodec, self.rank, reduced, (name, "ag", self.rank), "ag")
-        sent += await self._send_all(op, 1, {p: mine for p in self.group if p != self.peer_id})
+        sent += await self._send_all(op, 1, {p: mine for p in self.group if p != self.peer_id and is_owner})
         out = torch.empty_like(flat)
-        for j, src in enumerate(self.group):
+        for j, src in enumerate(owner_ids):
             data = mine if src == self.peer_id else await self._recv(src, op, 1)
             piece = decode(bcodec, j, data, (name, "ag", j), "ag", src)
             at = 0
@@ -878,14 +916,17 @@ class Communicator:
         else:
             flat = flatten(like)
         op = self._next_op()
-        bounds = chunk_bounds(flat.numel(), self.size)
+        bounds = owner_bounds(flat.numel(), self.size)
+        owners = owner_count(self.size, flat.numel())
+        is_owner = self.rank < owners
         lo, hi = bounds[self.rank]
         transport = self.transport
         posted = transport.posted_receives
         out = self._buffers.take(flat.numel())
         acc = out[lo:hi]
         remote = [p for p in self.group if p != self.peer_id]
-        rows = {src: self._buffers.take(hi - lo) for src in remote}
+        senders = remote if is_owner else []  # who sends this member a row of its chunk
+        rows = {src: self._buffers.take(hi - lo) for src in senders}
         pending: list[Any] = []
 
         def receive(src: str, phase: int, into: torch.Tensor) -> Any:
@@ -914,8 +955,8 @@ class Communicator:
                     acc.add_(row)
 
         try:
-            got0 = {src: receive(src, 0, rows[src]) for src in remote} if posted else {}
-            got1 = {src: receive(src, 1, out[a:b]) for src, (a, b) in zip(self.group, bounds)
+            got0 = {src: receive(src, 0, rows[src]) for src in senders} if posted else {}
+            got1 = {src: receive(src, 1, out[a:b]) for src, (a, b) in zip(self.group[:owners], bounds)
                     if src != self.peer_id} if posted else {}
             withheld = not all_finite(flat)
             if withheld:
@@ -923,7 +964,7 @@ class Communicator:
                             name, self.round)
             # one payload per owner: its chunk of our vector
             sent = await send_all(0, {peer: b"" if withheld else _raw_encode(flat[a:b])
-                                      for peer, (a, b) in zip(self.group, bounds) if peer != self.peer_id})
+                                      for peer, (a, b) in zip(self.group[:owners], bounds) if peer != self.peer_id})
             kept: list[tuple[str, torch.Tensor]] = []
             rejected: list[str] = [self.peer_id] if withheld else []
             for src in self.group:
@@ -931,6 +972,8 @@ class Communicator:
                     if not withheld:
                         kept.append((src, flat[lo:hi]))
                     continue
+                if not is_owner:
+                    continue  # no chunk: no rows arrive
                 n = await (got0[src] if posted else receive(src, 0, rows[src]))
                 if n == 4 * (hi - lo):
                     kept.append((src, rows[src]))
@@ -957,8 +1000,8 @@ class Communicator:
             dropped = tuple(sorted(set(rejected), key=self.group.index))
 
             mine = _raw_encode(acc)
-            sent += await send_all(1, {peer: mine for peer in remote})
-            for j, src in enumerate(self.group):
+            sent += await send_all(1, {peer: mine for peer in remote} if is_owner else {})
+            for j, src in enumerate(self.group[:owners]):
                 if src != self.peer_id:
                     a, b = bounds[j]
                     n = await (got1[src] if posted else receive(src, 1, out[a:b]))
@@ -980,6 +1023,8 @@ class Communicator:
     async def _reduce_chunk(self, stacked: torch.Tensor, op: int) -> tuple[torch.Tensor, tuple[str, ...]]:
         """Reduce this member's chunk; returns (value, dropped peer ids)."""
         if self.aggregator is None:
+            if stacked.shape[1] == 0:  # an empty chunk (more members than chunks)
+                return stacked[0].clone(), ()
             ok = [i for i in range(stacked.shape[0]) if not _all_nan(stacked[i])]  # rejected rows are all-NaN
             acc = stacked[ok[0]].clone()
             for i in ok[1:]:

@@ -252,10 +252,22 @@ class _Capacity:
         i = self._split(start)
         left = bits
         tiny = self.rate * 1e-12
+        times, used = self.times, self.used
         while True:
-            s = self.times[i]
-            e = self.times[i + 1] if i + 1 < len(self.times) else math.inf
-            avail = min(cap_bps, self.rate - self.used[i])
+            if self.rate - used[i] <= tiny:
+                # Saturated, and so for good (fills only add): merge it with the
+                # saturated steps after it, which no fill can use either, so
+                # later fills skip them in one step. Values are unchanged.
+                j = i + 1
+                while j < len(times) and self.rate - used[j] <= tiny:
+                    j += 1
+                if j > i + 1:
+                    del times[i + 1 : j], used[i + 1 : j]
+                i += 1
+                continue
+            s = times[i]
+            e = times[i + 1] if i + 1 < len(times) else math.inf
+            avail = min(cap_bps, self.rate - used[i])
             if avail > tiny:
                 if left <= avail * (e - s):
                     finish = s + left / avail

@@ -76,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--save", default=None, metavar="PATH",
                      help="write the trained model (peer 0's shared model) as safetensors, loadable with "
                           "model.load_state_dict(safetensors.torch.load_file(PATH)) (several algorithms: one file each, named as --trace's)")
+    sim.add_argument("--ray", nargs="?", const=True, default=False, metavar="ADDRESS",
+                     help="run each algorithm as a task on Ray (pip install 'gossamer[ray]'): without ADDRESS on a local "
+                          "Ray started for the run, else on the cluster at ADDRESS (e.g. ray://head:10001 or auto). "
+                          "The peers of one run stay in one process; results equal the in-process run's for the same "
+                          "seed (wall times aside; simulated times too with --compute-time)")
     add_device_argument(sim)
     _add_swarm_args(sim, task_default=None)
     churn = sim.add_argument_group("churn (docs/concepts.md#churn; also the [churn] table of a scenario file)")
@@ -749,7 +754,7 @@ def _with_options(scenario: Any, options: dict[str, Any]) -> Any:
     return dataclasses.replace(scenario, algorithm_options=merged)
 
 
-def _run_scenario(scenario: Any, console: Any) -> Any:
+def _run_scenario(scenario: Any, console: Any, *, ray: bool | str = False) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from .sim.runner import simulate
@@ -765,7 +770,7 @@ def _run_scenario(scenario: Any, console: Any) -> Any:
         bar.update(ids[algorithm], completed=done)
 
     try:
-        return simulate(scenario, progress=progress)
+        return simulate(scenario, progress=progress, ray=ray)
     finally:
         if ids:
             bar.stop()
@@ -786,7 +791,7 @@ def _results_table(results: Any, *, title: str, baseline: str = "algorithm") -> 
     loss_only = bool(results.runs) and all(m.startswith("val_loss") for m in metrics)
     loss_col = metric_col if loss_only else "val loss"
     churn = any("churn" in r.extra for r in results.runs)
-    for col in ("algorithm", "codec", loss_col, *(() if loss_only else (metric_col,)), "bytes/peer", "vs dense" if baseline == "codec" else "vs ddp", "peak/round", "rounds", "sim time", *(("goodput", "fail/join/late") if churn else ()), "wall time", "parity"):
+    for col in ("algorithm", "codec", loss_col, *(() if loss_only else (metric_col,)), "bytes/peer", "vs dense" if baseline == "codec" else "vs ddp", "peak/round", "rounds", "sim time", *(("goodput", "fail/join/late") if churn else ()), "wall time", "wall/round", "parity"):
         table.add_column(col, justify="left" if col in ("algorithm", "codec") else "right")
     for r in results.runs:
         ratio = f"{base.bytes_sent_per_peer / r.bytes_sent_per_peer:,.1f}x less" if base and r.bytes_sent_per_peer else "-"
@@ -805,6 +810,7 @@ def _results_table(results: Any, *, title: str, baseline: str = "algorithm") -> 
             _human_time(r.sim_time_s),
             *((_churn_cells(r.extra.get("churn")) if churn else ())),
             _human_time(r.wall_time_s),
+            _human_time(r.extra["wall_s_per_round"]) if "wall_s_per_round" in r.extra else "-",
             _parity(r),
         )
     return table
@@ -891,13 +897,27 @@ def _write_outputs(results: Any, args: argparse.Namespace, console: Any, *, plot
 
 
 def cmd_simulate(args: argparse.Namespace, console: Any) -> int:
+    if isinstance(args.ray, str) and args.scenario is None and args.ray.endswith(".toml") and Path(args.ray).is_file():
+        args.scenario, args.ray = args.ray, True  # `--ray scenario.toml`: the file is the scenario, not an address
+    if args.ray is not False:
+        from .sim.cluster import import_ray
+
+        import_ray()  # one line and exit 2 now, not after the checks, when Ray is not installed
     scenario = _scenario_from_args(args, algorithms=args.algorithms)
     for out in (args.json_out, args.plot):
         if out:
             _check_writable(out)
-    results = _run_scenario(scenario, console)
+    results = _run_scenario(scenario, console, ray=args.ray)
     title = f"{scenario.task_name}: {scenario.peers} peers, {scenario.steps} steps each, link {scenario.link}" + _scenario_details(scenario)
+    if args.ray is not False:
+        title += ", on Ray" + ("" if args.ray is True else f" at {args.ray}")
     console.print(_results_table(results, title=title))
+    for run in results.runs:
+        x = run.extra
+        if "wall_s_per_round" in x:
+            console.print(f"{run.algorithm}: {x['wall_s_per_round']:.2f} s wall per simulated round ({run.rounds} rounds, "
+                          f"{x['setup_wall_s']:.1f} s to set up {results.peers} peers); peak memory "
+                          f"{x['peak_rss_bytes'] / 2**20:,.0f} MiB", markup=False, highlight=False)
     for run in results.runs:
         for d in run.extra.get("trust_decisions", []):
             console.print(f"{run.algorithm}: excluded {d['peer']} at round {d['round']} ({d['rule']}): "

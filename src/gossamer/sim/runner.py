@@ -28,6 +28,13 @@ Contract:
   (``extra.final_state_hashes``). ``peer_ids`` names the peers (default
   ``p0..p{n-1}``): a rehearsal of a real swarm uses the real ids, in the
   swarm's rank order (sorted), so id-seeded randomness is the same.
+- Wall-clock figures (``extra``, see ``MACHINE_KEYS``; they measure the
+  machine, not the simulation, and differ between runs of the same seed):
+  ``setup_wall_s`` (seconds to build the peers: models, shards, transports),
+  ``train_wall_s`` (seconds of the round loops), ``wall_s_per_round``
+  (``train_wall_s`` / rounds: real seconds per simulated round, local steps
+  included) and ``peak_rss_bytes`` (the process's peak resident memory so
+  far, bytes; with several runs in one process, the largest so far).
 - The validation curve is evaluated on the shared model at ``evals`` evenly
   spaced steps; evaluation costs no simulated time.
 - ``scenario.task`` may be a user's task object (``tasks.protocol``): it is
@@ -77,6 +84,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -120,6 +128,22 @@ def task_for(scenario: Scenario) -> Any:
     if scenario.alpha is not None:
         options.setdefault("alpha", scenario.alpha)
     return make_task(scenario.task, **options)
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size so far, bytes (``getrusage``;
+    0 where the platform has no ``resource`` module)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return 0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # macOS: bytes; Linux: KiB
+
+
+#: Keys of ``RunResult.extra`` that measure this machine (wall-clock seconds,
+#: memory), not the simulation: they differ between two runs of the same seed.
+MACHINE_KEYS = ("setup_wall_s", "train_wall_s", "wall_s_per_round", "peak_rss_bytes")
 
 
 def eval_steps(steps: int, evals: int) -> list[int]:
@@ -192,14 +216,20 @@ class _PeerTracer:
         self._compute_and_bytes(rounds, self.comm.transport.now())
 
 
-def simulate(scenario: Scenario | None = None, *, progress: Progress | None = None, **fields: Any) -> Results:
+def simulate(scenario: Scenario | None = None, *, progress: Progress | None = None, ray: bool | str = False,
+             **fields: Any) -> Results:
     """Run every algorithm of ``scenario`` (or of ``Scenario(**fields)``; with both,
     ``fields`` replace the scenario's) on the same task and shards; returns
     ``Results`` (docs/results.md), one run per algorithm, in order.
 
     ``progress(algorithm, step, total)`` is called as each run advances.
-    Raises ConfigError for a bad field, and ShardError (a ConfigError) when the
-    data cannot be split over the peers, both before any training starts."""
+    ``ray``: ``False`` runs everything in this process; ``True`` runs each
+    algorithm as a task on a local Ray instance started for the call; a
+    string is the address of a Ray cluster to run them on (``sim/cluster.py``:
+    the same results, wall-clock figures aside; ``progress`` then hears of
+    each run once, when it completes). Raises ConfigError for a bad field,
+    and ShardError (a ConfigError) when the data cannot be split over the
+    peers, both before any training starts (and before Ray is started)."""
     if scenario is None:
         scenario = Scenario(**fields)
     elif fields:
@@ -209,8 +239,14 @@ def simulate(scenario: Scenario | None = None, *, progress: Progress | None = No
     results = Results(task=scenario.task_name, peers=scenario.peers, link=scenario.link, seed=scenario.seed)
     results.extra["loss_unit"] = getattr(task, "loss_unit", "")
     results.extra["device"] = scenario.device
-    for algorithm in scenario.algorithms:
-        results.runs.append(run_algorithm(scenario, algorithm, task=task, progress=progress))
+    if ray is not False and ray is not None:
+        from .cluster import run_on_ray  # noqa: PLC0415 - Ray is an optional extra
+
+        results.runs.extend(run_on_ray(scenario, scenario.algorithms, address=None if ray is True else str(ray),
+                                       progress=progress))
+    else:
+        for algorithm in scenario.algorithms:
+            results.runs.append(run_algorithm(scenario, algorithm, task=task, progress=progress))
     results.extra["samples_per_peer"] = _samples(scenario.steps, task)
     return results
 
@@ -531,6 +567,7 @@ async def _simulate(scenario: Scenario, algorithm: str, task: Any, progress: Pro
     evaluate(peers[0][1], 0)
     for pid in ids:
         logs[pid].bytes_at[0], logs[pid].time_at[0] = 0, 0.0
+    train0 = time.perf_counter()
     tasks.extend(asyncio.ensure_future(loop.run()) for loop in loops)
     while True:  # joiners add their loops as they are admitted
         pending = [t for t in tasks if not t.done()]
@@ -542,6 +579,7 @@ async def _simulate(scenario: Scenario, algorithm: str, task: Any, progress: Pro
                 for other in tasks:
                     other.cancel()
                 raise t.exception()  # type: ignore[misc]
+    train_wall = time.perf_counter() - train0
     if churn is not None:  # joiners: their logs, and the final state comes from those still in the swarm
         peers = [(loop.pid, loop.algo, None, loop.comm) for loop in loops]
         ids = [p[0] for p in peers]
@@ -589,6 +627,7 @@ async def _simulate(scenario: Scenario, algorithm: str, task: Any, progress: Pro
     if saved is not None:
         save_model(stayed[0][1].eval_model(), saved, metadata={"task": scenario.task_name, "algorithm": algorithm,
                                                               "seed": str(scenario.seed), "steps": str(steps)})
+    rounds = len(logs[ids[0]].hashes) if churn is None else len(churn.rounds)
     result = RunResult(
         algorithm=algorithm,
         codec=peers[0][3].codec.spec if peers[0][3].codec is not None else "none",
@@ -601,7 +640,7 @@ async def _simulate(scenario: Scenario, algorithm: str, task: Any, progress: Pro
         sim_time_s=max(p[3].transport.now() for p in peers),
         wall_time_s=time.perf_counter() - wall0,
         steps=steps,
-        rounds=len(logs[ids[0]].hashes) if churn is None else len(churn.rounds),
+        rounds=rounds,
         curve=curve,
         extra={
             "metric_name": task.metric_name,
@@ -622,6 +661,10 @@ async def _simulate(scenario: Scenario, algorithm: str, task: Any, progress: Pro
             "trust_decisions": list(trust.desk.decisions) if trust is not None else [],
             "aborts": trust.aborts if trust is not None else 0,
             "device": scenario.device,
+            "setup_wall_s": train0 - wall0,
+            "train_wall_s": train_wall,
+            "wall_s_per_round": train_wall / max(1, rounds),
+            "peak_rss_bytes": peak_rss_bytes(),
             **({"saved_model": str(saved)} if saved is not None else {}),
             **({"churn": _churn_summary(churn, scenario, max(p[3].transport.now() for p in peers))}
                if churn is not None else {}),

@@ -36,15 +36,12 @@ Contract:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import ConfigError
 from ..trace.results import RunResult
 from .scenario import Scenario
-
-log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'gossamer[ray]' (or pip install 'ray>=2.9')"
 
@@ -76,7 +73,12 @@ def run_on_ray(scenario: Scenario, algorithms: Sequence[str], *, address: str | 
     ray = import_ray()
     started = False
     if not ray.is_initialized():
-        options: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False, **(init_options or {})}
+        options: dict[str, Any] = {}
+        if address is None:  # a local instance of our own: no dashboard, workers' logs stay in their files
+            options = {"log_to_driver": False, "include_dashboard": False}
+        elif not address.startswith("ray://"):  # Ray Client (ray://) takes fewer options
+            options = {"log_to_driver": False}
+        options.update(init_options or {})
         try:
             ray.init(address=address, **options)
         except ConnectionError as exc:

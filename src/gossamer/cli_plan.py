@@ -40,13 +40,17 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _count(text: str) -> int:
-    from .sim.plan import parse_count
+def _counter(what: str) -> Any:
+    """An argparse type: a count such as 125M or 1.3e9 (``parse_count``), errors naming ``what``."""
+    def count(text: str) -> int:
+        from .sim.plan import parse_count
 
-    try:
-        return parse_count(text)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        try:
+            return parse_count(text, what=what)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return count
 
 
 def add_plan_command(sub: Any) -> argparse.ArgumentParser:
@@ -59,7 +63,7 @@ def add_plan_command(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("scenario", nargs="?", help="scenario TOML (peers, link, coordinator, round_overhead, peer_profiles, "
                    "steps, inner_steps, algorithm_options ...; its task gives the model unless --params/--model); flags override it")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--params", type=_count, default=None, metavar="N",
+    size.add_argument("--params", type=_counter("parameter count"), default=None, metavar="N",
                       help="parameters of the model: 125M, 1.3e9, 7B (k, M, B, T suffixes)")
     size.add_argument("--model", default=None, metavar="NAME|module:callable",
                       help="count the parameters of a built-in task's model (digits, charlm, quadratic) or of the "
@@ -70,7 +74,7 @@ def add_plan_command(sub: Any) -> argparse.ArgumentParser:
                    help="instead of --compute-time: the GPU's peak FLOP/s (e.g. 312e12 for an A100 in bf16); "
                         "step time = 6 N T / (FLOPS * MFU) (Kaplan et al. 2020, C = 6ND)")
     p.add_argument("--mfu", type=_fraction, default=None, help="with --gpu-flops: model FLOPs utilisation reached (default 0.4)")
-    p.add_argument("--tokens-per-step", type=_count, default=None, metavar="T",
+    p.add_argument("--tokens-per-step", type=_counter("tokens per step"), default=None, metavar="T",
                    help="with --gpu-flops: tokens one peer processes per local step (batch x sequence length)")
     p.add_argument("--steps", type=positive_int, default=None, help="local steps per peer in the whole run (required)")
     p.add_argument("--peers", type=positive_int, default=None, help="number of peers (default 8)")
@@ -98,6 +102,15 @@ def _split(text: str | None) -> list[str] | None:
     return [x.strip() for x in text.split(",") if x.strip()] if text else None
 
 
+def _no_churn(table: Any) -> bool:
+    """Whether a scenario's ``churn`` table models no churn (empty, or nothing
+    active: ``Scenario`` then runs without it, ``Scenario.churn is None``)."""
+    from .sim.churn import Churn
+
+    churn = Churn.parse(table)  # ConfigError for a malformed table
+    return churn is None or not churn.active
+
+
 def _scenario_file(path: str) -> dict[str, Any]:
     try:
         data = tomllib.loads(Path(path).read_text())
@@ -111,10 +124,11 @@ def _scenario_file(path: str) -> dict[str, Any]:
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown key(s) {', '.join(unknown)} in {path}; accepted: {', '.join(sorted(known))}")
-    unplanned = sorted(set(data) & set(UNPLANNED_KEYS))
+    unplanned = sorted(k for k in set(data) & set(UNPLANNED_KEYS) if not (k == "churn" and _no_churn(data[k])))
     if unplanned:
-        raise ConfigError(f"{path}: gossamer plan does not model {', '.join(unplanned)} (it extrapolates a few "
-                          f"rounds of honest, always-present peers); remove them, or run gossamer simulate")
+        what = unplanned[0] if len(unplanned) == 1 else ", ".join(unplanned[:-1]) + " or " + unplanned[-1]
+        raise ConfigError(f"{path}: gossamer plan does not model {what} (it extrapolates a few rounds of honest "
+                          f"peers that stay); remove {'it' if len(unplanned) == 1 else 'them'}, or run gossamer simulate")
     return {k: v for k, v in data.items() if k in SCENARIO_KEYS}
 
 

@@ -279,3 +279,118 @@ def test_cli_default_algorithms_are_the_planners():
     from gossamer.sim import plan as plan_module
 
     assert cli_plan.DEFAULT_ALGORITHMS == plan_module.DEFAULT_ALGORITHMS
+
+
+# ---------------------------------------------------------------------- a new user's review
+def _cli_error(capsys, *args: str) -> str:
+    """Run ``gossamer plan ARGS``; assert exit 2 and one line on stderr; return it."""
+    with pytest.raises(SystemExit) as exc:
+        raise SystemExit(main(["plan", *args]))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_a_model_callable_that_needs_arguments_raises_or_returns_no_module_is_one_line(tmp_path, monkeypatch, capsys):
+    (tmp_path / "planned_bad_mod.py").write_text(
+        "def boom():\n"
+        "    raise RuntimeError('no weights here\\nsecond line')\n"
+        "def three():\n"
+        "    return 3\n")
+    (tmp_path / "planned_broken_mod.py").write_text("raise ValueError('broken at import')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        with pytest.raises(ConfigError, match=r"^--model torch.nn:Linear: calling it with no arguments failed: "
+                                              r"TypeError: .*in_features"):
+            count_parameters("torch.nn:Linear")
+        with pytest.raises(ConfigError, match="calling it with no arguments failed: RuntimeError: no weights here second line$"):
+            count_parameters("planned_bad_mod:boom")
+        with pytest.raises(ConfigError, match="calling it returned a int, expected a torch.nn.Module"):
+            count_parameters("planned_bad_mod:three")
+        with pytest.raises(ConfigError, match="importing module 'planned_broken_mod' failed: ValueError: broken at import"):
+            count_parameters("planned_broken_mod:f")
+        run = ["--compute-time", "1", "--steps", "10"]
+        assert "--model torch.nn:Linear: calling it with no arguments failed: TypeError" in _cli_error(
+            capsys, "--model", "torch.nn:Linear", *run)
+        assert "RuntimeError: no weights here" in _cli_error(capsys, "--model", "planned_bad_mod:boom", *run)
+        assert "expected a torch.nn.Module" in _cli_error(capsys, "--model", "planned_bad_mod:three", *run)
+    finally:
+        sys.modules.pop("planned_bad_mod", None)
+
+
+def test_the_largest_plannable_model_comes_from_the_transports_message_limit(monkeypatch, capsys):
+    from gossamer.errors import ProtocolError
+    from gossamer.sim.plan import largest_message_bytes, max_params
+    from gossamer.transport.base import Tag
+    from gossamer.transport.frame import DEFAULT_MAX_FRAME, MAX_PARTS, split_sizes
+
+    largest = largest_message_bytes()
+    tag = Tag(2**63 - 1, 2**63 - 1, 2**63 - 1)
+    assert sum(split_sizes(tag, largest)) == largest and len(split_sizes(tag, largest)) == MAX_PARTS
+    with pytest.raises(ProtocolError):
+        split_sizes(Tag(0, 0, 0), largest + DEFAULT_MAX_FRAME)  # beyond any tag's room
+    cap = max_params("none", 4)
+    assert cap == (largest - (1 << 20)) // 4 == 4_398_045_184_000
+    assert max_params("int4", 8) == cap and max_params("ctopk:64:4096:2bit+ef:0.95", 8) == cap
+    assert max_params("topk:1.0", 8) == pytest.approx(cap / 2, abs=1)  # 8 bytes a kept value
+    assert max_params("topk:0.2", 8) == max_params("topk:1.0", 8)  # its mean of 8 is re-sent as topk:1.0
+
+    import gossamer.sim.runner as runner
+    real_run = runner.run_algorithm
+    monkeypatch.setattr(runner, "run_algorithm", lambda *a, **k: pytest.fail("simulated before checking the input"))
+    with pytest.raises(ConfigError, match=f"at most {cap:,} with codec none"):
+        plan("1e30", compute_time=1.0, steps=10, algorithms=["ddp"])
+    with pytest.raises(ConfigError, match="at most 2,199,022,59"):
+        plan(cap, compute_time=1.0, steps=100, algorithms=["diloco"], codecs=["default", "topk:1.0"])
+    assert f"at most {cap:,}" in _cli_error(capsys, "--params", "1e30", "--compute-time", "1", "--steps", "10",
+                                             "--algorithms", "ddp")
+    # at the cap, noloco sends the whole raw vector in one message: it fits (no ProtocolError)
+    monkeypatch.setattr(runner, "run_algorithm", real_run)
+    row = plan(cap, compute_time=1.0, steps=4, peers=2, inner_steps=2, algorithms=["noloco"]).rows[0]
+    assert row.peak_bytes_per_round >= 4 * cap
+
+
+def test_fewer_steps_than_one_round_is_refused(capsys):
+    with pytest.raises(ConfigError, match=r"^--steps 5 is less than one round of diloco \(H = 20\)"):
+        plan("125M", compute_time=0.5, steps=5, inner_steps=20, algorithms=["ddp", "diloco"])
+    err = _cli_error(capsys, "--params", "125M", "--compute-time", "0.5", "--steps", "5", "--inner-steps", "20")
+    assert "--steps 5 is less than one round of diloco (H = 20)" in err
+    assert plan("125M", compute_time=0.5, steps=5, algorithms=["ddp"]).rows[0].rounds == 5  # H = 1
+
+
+def test_counts_name_what_they_count_and_are_whole(capsys):
+    with pytest.raises(ConfigError, match="parameter count must be a whole number, got '12.5'"):
+        parse_count("12.5")
+    with pytest.raises(ConfigError, match="parameter count must be a whole number"):
+        parse_count(12.5)
+    assert parse_count("4.1M") == 4_100_000 and parse_count("1.3B") == 1_300_000_000 and parse_count("2.5k") == 2500
+    assert parse_count("1e30") == 10**30
+    for huge in ("1e100", "1e9999999", 10**200):  # refused before building a huge int
+        with pytest.raises(ConfigError, match="parameter count must be below 1e100"):
+            parse_count(huge)
+    with pytest.raises(ConfigError, match="^tokens per step must be >= 1"):
+        parse_count("0", what="tokens per step")
+    gpu = ["--gpu-flops", "1e14", "--steps", "10"]
+    err = _cli_error(capsys, "--params", "1B", "--tokens-per-step", "0", *gpu)
+    assert "tokens per step must be >= 1" in err and "parameter count" not in err
+    assert "parameter count must be a whole number, got '12.5'" in _cli_error(
+        capsys, "--params", "12.5", "--compute-time", "1", "--steps", "10")
+
+
+def test_cli_accepts_a_scenario_whose_churn_table_models_nothing(tmp_path, capsys):
+    scenario = tmp_path / "c.toml"
+    scenario.write_text('task = "digits"\nsteps = 20\ninner_steps = 5\ncompute_time = 0.1\nalgorithms = ["diloco"]\n'
+                        'peers = 3\n[churn]\n')
+    out = tmp_path / "p.json"
+    assert main(["plan", str(scenario), "--json", str(out)]) == 0
+    assert Scenario(task="digits", churn={}).churn is None  # the simulator's view: no churn
+    scenario.write_text('task = "digits"\nsteps = 20\ninner_steps = 5\ncompute_time = 0.1\n[churn]\njoins_per_hour = 0\nstragglers = 0.0\n')
+    assert main(["plan", str(scenario), "--json", str(out)]) == 0
+    capsys.readouterr()
+    scenario.write_text('task = "digits"\nsteps = 20\ncompute_time = 0.1\n[churn]\nmtbf = 3600\n')
+    err = _cli_error(capsys, str(scenario))
+    assert "does not model churn (" in err and "remove it, or run gossamer simulate" in err
+    scenario.write_text('task = "digits"\nsteps = 20\ncompute_time = 0.1\naudit = 1\n[churn]\nmtbf = 3600\n')
+    err = _cli_error(capsys, str(scenario))
+    assert "does not model audit or churn (" in err and "remove them" in err

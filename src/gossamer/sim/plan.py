@@ -34,7 +34,10 @@ How (the same code the simulator runs, at a small size):
   of at most ``UNSCALED_MAX`` parameters (or no larger than the proxy) is
   run at its real size, unscaled.
 - **Extrapolation.** A round is one sync period of ``H`` local steps (the
-  algorithm's ``inner_steps``; 1 for ddp and spsa). With ``S`` steps and
+  algorithm's ``inner_steps``; 1 for ddp and spsa; for streaming_diloco the
+  outer round in which each fragment syncs once, where ``gossamer simulate``
+  counts every fragment's start and merge as a round); ``steps`` must be at
+  least ``H`` for every algorithm (``ConfigError`` otherwise). With ``S`` steps and
   ``r = S mod H``, the planner simulates ``S_1 = r + w H`` and ``S_2 = r +
   (w + k) H`` steps (``w = warmup_rounds``, ``k = sample_rounds``) and
   extrapolates linearly in rounds::
@@ -53,13 +56,16 @@ measure it, or derive it from a GPU's throughput, ``gpu_step_seconds``),
 the software's own time per round unless given (``round_overhead``; ``gossamer
 bench predict`` measures it), codecs whose sizes depend on layer shapes
 (``whole_tensors`` codecs such as ``powersgd``, refused), layer-wise
-fragments (``fragmenting="layers"``, refused), and anything the simulator
+fragments (``fragmenting="layers"``, refused), models whose whole vector
+would not fit one transport message (``max_params``: about 4.4e12
+parameters at 4 bytes a value, refused), and anything the simulator
 does not model (docs/concepts.md, "Network model").
 """
 
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import importlib
 import json
 import math
@@ -82,7 +88,7 @@ UNSCALED_MAX = 1 << 16
 #: ``--codecs`` entry that means each algorithm's own default codec.
 DEFAULT_CODEC = "default"
 
-_SUFFIXES = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
+_SUFFIXES = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
 
 
 class PlanError(GossamerError):
@@ -90,22 +96,39 @@ class PlanError(GossamerError):
     run has no partner in the other, or equal sizes grow differently)."""
 
 
-def parse_count(text: str | int | float) -> int:
-    """A parameter count: ``1300000``, ``1.3e9``, ``125M``, ``7B``, ``350k``, ``1.5T``
-    (k, M, B or G, T: 1e3, 1e6, 1e9, 1e12; case-insensitive). Raises
-    ``ConfigError`` for anything else or a count < 1."""
+def parse_count(text: str | int | float, *, what: str = "parameter count") -> int:
+    """A count (``what``: a parameter count unless named): ``1300000``, ``1.3e9``,
+    ``125M``, ``7B``, ``350k``, ``1.5T`` (k, M, B or G, T: 1e3, 1e6, 1e9, 1e12;
+    case-insensitive). Raises ``ConfigError`` naming ``what`` for anything
+    else, a count < 1, or one that is not a whole number (``12.5``; a
+    decimal times its suffix is exact: ``4.1M`` is 4,100,000)."""
     if isinstance(text, bool):
-        raise ConfigError(f"parameter count must be a number such as 125M, 1.3e9 or 7B, got {text!r}")
+        raise ConfigError(f"{what} must be a number such as 125M, 1.3e9 or 7B, got {text!r}")
     if isinstance(text, (int, float)):
-        value = float(text)
+        if not math.isfinite(text):
+            raise ConfigError(f"{what} must be a finite number >= 1, got {text!r}")
+        value = decimal.Decimal(text)
     else:
         m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?\d+)?)\s*([kmbgt]?)\s*", str(text).lower())
         if not m:
-            raise ConfigError(f"parameter count must be a number such as 125M, 1.3e9 or 7B, got {text!r}")
-        value = float(m.group(1)) * _SUFFIXES.get(m.group(2), 1.0)
-    if not math.isfinite(value) or value < 1:
-        raise ConfigError(f"parameter count must be >= 1, got {text!r}")
-    return int(round(value))
+            raise ConfigError(f"{what} must be a number such as 125M, 1.3e9 or 7B, got {text!r}")
+        value = decimal.Decimal(m.group(1))  # exact
+        if value.adjusted() < 100:
+            with decimal.localcontext() as ctx:
+                ctx.prec = 200  # exact: fewer than 200 digits by now
+                value *= _SUFFIXES.get(m.group(2), 1)
+    if value.adjusted() >= 100:
+        raise ConfigError(f"{what} must be below 1e100, got {text!r}")
+    if value < 1:
+        raise ConfigError(f"{what} must be >= 1, got {text!r}")
+    if value != value.to_integral_value():
+        raise ConfigError(f"{what} must be a whole number, got {text!r}")
+    return int(value)
+
+
+def _one_line(exc: BaseException) -> str:
+    """``exc``'s message on one line (a console error is one line)."""
+    return " ".join(str(exc).split()) or "(no message)"
 
 
 def count_parameters(model: str, *, seed: int = 0) -> int:
@@ -123,7 +146,10 @@ def count_parameters(model: str, *, seed: int = 0) -> int:
         try:
             module = importlib.import_module(mod_name)
         except ImportError as exc:
-            raise ConfigError(f"--model {model!r}: cannot import module {mod_name!r}: {exc}") from None
+            raise ConfigError(f"--model {model!r}: cannot import module {mod_name!r}: {_one_line(exc)}") from None
+        except Exception as exc:  # the module's own code failed: report it, no traceback
+            raise ConfigError(f"--model {model!r}: importing module {mod_name!r} failed: "
+                              f"{type(exc).__name__}: {_one_line(exc)}") from None
         factory = module
         for part in attr.split("."):
             factory = getattr(factory, part, None)
@@ -131,13 +157,18 @@ def count_parameters(model: str, *, seed: int = 0) -> int:
                 raise ConfigError(f"--model {model!r}: module {mod_name!r} has no {attr!r}")
         if not callable(factory):
             raise ConfigError(f"--model {model!r}: {attr!r} is not callable")
-        with torch.device("meta"):
-            built = factory()
+        try:
+            with torch.device("meta"):
+                built = factory()
+        except Exception as exc:  # needs arguments, or fails on the meta device: one line naming it
+            raise ConfigError(f"--model {model}: calling it with no arguments failed: "
+                              f"{type(exc).__name__}: {_one_line(exc)}") from None
     else:
         raise ConfigError(f"unknown model {model!r}: give a built-in task ({', '.join(TASK_NAMES)}) "
                           f"or module:callable returning a torch.nn.Module")
     if not isinstance(built, torch.nn.Module):
-        raise ConfigError(f"--model {model!r} gave a {type(built).__name__}, expected a torch.nn.Module")
+        raise ConfigError(f"--model {model}: calling it returned a {type(built).__name__}, "
+                          f"expected a torch.nn.Module")
     n = sum(p.numel() for p in built.parameters() if p.requires_grad)
     if n < 1:
         raise ConfigError(f"--model {model!r} has no trainable parameters")
@@ -248,6 +279,54 @@ def proxy_granule(codec: str, peers: int, *, target: int = 1 << 40, smallest: in
         if _granule_ok(funcs, m, _affine_multiples(max(8, target // m))):
             return m, True
     return 65536, False
+
+
+def largest_message_bytes() -> int:
+    """The largest payload one message may have on gossamer's transports: ``MAX_PARTS``
+    frames of ``DEFAULT_MAX_FRAME`` body bytes, less each part frame's header
+    and MAC (``transport/frame.py``, ``split_sizes``; the simulator frames
+    messages the same way and refuses a larger one with ``ProtocolError``)."""
+    from ..transport.base import Tag
+    from ..transport.frame import DEFAULT_MAX_FRAME, LENGTH, MAX_PARTS, TAG_MAX, frame_overhead
+
+    widest = frame_overhead(Tag(TAG_MAX, TAG_MAX, TAG_MAX), (MAX_PARTS, MAX_PARTS)) - LENGTH.size
+    return MAX_PARTS * (DEFAULT_MAX_FRAME - widest)
+
+
+#: Bytes kept free under ``largest_message_bytes`` by ``max_params``: the size
+#: model's rounding of a message (a codec block, a few bytes) many times over.
+MESSAGE_SLACK = 1 << 20
+
+
+def max_params(codec: str, peers: int) -> int:
+    """The largest parameter count ``plan`` accepts with ``codec`` ("none":
+    raw fp32) among ``peers`` peers: the largest ``N`` whose whole vector, raw fp32 (4 bytes a
+    value) or encoded with ``codec`` (and with the codec chunk owners
+    re-send the mean of ``peers`` contributions with), fits one message of ``largest_message_bytes()
+    - MESSAGE_SLACK`` bytes. No algorithm sends more than one whole vector
+    in a message (collectives send chunks of it, an all-gather or exchange
+    one peer's vector), so no message of a plan within it can exceed the
+    transport's limit. About 4.4e12 for raw fp32 and the quantizers; less for
+    a codec of more than 4 bytes a value (``topk:1.0``, or a ``topk`` whose
+    mean among the peers is: 8)."""
+    from ..codecs import codec_for_mean
+    from ..comm import make_run_codec
+
+    c = make_run_codec(codec)
+    sizes = [lambda n: 4 * n]
+    if c is not None:
+        sizes.append(lambda n, c=c: c.encoded_size((n,)))
+        if not c.lossless:
+            sizes.append(lambda n, m=codec_for_mean(c, peers): m.encoded_size((n,)))
+    room = largest_message_bytes() - MESSAGE_SLACK
+    lo, hi = 1, room // 4 + 1  # fits at lo; 4 hi > room
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if max(size(mid) for size in sizes) <= room:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 class _Recorder:
@@ -457,18 +536,31 @@ def plan(params: int | str, *, compute_time: float, steps: int, peers: int = 8, 
                         codec=codec if ALGORITHMS[a][0].uses_codec else None, algorithm_options={a: options[a]} if a in options else {})
 
     # everything is checked before the first simulation
-    base = [(a, codec, scenario(a, codec, 1 << 12, steps)) for a, codec in combos]
+    scenarios = [(a, codec, scenario(a, codec, 1 << 12, steps)) for a, codec in combos]  # ConfigError for a bad network
+    caps = {codec: max_params(codec, peers) for _, codec in combos}
+    codec, cap = min(caps.items(), key=lambda kv: kv[1])
+    if n_params > cap:
+        shown = f"{n_params:,}" if n_params < 10**16 else f"{n_params:.3g}"
+        raise ConfigError(f"{shown} parameters is more than gossamer plan can plan: at most {cap:,} with codec "
+                          f"{codec} (a model's whole vector must fit one transport message, at most "
+                          f"{largest_message_bytes():,} bytes)")
+    base = []
+    for a, codec, sc in scenarios:
+        config = algorithm_config(a, **sc.options_for(a))
+        H = int(getattr(config, "inner_steps", 1))
+        if steps < H:  # not one whole round: the extrapolation would divide a partial round
+            raise ConfigError(f"--steps {steps} is less than one round of {a} (H = {H}): plan at least {H} steps, "
+                              f"or a smaller --inner-steps")
+        base.append((a, codec, sc, config, H))
     result = Plan(params=n_params, compute_time_s=compute, steps=steps, peers=peers, link=str(link), skipped=skipped,
                   inputs={"algorithms": list(algorithms), "codecs": list(codecs) if codecs else [DEFAULT_CODEC],
                           "inner_steps": inner_steps, "coordinator": coordinator, "round_overhead": round_overhead,
                           "peer_profiles": [dict(p) for p in peer_profiles], "seed": seed,
                           "algorithm_options": options, "warmup_rounds": warmup_rounds,
                           "sample_rounds": sample_rounds})
-    for a, codec, sc in base:
+    for a, codec, sc, config, H in base:
         if progress is not None:
             progress(f"{a} ({codec})")
-        config = algorithm_config(a, **sc.options_for(a))
-        H = int(getattr(config, "inner_steps", 1))
         parts = int(getattr(config, "fragments", 1))
         granule, exact = proxy_granule(codec, peers, target=max(1, n_params // parts))
         n1 = granule * peers * parts

@@ -915,7 +915,7 @@ def cmd_simulate(args: argparse.Namespace, console: Any) -> int:
     for run in results.runs:
         x = run.extra
         if "wall_s_per_round" in x:
-            console.print(f"{run.algorithm}: {x['wall_s_per_round']:.2f} s wall per simulated round ({run.rounds} rounds, "
+            console.print(f"{run.algorithm}: {x['wall_s_per_round']:.2f} s wall per simulated round ({run.rounds} round{'s' if run.rounds != 1 else ''}, "
                           f"{x['setup_wall_s']:.1f} s to set up {results.peers} peers); peak memory "
                           f"{x['peak_rss_bytes'] / 2**20:,.0f} MiB", markup=False, highlight=False)
     for run in results.runs:

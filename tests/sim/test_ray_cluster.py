@@ -114,3 +114,27 @@ def test_ray_flag_without_ray_is_one_line_exit_2(monkeypatch, capsys):
     assert main([*ARGS, "--ray"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--ray needs Ray" in err[0] and "gossamer[ray]" in err[0], err
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("address, needle", [
+    ("not an address", "expected HOST:PORT"), ("host:", "expected HOST:PORT"), (":6379", "expected HOST:PORT"),
+    ("http://x:1", "expected HOST:PORT"), ("127.0.0.1:99999", "expected HOST:PORT"),
+    ("127.0.0.1:{free}", "nothing answers"), ("ray://127.0.0.1:{free}", "nothing answers"),
+])
+def test_a_bad_or_dead_ray_address_is_one_line_exit_2_at_once(address, needle, capsys):
+    """Review of issue 14: a malformed address was a ValueError traceback, and a closed
+    local port kept Ray retrying for over 10 minutes."""
+    pytest.importorskip("ray")
+    import time
+    t0 = time.monotonic()
+    assert main([*ARGS, "--ray", address.format(free=_free_port())]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert time.monotonic() - t0 < 30

@@ -21,9 +21,14 @@ Contract:
   over processes would need a distributed discrete-event simulator to give
   the same times and bytes. One run is therefore bounded by one machine's
   memory (1,000 digits peers: under 1 GiB, docs/concepts.md).
-- ``address=None`` starts a local Ray instance for the call (and stops it
-  afterwards); an address (``ray://host:10001`` or ``host:6379``, or
-  ``auto``) connects to that cluster, whose workers then need gossamer and
+- ``address=None`` starts a new local Ray instance for the call (never one
+  that ``RAY_ADDRESS`` or an earlier ``ray start`` points at) and stops it
+  afterwards; an address (``host:6379``, a head's port; ``ray://host:10001``,
+  Ray Client, which needs ``pip install 'ray[client]'``; or ``auto``)
+  connects to that cluster, after checking that something answers there
+  (5 s); a malformed address, nothing listening, a missing client package
+  or a cluster that wants an authentication token the driver does not have
+  is one ``ConfigError`` line, whose workers then need gossamer and
   its dependencies installed (the same versions as the driver's). With
   ``ray`` already initialised in this process, that instance is used and
   left running.
@@ -36,6 +41,8 @@ Contract:
 
 from __future__ import annotations
 
+import re
+import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -53,6 +60,38 @@ def import_ray() -> Any:
     except ImportError as exc:
         raise ConfigError(f"--ray needs Ray, which is not installed ({exc}): {INSTALL_HINT}") from None
     return ray
+
+
+_ADDRESS = re.compile(r"(?P<client>ray://)?(?P<host>[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})")
+
+
+def check_address(address: str) -> None:
+    """``ConfigError`` (one line) unless ``address`` is ``auto``, ``HOST:PORT`` or
+    ``ray://HOST:PORT`` with something listening there (checked with a TCP
+    connection, 5 s): Ray itself retries a closed port for many minutes."""
+    if address == "auto":
+        return
+    m = _ADDRESS.fullmatch(address)
+    if m is None or not 0 < int(m["port"]) < 65536:
+        raise ConfigError(f"--ray {address!r}: expected HOST:PORT (a Ray head, e.g. 10.0.0.5:6379), "
+                          f"ray://HOST:PORT (Ray Client) or auto")
+    host = m["host"].strip("[]")
+    try:
+        socket.create_connection((host, int(m["port"])), timeout=5).close()
+    except OSError as exc:
+        raise ConfigError(f"--ray {address}: nothing answers at {host}:{m['port']} ({exc.strerror or exc}); "
+                          f"is a Ray head running there (ray start --head --port={m['port']})?") from None
+
+
+def _init_error(address: str | None, exc: BaseException) -> ConfigError:
+    text = " ".join(str(exc).split())[:300]
+    where = f"--ray {address}" if address else "--ray"
+    if "ray[client]" in text:
+        return ConfigError(f"{where}: a ray:// address needs Ray's client: pip install 'ray[client]'")
+    if "auth" in text.lower():
+        return ConfigError(f"{where}: the cluster wants an authentication token this driver does not have "
+                           f"(Ray's token authentication: set RAY_AUTH_MODE / the token as for the cluster): {text}")
+    return ConfigError(f"{where}: cannot start or reach Ray: {type(exc).__name__}: {text}")
 
 
 def _run_one(scenario: Scenario, algorithm: str) -> RunResult:
@@ -76,13 +115,15 @@ def run_on_ray(scenario: Scenario, algorithms: Sequence[str], *, address: str | 
         options: dict[str, Any] = {}
         if address is None:  # a local instance of our own: no dashboard, workers' logs stay in their files
             options = {"log_to_driver": False, "include_dashboard": False}
-        elif not address.startswith("ray://"):  # Ray Client (ray://) takes fewer options
-            options = {"log_to_driver": False}
+        else:
+            check_address(address)
+            if not address.startswith("ray://"):  # Ray Client (ray://) takes fewer options
+                options = {"log_to_driver": False}
         options.update(init_options or {})
         try:
-            ray.init(address=address, **options)
-        except ConnectionError as exc:
-            raise ConfigError(f"--ray {address}: cannot connect to a Ray cluster there: {exc}") from None
+            ray.init(address=address if address is not None else "local", **options)
+        except (ConnectionError, ValueError, RuntimeError, TimeoutError) as exc:
+            raise _init_error(address, exc) from None
         started = True
     try:
         task = ray.remote(num_cpus=1, max_retries=0)(_run_one)

@@ -57,6 +57,20 @@ def run_options(name: str, *, steps: int, inner_steps: int | None, overrides: di
     return opts
 
 
+def check_algorithm_names(names: Any) -> tuple[str, ...]:
+    """``names`` as a tuple, checked: not empty, each one known, none twice
+    (``ConfigError`` naming the problem and the accepted names)."""
+    algos = tuple(names)
+    if not algos:
+        raise ConfigError(f"no algorithms given; accepted: {', '.join(ALGORITHM_NAMES)}")
+    for a in algos:
+        if a not in ALGORITHMS:
+            raise ConfigError(f"unknown algorithm {a!r}; accepted: {', '.join(ALGORITHM_NAMES)}")
+    if len(set(algos)) != len(algos):
+        raise ConfigError(f"algorithm listed twice in {','.join(algos)}")
+    return algos
+
+
 def check_own_optimizer(name: str, options: dict[str, Any]) -> None:
     """Raise ``ConfigError`` unless algorithm ``name`` can run with a user's own
     inner optimizer (``Algorithm.use_optimizer``) and ``options`` hold none of
@@ -79,4 +93,4 @@ def make_algorithm(name: str, model: torch.nn.Module, loss_fn: Any, comm: Commun
     return ALGORITHMS[name][0](model, loss_fn, comm, config)
 
 
-__all__ = ["ALGORITHMS", "ALGORITHM_NAMES", "Algorithm", "algorithm_config", "check_own_optimizer", "make_algorithm", "run_options"]
+__all__ = ["ALGORITHMS", "ALGORITHM_NAMES", "Algorithm", "algorithm_config", "check_algorithm_names", "check_own_optimizer", "make_algorithm", "run_options"]

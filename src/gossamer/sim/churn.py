@@ -268,7 +268,6 @@ class Start:
     t: float = 0.0
     group: tuple[str, ...] = ()
     epoch: int = 0
-    aborted: int = 0
 
 
 @dataclass
@@ -324,13 +323,11 @@ class ChurnControl:
         self.members: dict[str, _Slot] = {}
         for p in self.ids[:peers]:
             self._online(p, 0.0)
-        self.round = 0
         self.epoch = 0
         self.spreads: list[float] = []
         self.rounds: list[_Round] = []
         self._current: _Round | None = None
         self.events: list[ChurnEvent] = []   # the realized schedule
-        self.log: list[dict[str, Any]] = []  # committed rounds: round, members, attempts, start, commit
         self.compute_total = 0.0
         self.compute_committed = 0.0
         self.committed_steps = 0
@@ -348,6 +345,11 @@ class ChurnControl:
         self._last_source: str | None = None
 
     # ------------------------------------------------------------------ the fault model
+    @property
+    def round(self) -> int:
+        """The round the swarm is at: the number of rounds committed so far."""
+        return len(self.rounds)
+
     def _online(self, pid: str, t: float) -> None:
         slot = _Slot(pid, t)
         if self.churn.mtbf:
@@ -493,7 +495,7 @@ class ChurnControl:
         for s in group_slots:
             fut, s.fut, s.ready_at = s.fut, None, None
             assert fut is not None
-            fut.set_result(Start("run", start, group, self.epoch, attempts - 1))
+            fut.set_result(Start("run", start, group, self.epoch))
 
     def _resume(self, slot: _Slot, source: str | None, t: float, round_: int) -> None:
         """An away member comes back at ``t``: it fetches the committed state of
@@ -541,15 +543,12 @@ class ChurnControl:
         cur.commit = commit
         self._last_sync = commit - cur.start
         self.rounds.append(cur)
-        self.log.append({"round": cur.round, "members": list(cur.group), "attempts": cur.attempts,
-                         "start": cur.start, "commit": commit, "sat_out": list(cur.sat_out)})
         for pid in cur.group:
             slot = self.members[pid]
             self.compute_committed += slot.compute_s
             self.committed_steps += slot.steps
             slot.compute_s, slot.steps = 0.0, 0
         self._current = None
-        self.round += 1
         source = self._last_source = cur.group[0]
         self.committed(source)
         for slot_ in list(self.members.values()):  # away members that finished while the round ran: back now
@@ -589,6 +588,7 @@ class ChurnControl:
             "joins": sum(1 for e in self.events if e.kind == "join"),
             "sat_out": self.sat_out,
             "committed_samples_per_s": (samples / sim_time) if samples is not None and sim_time > 0 else None,
-            "rounds": self.log,
+            "rounds": [{"round": c.round, "members": list(c.group), "attempts": c.attempts, "start": c.start,
+                        "commit": c.commit, "sat_out": list(c.sat_out)} for c in self.rounds],
             "events": [e.as_dict() for e in sorted(self.events, key=lambda e: (e.round, e.peer, e.kind))],
         }

@@ -442,16 +442,10 @@ def _check_number(name: str, value: Any, *, allow_zero: bool = False) -> float:
 def _combos(algorithms: tuple[str, ...], codecs: tuple[str, ...] | None
             ) -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
     """(algorithm, codec spec) pairs to plan and (algorithm, codec, why) pairs skipped."""
-    from ..algorithms import ALGORITHM_NAMES, ALGORITHMS
+    from ..algorithms import ALGORITHMS, check_algorithm_names
     from ..codecs import make_codec
 
-    if not algorithms:
-        raise ConfigError(f"no algorithms given; accepted: {', '.join(ALGORITHM_NAMES)}")
-    for a in algorithms:
-        if a not in ALGORITHMS:
-            raise ConfigError(f"unknown algorithm {a!r}; accepted: {', '.join(ALGORITHM_NAMES)}")
-    if len(set(algorithms)) != len(algorithms):
-        raise ConfigError(f"algorithm listed twice in {','.join(algorithms)}")
+    check_algorithm_names(algorithms)
     wanted = tuple(codecs) if codecs else (DEFAULT_CODEC,)
     if len(set(wanted)) != len(wanted):
         raise ConfigError(f"codec listed twice in {','.join(wanted)}")

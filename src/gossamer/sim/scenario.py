@@ -77,7 +77,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..algorithms import ALGORITHM_NAMES, algorithm_config
+from ..algorithms import ALGORITHM_NAMES, algorithm_config, check_algorithm_names
 from ..devices import resolve_device
 from ..errors import ConfigError
 from ..tasks import TASK_NAMES
@@ -133,15 +133,8 @@ class Scenario:
 
     def __post_init__(self) -> None:
         defaults = self._check_task()
-        algos = tuple(self.algorithms)
+        algos = check_algorithm_names(self.algorithms)
         object.__setattr__(self, "algorithms", algos)
-        if not algos:
-            raise ConfigError(f"no algorithms given; accepted: {', '.join(ALGORITHM_NAMES)}")
-        for a in algos:
-            if a not in ALGORITHM_NAMES:
-                raise ConfigError(f"unknown algorithm {a!r}; accepted: {', '.join(ALGORITHM_NAMES)}")
-        if len(set(algos)) != len(algos):
-            raise ConfigError(f"algorithm listed twice in {','.join(algos)}")
         _positive_int("peers", self.peers)
         if self.peers < 2:
             raise ConfigError(f"peers must be >= 2 for a swarm, got {self.peers}")

@@ -343,8 +343,12 @@ class Algorithm(ABC):
         local = self.local_state()
         if "comm" not in local:
             local["comm"] = self.comm.state_dict()
-        return {"shared": {"tensors": [t.detach().clone() for t in self.shared_state()], "counters": self.counters()},
-                "local": local}
+        return {"shared": self.shared_state_dict(), "local": local}
+
+    def shared_state_dict(self) -> dict[str, Any]:
+        """The ``"shared"`` part of ``state_dict()`` alone (copies): what a joiner
+        loads, without copying this peer's local state."""
+        return {"tensors": [t.detach().clone() for t in self.shared_state()], "counters": self.counters()}
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         """Restore ``state_dict()`` output (or only its ``"shared"`` part, for a joiner).

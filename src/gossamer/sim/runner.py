@@ -707,7 +707,7 @@ def _churn_control(scenario: Scenario, task: Any, peers: list[_Peer], slots: lis
     kept: dict[str, Any] = {}
 
     def committed(source: str) -> None:  # what a member serves: the state of the last commit
-        kept["shared"] = algos[source].state_dict()["shared"]
+        kept["shared"] = algos[source].shared_state_dict()
 
     def spawn(slot: int, clock: float) -> bool:
         if int(kept["shared"]["counters"]["steps"]) >= int(scenario.steps or 0):
